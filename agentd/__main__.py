@@ -1,0 +1,8 @@
+"""``python -m agentd`` (and the frozen artifact's entry point)."""
+
+import sys
+
+from agentd.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,410 @@
+"""`Daemon`: owns the rooms, runs ``startup -> run -> shutdown``, handles signals and reloads.
+
+Shutdown is the mirror of startup, in named stages with named timeouts (their sum must stay
+below the systemd unit's ``TimeoutStopSec``; a test checks it). Signal handlers only schedule
+work: the first SIGTERM/SIGINT asks for a graceful stop, a second one forces it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+from agentd import __version__
+from agentd.config import (
+    Config,
+    PluginInstance,
+    load,
+    resolve_runtime_dir,
+    resolve_state_dir,
+)
+from agentd.errors import AgentdError, ConfigError, PluginError
+from agentd.lock import InstanceLock
+from agentd.loop import LoopSettings, PerceptionLoop
+from agentd.model import TickReport
+from agentd.plugins.handle import PluginHandle, build_handle, kind_of
+from agentd.plugins.registry import Registry, default_registry
+
+__all__ = [
+    "SHUTDOWN_STAGES",
+    "Daemon",
+    "DaemonOptions",
+    "DaemonState",
+    "run_daemon",
+]
+
+log = logging.getLogger("agentd")
+
+# Named shutdown stage timeouts (seconds). Their sum plus the drain timeout's maximum
+# (agent.drain_timeout <= 60) must stay below TimeoutStopSec in packaging/systemd.
+STOP_CONTROL_TIMEOUT: Final = 2.0
+FINISH_TICK_TIMEOUT: Final = 10.0
+STOP_PLUGINS_TIMEOUT: Final = 5.0
+FLUSH_STORE_TIMEOUT: Final = 10.0
+MAX_DRAIN_TIMEOUT: Final = 60.0
+SHUTDOWN_STAGES: Final = {
+    "stop_control": STOP_CONTROL_TIMEOUT,
+    "finish_tick": FINISH_TICK_TIMEOUT,
+    "drain_actions": MAX_DRAIN_TIMEOUT,
+    "stop_plugins": STOP_PLUGINS_TIMEOUT,
+    "flush_store": FLUSH_STORE_TIMEOUT,
+}
+
+
+class DaemonState(enum.Enum):
+    NOT_RUNNING = "not_running"
+    STARTING = "starting"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+
+
+@dataclass(frozen=True, slots=True)
+class DaemonOptions:
+    config_path: str | None = None
+    state_dir: str | None = None
+    runtime_dir: str | None = None
+
+
+class Daemon:
+    """One agentd process. ``await Daemon(config, options).serve()`` returns the exit code."""
+
+    def __init__(
+        self,
+        config: Config,
+        options: DaemonOptions | None = None,
+        registry: Registry | None = None,
+    ) -> None:
+        self.config = config
+        self.options = options or DaemonOptions()
+        self.registry = registry or default_registry(config.plugins.blocked)
+        self.state = DaemonState.NOT_RUNNING
+        self.state_dir = resolve_state_dir(config, self.options.state_dir)
+        self.runtime_dir = resolve_runtime_dir(config, self.options.runtime_dir)
+        self.lock = InstanceLock(self.runtime_dir / "agentd.lock")
+        self.reload_generation = 0
+        self.started_at = 0.0
+        self.started_mono = 0.0
+        self.exit_code = 0
+        self.loop: PerceptionLoop | None = None
+        self.handles: dict[str, dict[str, PluginHandle]] = {}
+        self._loop_task: asyncio.Task[None] | None = None
+        self._stop = asyncio.Event()
+        self._force = False
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._reload_lock = asyncio.Lock()
+        #: extra startup/shutdown participants (store, control plane, telemetry, systemd)
+        self.after_start: list[Callable[[], Any]] = []
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    async def serve(self) -> int:
+        """startup -> run -> shutdown. Returns the process exit code."""
+        try:
+            await self.startup()
+        except AgentdError as exc:
+            log.error("cannot start: %s", exc)
+            await self.shutdown()
+            return 1
+        await self.main_loop()
+        await self.shutdown()
+        return self.exit_code
+
+    async def startup(self) -> None:
+        if self.state is not DaemonState.NOT_RUNNING:
+            raise RuntimeError(f"cannot start a daemon that is {self.state.value}")
+        self.state = DaemonState.STARTING
+        self.started_at = time.time()
+        self.started_mono = time.monotonic()
+        for directory in (self.runtime_dir, self.state_dir):
+            try:
+                directory.mkdir(parents=True, exist_ok=True, mode=0o750)
+            except OSError as exc:
+                raise AgentdError(f"cannot create {directory}: {exc.strerror}") from None
+        self.lock.acquire()
+        self._install_signal_handlers()
+        for problem in self.registry.problems:
+            log.warning("plugin skipped: %s", problem)
+        self.handles = await self._build_all(self.config)
+        self.loop = PerceptionLoop(self._settings(self.config), **self._by_kind(self.handles))
+        self.loop.progress_hooks.append(self._on_tick)
+        self._loop_task = asyncio.create_task(self.loop.run(), name="perception-loop")
+        self._loop_task.add_done_callback(self._loop_done)
+        self._start_heartbeat()
+        self.state = DaemonState.RUNNING
+        c = self.config
+        log.info(
+            "agentd %s started (pid %d): %d sensors, %d policies, %d actuators, interval %gs, "
+            "config %s, state %s",
+            __version__,
+            os.getpid(),
+            len(c.sensors),
+            len(c.policies),
+            len(c.actuators),
+            c.agent.interval,
+            c.source,
+            self.state_dir,
+        )
+
+    async def main_loop(self) -> None:
+        await self._stop.wait()
+
+    def request_stop(self, exit_code: int = 0) -> None:
+        if self.exit_code == 0:
+            self.exit_code = exit_code
+        self._stop.set()
+
+    async def shutdown(self) -> None:
+        if self.state in (DaemonState.STOPPING, DaemonState.STOPPED):
+            return
+        self.state = DaemonState.STOPPING
+        log.info("stopping")
+        if self.loop is not None and self._loop_task is not None:
+            self.loop.stop()
+            await self._stage("finish_tick", FINISH_TICK_TIMEOUT, self._loop_task)
+            drain = min(self.config.agent.drain_timeout, MAX_DRAIN_TIMEOUT)
+            cancelled = await self.loop.actions.drain(0 if self._force else drain)
+            if cancelled:
+                log.warning(
+                    "drain_actions: cancelled %d actions still running after %gs", cancelled, drain
+                )
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._stage("stop_plugins", STOP_PLUGINS_TIMEOUT, self._stop_plugins())
+        self._remove_signal_handlers()
+        self.lock.release()
+        self.state = DaemonState.STOPPED
+        log.info("stopped")
+
+    async def _stage(self, name: str, timeout: float, aw: Any) -> None:
+        if self._force:
+            timeout = min(timeout, 0.5)
+        task = aw if isinstance(aw, asyncio.Future) else asyncio.ensure_future(aw)
+        done, _ = await asyncio.wait({task}, timeout=timeout)
+        if not done:
+            log.warning("%s: still running after %gs; cancelling", name, timeout)
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        elif not task.cancelled() and task.exception() is not None:
+            log.error("%s failed: %s", name, task.exception())
+
+    def _loop_done(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled() or self.state is not DaemonState.RUNNING:
+            return
+        exc = task.exception()
+        if exc is not None:
+            log.error("the perception loop crashed: %s: %s", type(exc).__name__, exc, exc_info=exc)
+            self.request_stop(1)
+
+    # -- signals -----------------------------------------------------------------------------
+    def _install_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self.handle_exit, signal.SIGTERM)
+        loop.add_signal_handler(signal.SIGINT, self.handle_exit, signal.SIGINT)
+        loop.add_signal_handler(signal.SIGHUP, self._spawn_reload)
+
+    def _remove_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.remove_signal_handler(sig)
+
+    def handle_exit(self, sig: signal.Signals) -> None:
+        if self._stop.is_set() or self.state is DaemonState.STOPPING:
+            log.warning("received %s again: forcing exit", sig.name)
+            self._force = True
+            self.exit_code = 1
+            if self.loop is not None:
+                for task in list(self.loop.actions.in_flight):
+                    task.cancel()
+            return
+        log.info("received %s: stopping gracefully", sig.name)
+        self.request_stop(0)
+
+    def _spawn_reload(self) -> None:
+        log.info("received SIGHUP: reloading %s", self.options.config_path or "the default config")
+        self.spawn(self.reload(), name="reload")
+
+    def spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
+        """Run a background task owned by the daemon (cancelled at shutdown)."""
+        task: asyncio.Task[Any] = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # -- plugins -----------------------------------------------------------------------------
+    async def _build_all(self, config: Config) -> dict[str, dict[str, PluginHandle]]:
+        out: dict[str, dict[str, PluginHandle]] = {"sensor": {}, "policy": {}, "actuator": {}}
+        for inst in config.instances():
+            if inst.enabled:
+                handle = await self._build(inst)
+                out[handle.kind][inst.name] = handle
+        return out
+
+    async def _build(self, inst: PluginInstance) -> PluginHandle:
+        handle = build_handle(inst, self.registry.get(inst.plugin))
+        try:
+            async with asyncio.timeout(STOP_PLUGINS_TIMEOUT):
+                await handle.start()
+        except Exception as exc:
+            raise PluginError(
+                inst.name, f"failed to start: {type(exc).__name__}: {exc}", handle.spec.origin
+            ) from exc
+        return handle
+
+    async def _stop_plugins(
+        self, handles: Mapping[str, Mapping[str, PluginHandle]] | None = None
+    ) -> None:
+        for by_name in (handles or self.handles).values():
+            for handle in by_name.values():
+                try:
+                    await handle.stop()
+                except Exception as exc:  # noqa: BLE001 - keep stopping the others
+                    log.error("%s %r failed to stop: %s", handle.kind, handle.name, exc)
+
+    @staticmethod
+    def _by_kind(handles: dict[str, dict[str, PluginHandle]]) -> dict[str, dict[str, PluginHandle]]:
+        return {
+            "sensors": handles["sensor"],
+            "policies": handles["policy"],
+            "actuators": handles["actuator"],
+        }
+
+    @staticmethod
+    def _settings(config: Config) -> LoopSettings:
+        a = config.agent
+        return LoopSettings(
+            interval=a.interval,
+            align=a.align,
+            offset=a.offset,
+            stage_timeout=a.stage_timeout,
+            plugin_timeout=a.plugin_timeout,
+            max_actions_per_tick=a.max_actions_per_tick,
+            max_concurrent_actions=a.max_concurrent_actions,
+        )
+
+    # -- reload ------------------------------------------------------------------------------
+    async def reload(self, path: str | None = None) -> list[str]:
+        """Re-read the config (SIGHUP, `agentctl reload`). Returns the validation errors; an
+        invalid config is logged in one line and the daemon keeps running on the old one. A
+        valid one rebuilds only the plugins whose settings changed and keeps the tick phase
+        and all state."""
+        async with self._reload_lock:
+            source = path or self.options.config_path
+            try:
+                new = load(source, self.registry)
+                self._check_reloadable(new)
+            except ConfigError as exc:
+                log.error("reload refused, still running the previous config: %s", exc)
+                return exc.errors
+            assert self.loop is not None
+            try:
+                handles, retired = await self._rebuild(new)
+            except AgentdError as exc:
+                log.error("reload refused, still running the previous config: %s", exc)
+                return [str(exc)]
+            # keep policy memory for policies that are kept or rebuilt with the same name
+            for name, handle in handles["policy"].items():
+                old = self.handles["policy"].get(name)
+                if old is not None and old is not handle:
+                    handle.policy_state = old.policy_state
+            old_interval = self.config.agent.interval
+            self.loop.reconfigure(self._settings(new), **self._by_kind(handles))
+            self.handles = handles
+            self.config = new
+            self.reload_generation += 1
+            await self._stop_plugins({"retired": retired})
+            log.info(
+                "reloaded %s (generation %d): interval %gs%s, %d plugins rebuilt",
+                new.source,
+                self.reload_generation,
+                new.agent.interval,
+                f" (was {old_interval:g}s)" if old_interval != new.agent.interval else "",
+                len(retired),
+            )
+            return []
+
+    def _check_reloadable(self, new: Config) -> None:
+        changed = [
+            name
+            for name in ("paths", "store", "control")
+            if getattr(new, name) != getattr(self.config, name)
+        ]
+        if changed:
+            raise ConfigError([f"{name}: changes need a restart, not a reload" for name in changed])
+
+    async def _rebuild(
+        self, new: Config
+    ) -> tuple[dict[str, dict[str, PluginHandle]], dict[str, PluginHandle]]:
+        """Handles for ``new``: unchanged instances are kept, changed ones built fresh. If any
+        new one fails to build or start, the ones already built are stopped and nothing
+        changes."""
+        out: dict[str, dict[str, PluginHandle]] = {"sensor": {}, "policy": {}, "actuator": {}}
+        built: list[PluginHandle] = []
+        old_all = {(k, n): h for k, by in self.handles.items() for n, h in by.items()}
+        try:
+            for inst in new.instances():
+                if not inst.enabled:
+                    continue
+                kind = kind_of(inst)
+                old = old_all.get((kind, inst.name))
+                if old is not None and old.instance.raw == inst.raw:
+                    out[kind][inst.name] = old
+                    continue
+                handle = await self._build(inst)
+                built.append(handle)
+                out[kind][inst.name] = handle
+        except AgentdError:
+            await self._stop_plugins({"new": {h.name: h for h in built}})
+            raise
+        kept = {id(h) for by in out.values() for h in by.values()}
+        retired = {f"{h.kind}:{h.name}": h for h in old_all.values() if id(h) not in kept}
+        return out, retired
+
+    # -- the facade the control plane and telemetry read ------------------------------------
+    def _on_tick(self, report: TickReport) -> None:
+        del report
+
+    def _start_heartbeat(self) -> None:
+        every = self.config.log.heartbeat
+        if every <= 0:
+            return
+
+        async def beat() -> None:
+            while True:
+                await asyncio.sleep(self.config.log.heartbeat or every)
+                assert self.loop is not None
+                s = self.loop.stats()
+                log.info(
+                    "heartbeat: %d ticks, lateness p50 %.2f ms p99 %.2f ms, %d overruns, "
+                    "%d skipped, plugins %s",
+                    s.ticks,
+                    s.lateness_p50 * 1e3,
+                    s.lateness_p99 * 1e3,
+                    s.overruns,
+                    s.skipped,
+                    self.plugin_summary(),
+                )
+
+        self.spawn(beat(), name="heartbeat")
+
+    def plugin_summary(self) -> str:
+        states = [h.state for by in self.handles.values() for h in by.values()]
+        bad = sum(s != "ok" for s in states)
+        return f"{len(states) - bad}/{len(states)} ok"
+
+    def uptime(self) -> float:
+        return time.monotonic() - self.started_mono if self.started_mono else 0.0
+
+
+def run_daemon(config: Config, options: DaemonOptions) -> int:
+    """Run a Daemon on uvloop until it stops; returns the exit code."""
+    import uvloop
+
+    return uvloop.run(Daemon(config, options).serve())

@@ -1,0 +1,144 @@
+"""The shared vocabulary: what flows through the perception loop, the store and the wire."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import msgspec
+
+__all__ = [
+    "Action",
+    "ActionResult",
+    "ActionStatus",
+    "Observation",
+    "PluginState",
+    "PluginStatus",
+    "Reading",
+    "StageTimings",
+    "TickReport",
+    "TickStats",
+    "Value",
+]
+
+#: A single sensor value. Sensors return ``{metric: Value}``.
+Value = float | int | bool | str
+
+ActionStatus = Literal["ok", "failed", "timeout", "skipped", "rejected"]
+
+
+class Reading(msgspec.Struct, frozen=True, array_like=True):
+    """One value of one metric from one sensor (the flat form of an Observation)."""
+
+    sensor: str
+    metric: str
+    value: Value
+
+
+class Observation(msgspec.Struct, frozen=True):
+    """Everything the sensors perceived in one tick.
+
+    ``readings[sensor][metric]`` is a value; a sensor that failed this tick appears in ``errors``
+    instead, with a one-line reason.
+    """
+
+    tick: int
+    monotonic: float
+    wall: float
+    readings: dict[str, dict[str, Value]] = {}
+    errors: dict[str, str] = {}
+
+    def get(self, ref: str) -> Value | None:
+        """Look a reading up by ``"<sensor>.<metric>"`` (the metric name may contain dots)."""
+        sensor, _, metric = ref.partition(".")
+        return self.readings.get(sensor, {}).get(metric)
+
+    def flat(self) -> list[Reading]:
+        return [
+            Reading(sensor, metric, value)
+            for sensor, metrics in self.readings.items()
+            for metric, value in metrics.items()
+        ]
+
+
+class Action(msgspec.Struct, frozen=True, kw_only=True):
+    """A request to an actuator, produced by a policy or by an operator (`agentctl act`).
+
+    ``deadline`` is a wall-clock (Unix) time after which the action is skipped, not run late.
+    ``key`` is an idempotency key: an actuator that declares itself non-idempotent never runs
+    the same key twice, even across a restart.
+    """
+
+    actuator: str
+    name: str
+    params: dict[str, Any] = {}
+    priority: int = 0
+    deadline: float | None = None
+    source: str = ""
+    key: str | None = None
+
+
+class ActionResult(msgspec.Struct, frozen=True, kw_only=True):
+    """What happened to one Action."""
+
+    action: Action
+    status: ActionStatus
+    attempts: int = 0
+    duration: float = 0.0
+    error: str | None = None
+    output: Any = None
+    tick: int | None = None
+    finished_at: float = 0.0
+
+
+class StageTimings(msgspec.Struct, frozen=True):
+    """Durations in seconds of one tick's stages."""
+
+    perceive: float = 0.0
+    decide: float = 0.0
+    act: float = 0.0
+    total: float = 0.0
+
+
+class TickStats(msgspec.Struct, frozen=True, kw_only=True):
+    """Loop statistics since start (lateness and durations in seconds)."""
+
+    ticks: int = 0
+    overruns: int = 0
+    skipped: int = 0
+    lateness_p50: float = 0.0
+    lateness_p99: float = 0.0
+    lateness_max: float = 0.0
+    last: StageTimings = StageTimings()
+    mean: StageTimings = StageTimings()
+    interval: float = 1.0
+    paused: bool = False
+
+
+PluginState = Literal["starting", "ok", "failing", "degraded", "stopped", "disabled"]
+
+
+class PluginStatus(msgspec.Struct, frozen=True, kw_only=True):
+    """Health of one configured plugin instance."""
+
+    name: str
+    plugin: str
+    kind: Literal["sensor", "policy", "actuator"]
+    state: PluginState
+    calls: int = 0
+    errors: int = 0
+    consecutive_failures: int = 0
+    last_error: str | None = None
+
+
+class TickReport(msgspec.Struct, frozen=True, kw_only=True):
+    """What one tick did; handed to the tick sinks (journal, watch, telemetry)."""
+
+    tick: int
+    #: monotonic time the tick was due and actually started; ``lateness = started - scheduled``
+    scheduled: float
+    started: float
+    lateness: float
+    timings: StageTimings
+    observation: Observation
+    results: list[ActionResult] = []
+    manual: bool = False

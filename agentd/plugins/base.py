@@ -1,0 +1,114 @@
+"""The plugin protocols and `PluginSpec`, the registry's description of one plugin.
+
+A plugin never sees the daemon: it is built from its typed config (a msgspec Struct) and gets
+data (an Observation, an Action); it returns data. Lifecycle hooks `start()`/`stop()` are
+optional.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol, runtime_checkable
+
+import msgspec
+
+from agentd.model import Action, Observation, Value
+
+__all__ = [
+    "Actuator",
+    "ActuatorReply",
+    "PluginKind",
+    "PluginSpec",
+    "Policy",
+    "PolicyState",
+    "Sensor",
+]
+
+PluginKind = Literal["sensor", "policy", "actuator"]
+
+
+@runtime_checkable
+class Sensor(Protocol):
+    """Produces readings. Must be side-effect free: perceiving twice changes nothing."""
+
+    async def perceive(self) -> Mapping[str, Value]: ...
+
+
+class PolicyState:
+    """A policy's memory: a small mutable mapping that the daemon persists between ticks
+    and, with the store, across restarts. ``dirty`` tells the daemon it needs writing."""
+
+    __slots__ = ("_data", "dirty")
+
+    def __init__(self, data: dict[str, Any] | None = None) -> None:
+        self._data: dict[str, Any] = dict(data or {})
+        self.dirty = False
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self._data.get(key, default)
+
+    def __getitem__(self, key: str) -> Any:
+        return self._data[key]
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        if self._data.get(key, _MISSING) != value:
+            self._data[key] = value
+            self.dirty = True
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._data
+
+    def pop(self, key: str, default: Any = None) -> Any:
+        if key in self._data:
+            self.dirty = True
+        return self._data.pop(key, default)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self._data)
+
+
+_MISSING = object()
+
+
+@runtime_checkable
+class Policy(Protocol):
+    """Turns an Observation into Actions. Pure decision logic; may keep memory in ``state``.
+    May be a plain function body or return an awaitable."""
+
+    def decide(
+        self, observation: Observation, state: PolicyState
+    ) -> list[Action] | Awaitable[list[Action]]: ...
+
+
+class ActuatorReply(msgspec.Struct, frozen=True):
+    """What an actuator returns for a successful call: free-form output for the journal."""
+
+    output: Any = None
+
+
+@runtime_checkable
+class Actuator(Protocol):
+    """Executes Actions. Raises to fail; returns an ActuatorReply (or None) on success."""
+
+    async def act(self, action: Action) -> ActuatorReply | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class PluginSpec:
+    """Everything the registry knows about one plugin.
+
+    ``factory(config)`` builds an instance from a value of ``config_type``. Actuators list their
+    ``actions`` with a params Struct each; ``idempotent=False`` makes the action path refuse to
+    run the same idempotency key twice.
+    """
+
+    name: str
+    kind: PluginKind
+    factory: Any
+    config_type: type[msgspec.Struct]
+    version: str = "builtin"
+    origin: str = "builtin"
+    description: str = ""
+    actions: Mapping[str, type[msgspec.Struct]] = field(default_factory=dict)
+    idempotent: bool = True
