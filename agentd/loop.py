@@ -149,6 +149,11 @@ class PerceptionLoop:
         return self._paused
 
     @property
+    def next_deadline(self) -> float | None:
+        """Monotonic time the next scheduled tick is due (None before the first)."""
+        return None if self._paused else self._next
+
+    @property
     def stopping(self) -> bool:
         return self._stopping
 

@@ -14,6 +14,7 @@ __all__ = [
     "PluginState",
     "PluginStatus",
     "Reading",
+    "Session",
     "StageTimings",
     "TickReport",
     "TickStats",
@@ -112,6 +113,18 @@ class TickStats(msgspec.Struct, frozen=True, kw_only=True):
     mean: StageTimings = StageTimings()
     interval: float = 1.0
     paused: bool = False
+
+
+class Session(msgspec.Struct, frozen=True, kw_only=True):
+    """Agent state that outlives a restart. ``state`` is any msgpack-able value (a Struct is
+    stored as its msgpack form); ``version`` starts at 1 and grows by one per write."""
+
+    id: str
+    state: Any
+    version: int
+    created_at: float
+    updated_at: float
+    expires_at: float | None = None
 
 
 PluginState = Literal["starting", "ok", "failing", "degraded", "stopped", "disabled"]
