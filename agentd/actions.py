@@ -6,11 +6,12 @@ ActionResult. Never raises for a bad action: it becomes a `rejected` result."""
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import random
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import final
 
 import msgspec
@@ -20,24 +21,44 @@ from agentd.model import Action, ActionResult, ActionStatus
 from agentd.plugins.base import ActuatorReply
 from agentd.plugins.handle import PluginHandle
 
-__all__ = ["ActionRunner"]
+__all__ = ["ActionRunner", "KeyHook"]
 
 log = logging.getLogger("agentd.actions")
 
 #: idempotency keys remembered in memory for non-idempotent actuators
 _SEEN_KEYS = 10_000
 
+#: ``hook(actuator, key)``: plain or async. The store plugs in here so idempotency keys hold
+#: across a restart: ``key_seen`` asks whether a key was already claimed (the action journal),
+#: ``key_claimed`` records the claim durably before the first attempt.
+KeyHook = Callable[[str, str], "bool | Awaitable[bool | None] | None"]
+#: ``hook(action, tick, run)`` must await ``run(action, tick)`` and return its result
+RunHook = Callable[
+    [Action, "int | None", Callable[[Action, "int | None"], Awaitable[ActionResult]]],
+    Awaitable[ActionResult],
+]
+
 
 @final
 class ActionRunner:
-    __slots__ = ("_seen", "actuators", "default_timeout", "in_flight", "key_seen", "limit")
+    __slots__ = (
+        "_seen",
+        "actuators",
+        "default_timeout",
+        "hook",
+        "in_flight",
+        "key_claimed",
+        "key_seen",
+        "limit",
+    )
 
     def __init__(
         self,
         actuators: Mapping[str, PluginHandle],
         default_timeout: float,
         concurrency: int = 8,
-        key_seen: Callable[[str, str], bool] | None = None,
+        key_seen: KeyHook | None = None,
+        key_claimed: KeyHook | None = None,
     ) -> None:
         self.actuators = actuators
         self.default_timeout = default_timeout
@@ -47,6 +68,10 @@ class ActionRunner:
         self._seen: OrderedDict[tuple[str, str], None] = OrderedDict()
         #: an extra check (the store's action journal) for keys seen before a restart
         self.key_seen = key_seen
+        #: told (and awaited) before a non-idempotent action with a key first runs
+        self.key_claimed = key_claimed
+        #: wraps every run (agentd.telemetry: counts actions, traces them inside a request)
+        self.hook: RunHook | None = None
 
     def validate(self, action: Action) -> str | None:
         """None if the action may run, else a one-line reason."""
@@ -64,7 +89,17 @@ class ActionRunner:
         except msgspec.ValidationError as exc:
             from agentd.config import format_validation_error
 
-            return format_validation_error("params", exc, action.params)
+            return f"actuator {action.actuator!r}: " + format_validation_error(
+                f"{action.name}.params", exc, action.params
+            )
+        check = getattr(handle.obj, "validate", None)
+        if callable(check):
+            try:
+                reason = check(action)
+            except Exception as exc:  # noqa: BLE001 - a plugin's check must not break the path
+                reason = f"validation failed: {type(exc).__name__}: {exc}"
+            if reason is not None:
+                return f"actuator {action.actuator!r}: {reason}"
         return None
 
     def submit(self, action: Action, tick: int | None = None) -> asyncio.Task[ActionResult]:
@@ -79,6 +114,11 @@ class ActionRunner:
             return await self.run(action, tick)
 
     async def run(self, action: Action, tick: int | None = None) -> ActionResult:
+        if self.hook is not None:
+            return await self.hook(action, tick, self._run)
+        return await self._run(action, tick)
+
+    async def _run(self, action: Action, tick: int | None) -> ActionResult:
         started = time.monotonic()
 
         def result(
@@ -101,28 +141,37 @@ class ActionRunner:
         handle = self.actuators[action.actuator]
         if action.deadline is not None and time.time() > action.deadline:
             return result("skipped", error="deadline passed before the action could run")
+        wait = handle.backing_off()
+        if wait > 0:
+            return result(
+                "skipped", error=f"actuator is degraded, backing off for {wait:.3g}s more"
+            )
         if not handle.spec.idempotent and action.key is not None:
             ident = (action.actuator, action.key)
-            if ident in self._seen or (self.key_seen and self.key_seen(*ident)):
+            if ident in self._seen or await _call(self.key_seen, ident):
                 return result("skipped", error=f"already done (idempotency key {action.key!r})")
             self._seen[ident] = None
             if len(self._seen) > _SEEN_KEYS:
                 self._seen.popitem(last=False)
+            await _call(self.key_claimed, ident)
         common = handle.config
         assert isinstance(common, ActuatorCommon)
         timeout = common.timeout or self.default_timeout
         attempts = 0
         while True:
             attempts += 1
+            deadline = asyncio.timeout(timeout)
             try:
-                async with asyncio.timeout(timeout):
+                async with deadline:
                     reply = await handle.obj.act(action)
-            except TimeoutError:
-                kind, error = "timeout", f"timed out after {timeout:g}s"
+            except TimeoutError as exc:
+                # ours, or the actuator's own (a request timeout): both count as `timeout`
+                kind = "timeout"
+                error = f"timed out after {timeout:g}s" if deadline.expired() else _line(exc)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - isolate any actuator failure
-                kind, error = "error", f"{type(exc).__name__}: {exc}"
+                kind, error = "error", _line(exc)
             else:
                 handle.ok()
                 output = reply.output if isinstance(reply, ActuatorReply) else reply
@@ -132,6 +181,10 @@ class ActionRunner:
                 return result("timeout" if kind == "timeout" else "failed", attempts, error)
             delay = min(common.backoff_max, common.backoff * 2 ** (attempts - 1))
             await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+
+    def forget_keys(self) -> None:
+        """Drop the in-memory idempotency keys (what a restart does)."""
+        self._seen.clear()
 
     async def drain(self, timeout: float) -> int:
         """Wait for in-flight actions; cancel what is left after ``timeout``. Returns how many
@@ -144,3 +197,17 @@ class ActionRunner:
         if pending:
             await asyncio.wait(pending)
         return len(pending)
+
+
+async def _call(hook: KeyHook | None, ident: tuple[str, str]) -> bool:
+    if hook is None:
+        return False
+    out = hook(*ident)
+    if inspect.isawaitable(out):
+        out = await out
+    return bool(out)
+
+
+def _line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

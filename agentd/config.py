@@ -168,6 +168,12 @@ class SensorInstance(PluginInstance, kw_only=True):
 
 class PolicyInstance(PluginInstance, kw_only=True):
     common: PolicyCommon
+    #: when start() fails: refuse to start agentd, run without the plugin, or keep retrying
+    startup_error: Literal["fail", "skip", "retry"] = "fail"
+    #: sensors/actuators: consecutive failures before `degraded` and backing off
+    degraded_after: Annotated[int, Meta(ge=1, le=1000)] = 3
+    #: the backed-off interval never exceeds this (default: 64 x the normal interval)
+    max_interval: Seconds | None = None
 
 
 class ActuatorInstance(PluginInstance, kw_only=True):
@@ -268,10 +274,6 @@ def load(path: str | os.PathLike[str] | None, registry: Registry | None = None) 
 
 def loads(text: str, registry: Registry | None = None, *, source: str = "<string>") -> Config:
     """Parse and validate TOML text. Raises ConfigError with every problem found."""
-    if registry is None:
-        from agentd.plugins.registry import default_registry
-
-        registry = default_registry()
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -326,6 +328,14 @@ def _instance(
     if not isinstance(table, dict):
         errors.append(f"{where}: expected a table, got {_show(table)}")
         return None
+    if registry is None:
+        from agentd.plugins.registry import default_registry
+
+        # a blocked third-party plugin is not even imported
+        section = raw.get("plugins")
+        blocked = section.get("blocked") if isinstance(section, dict) else None
+        ok = isinstance(blocked, list) and all(isinstance(b, str) for b in blocked)
+        registry = default_registry(blocked if ok else ())  # type: ignore[arg-type]
     if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_\-]*", name):
         errors.append(f"{where}: instance names use letters, digits, '_' and '-' only")
         return None
@@ -340,7 +350,11 @@ def _instance(
         errors.append(format_validation_error(where, exc, common_raw))
     plugin = table.get("plugin")
     plugin_name = plugin if isinstance(plugin, str) else name
-    spec = registry.find(plugin_name)
+    spec = registry.find(plugin_name, kind) or registry.find(plugin_name)  # type: ignore[arg-type]
+    if spec is None and registry.is_blocked(plugin_name):
+        if table.get("enabled", True) is not False:
+            errors.append(f"{where}.plugin: plugin {plugin_name!r} is blocked")
+        return None
     if spec is None:
         known = ", ".join(registry.names(kind)) or "none"  # type: ignore[arg-type]
         key = f"{where}.plugin" if isinstance(plugin, str) else where

@@ -102,6 +102,8 @@ class Daemon:
         self._reload_lock = asyncio.Lock()
         #: extra startup/shutdown participants (store, control plane, telemetry, systemd)
         self.after_start: list[Callable[[], Any]] = []
+        #: the control plane (agentd/control/server.py); None when [control] enabled = false
+        self.control: Any = None
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def serve(self) -> int:
@@ -136,6 +138,7 @@ class Daemon:
         self.loop.progress_hooks.append(self._on_tick)
         self._loop_task = asyncio.create_task(self.loop.run(), name="perception-loop")
         self._loop_task.add_done_callback(self._loop_done)
+        await self._start_control()
         self._start_heartbeat()
         self.state = DaemonState.RUNNING
         c = self.config
@@ -165,6 +168,7 @@ class Daemon:
             return
         self.state = DaemonState.STOPPING
         log.info("stopping")
+        await self._stage("stop_control", STOP_CONTROL_TIMEOUT, self._stop_control())
         if self.loop is not None and self._loop_task is not None:
             self.loop.stop()
             await self._stage("finish_tick", FINISH_TICK_TIMEOUT, self._loop_task)
@@ -366,6 +370,24 @@ class Daemon:
         kept = {id(h) for by in out.values() for h in by.values()}
         retired = {f"{h.kind}:{h.name}": h for h in old_all.values() if id(h) not in kept}
         return out, retired
+
+    # -- the control plane (agentd/control/) ------------------------------------------------
+    async def _start_control(self) -> None:
+        """Listen on the control socket (after the loop exists: the facade reads it)."""
+        c = self.config.control
+        if not c.enabled:
+            return
+        from agentd.control.server import ControlServer
+        from agentd.facade import DaemonFacade
+
+        path = self.runtime_dir / (c.socket or "agentd.sock")  # an absolute socket wins
+        self.control = ControlServer(DaemonFacade(self), c, path)
+        await self.control.start()
+
+    async def _stop_control(self) -> None:
+        """First stage of shutdown: stop accepting requests, answer those in flight."""
+        if self.control is not None:
+            await self.control.stop(STOP_CONTROL_TIMEOUT * 0.9)
 
     # -- the facade the control plane and telemetry read ------------------------------------
     def _on_tick(self, report: TickReport) -> None:

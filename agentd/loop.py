@@ -134,6 +134,17 @@ class PerceptionLoop:
         self._stopping = True
         self._resume.set()
         self._wake()
+    def attach(self, handle: PluginHandle) -> None:
+        """Add a plugin that started late (``startup_error = "retry"``); it joins from the next
+        tick. Sensor and policy maps are replaced, not mutated, so a tick in progress is safe."""
+        if handle.kind == "sensor":
+            handle.set_interval(self.settings.interval)
+            self.sensors = {**self.sensors, handle.name: handle}
+        elif handle.kind == "policy":
+            self.policies = {**self.policies, handle.name: handle}
+        else:
+            self.actuators[handle.name] = handle  # shared with the ActionRunner
+
 
     def pause(self) -> None:
         self._paused = True

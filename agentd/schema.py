@@ -42,11 +42,21 @@ def _instance_schema(spec: PluginSpec) -> dict[str, Any]:
 
 
 def plugin_schema(name: str, registry: Registry | None = None) -> dict[str, Any]:
-    """One plugin: its instance table (common keys + its own) and its actions' params."""
+    """One plugin: its instance table (common keys + its own) and its actions' params.
+    ``name`` may be ``kind:name``; a name two kinds share (``file``) gives ``variants``."""
     registry = registry or default_registry()
-    spec = registry.find(name)
-    if spec is None:
+    kind, _, bare = name.rpartition(":")
+    specs = registry.find_all(bare)
+    if kind:
+        specs = [s for s in specs if s.kind == kind]
+    if not specs:
         raise KeyError(name)
+    if len(specs) > 1:
+        return {"plugin": bare, "variants": [_spec_schema(s) for s in specs]}
+    return _spec_schema(specs[0])
+
+
+def _spec_schema(spec: PluginSpec) -> dict[str, Any]:
     doc: dict[str, Any] = {
         "plugin": spec.name,
         "kind": spec.kind,
@@ -56,6 +66,9 @@ def plugin_schema(name: str, registry: Registry | None = None) -> dict[str, Any]
     }
     if spec.actions:
         doc["actions"] = {a: _struct_schema(t) for a, t in spec.actions.items()}
+        doc["idempotent"] = spec.idempotent
+    if spec.requires:
+        doc["requires"] = list(spec.requires)
     return doc
 
 

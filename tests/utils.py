@@ -167,7 +167,7 @@ def handle(
         inst = SensorInstance(
             name=name,
             plugin=name,
-            common=SensorCommon(timeout=timeout, interval=interval),
+            common=SensorCommon(timeout=timeout, interval=interval, **common),
             config=Empty(),
             raw={},
         )

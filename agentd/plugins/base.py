@@ -16,6 +16,7 @@ import msgspec
 from agentd.model import Action, Observation, Value
 
 __all__ = [
+    "CAPABILITIES",
     "Actuator",
     "ActuatorReply",
     "PluginKind",
@@ -23,6 +24,7 @@ __all__ = [
     "Policy",
     "PolicyState",
     "Sensor",
+    "SessionAccess",
 ]
 
 PluginKind = Literal["sensor", "policy", "actuator"]
@@ -94,13 +96,31 @@ class Actuator(Protocol):
     async def act(self, action: Action) -> ActuatorReply | None: ...
 
 
+@runtime_checkable
+class SessionAccess(Protocol):
+    """The narrow handle on the session store given to plugins that declare
+    ``requires=("sessions",)``. Returns the session's new version."""
+
+    async def put(self, session_id: str, state: Any, ttl: float | None = None) -> int: ...
+
+    async def delete(self, session_id: str) -> bool: ...
+
+
+#: capabilities a plugin may ask for in ``PluginSpec.requires``; each is passed to its factory
+#: as a keyword argument of the same name (a plugin never sees the daemon itself)
+CAPABILITIES: Mapping[str, type] = {"sessions": SessionAccess}
+
+
 @dataclass(frozen=True, slots=True)
 class PluginSpec:
     """Everything the registry knows about one plugin.
 
-    ``factory(config)`` builds an instance from a value of ``config_type``. Actuators list their
-    ``actions`` with a params Struct each; ``idempotent=False`` makes the action path refuse to
-    run the same idempotency key twice.
+    ``factory(config)`` builds an instance from a value of ``config_type`` (plus one keyword
+    argument per name in ``requires``, e.g. ``sessions=SessionAccess``). Actuators list their
+    ``actions`` with a params Struct each (``"*"``: any action name); ``idempotent=False`` makes
+    the action path refuse to run the same idempotency key twice, even across a restart.
+    An actuator object may also have ``validate(action) -> str | None`` for checks that depend
+    on its config (an unknown command, a path not in the allowlist): a non-None reason rejects.
     """
 
     name: str
@@ -112,3 +132,4 @@ class PluginSpec:
     description: str = ""
     actions: Mapping[str, type[msgspec.Struct]] = field(default_factory=dict)
     idempotent: bool = True
+    requires: tuple[str, ...] = ()

@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import time
+from collections.abc import Mapping
 from typing import Any, final
 
 from agentd.config import ActuatorInstance, PluginInstance, PolicyInstance, SensorInstance
@@ -19,8 +21,10 @@ __all__ = ["DEGRADED_AFTER", "MAX_BACKOFF_FACTOR", "PluginHandle", "build_handle
 log = logging.getLogger("agentd.plugins")
 
 #: consecutive failures after which a sensor or actuator is `degraded` and backs off
+#: (default of the per-instance ``degraded_after`` key)
 DEGRADED_AFTER = 3
-#: backoff doubles the poll interval up to this factor (collectd's MaxReadInterval idea)
+#: backoff doubles the poll interval up to this factor (collectd's MaxReadInterval idea), or up
+#: to the instance's ``max_interval`` when set
 MAX_BACKOFF_FACTOR = 64
 
 
@@ -40,7 +44,9 @@ class PluginHandle:
         "next_tick",
         "obj",
         "pending",
+        "period",
         "policy_state",
+        "retry_at",
         "spec",
         "state",
     )
@@ -61,6 +67,10 @@ class PluginHandle:
         self.every = 1
         self.backoff = 1
         self.next_tick = 0
+        #: seconds between two calls when healthy (sensors: every x loop interval; actuators: 1 s)
+        self.period = 1.0
+        #: actuators: while degraded, calls before this monotonic time are skipped, not made
+        self.retry_at = 0.0
         #: a sensor call still running from an earlier tick (hung); never start a second one
         self.pending: asyncio.Future[Any] | None = None
         self.policy_state = PolicyState()
@@ -68,6 +78,18 @@ class PluginHandle:
     def set_interval(self, loop_interval: float) -> None:
         interval = getattr(self.config, "interval", None)
         self.every = max(1, round(interval / loop_interval)) if interval else 1
+        self.period = self.every * loop_interval
+
+    @property
+    def max_backoff(self) -> int:
+        cap = self.config.max_interval
+        if cap is None:
+            return MAX_BACKOFF_FACTOR
+        return max(1, int(cap / self.period))
+
+    def backing_off(self) -> float:
+        """Actuators: seconds left before a degraded actuator may be called again (0: now)."""
+        return max(0.0, self.retry_at - time.monotonic()) if self.state == "degraded" else 0.0
 
     def due(self, tick: int) -> bool:
         return tick >= self.next_tick
@@ -84,6 +106,7 @@ class PluginHandle:
         self.state = "ok"
         self.consecutive_failures = 0
         self.backoff = 1
+        self.retry_at = 0.0
 
     def fail(self, error: str) -> None:
         self.calls += 1
@@ -93,7 +116,7 @@ class PluginHandle:
         if self.state == "ok":
             self.state = "failing"
             log.error("%s %r is failing: %s", self.kind, self.name, error)
-        if self.kind != "policy" and self.consecutive_failures >= DEGRADED_AFTER:
+        if self.kind != "policy" and self.consecutive_failures >= self.config.degraded_after:
             if self.state != "degraded":
                 self.state = "degraded"
                 log.error(
@@ -103,7 +126,10 @@ class PluginHandle:
                     self.consecutive_failures,
                     error,
                 )
-            self.backoff = min(self.backoff * 2, MAX_BACKOFF_FACTOR)
+            self.backoff = min(self.backoff * 2, self.max_backoff)
+            cap = self.config.max_interval
+            delay = self.period * self.backoff
+            self.retry_at = time.monotonic() + (min(delay, cap) if cap else delay)
 
     def status(self) -> PluginStatus:
         return PluginStatus(
@@ -144,11 +170,21 @@ def kind_of(instance: PluginInstance) -> PluginKind:
     return _KIND_OF[type(instance)]
 
 
-def build_handle(instance: PluginInstance, spec: PluginSpec) -> PluginHandle:
-    """Instantiate a plugin from its validated config; errors name the instance."""
+def build_handle(
+    instance: PluginInstance, spec: PluginSpec, capabilities: Mapping[str, Any] | None = None
+) -> PluginHandle:
+    """Instantiate a plugin from its validated config, passing it the capabilities it declared
+    in ``spec.requires`` (and nothing else); errors name the instance."""
     kind = kind_of(instance)
+    granted: dict[str, Any] = {}
+    for need in spec.requires:
+        if capabilities is None or capabilities.get(need) is None:
+            raise PluginError(
+                instance.name, f"needs {need!r}, which this agentd does not provide", spec.origin
+            )
+        granted[need] = capabilities[need]
     try:
-        obj = spec.factory(instance.config)
+        obj = spec.factory(instance.config, **granted)
     except Exception as exc:
         raise PluginError(
             instance.name, f"cannot be built: {type(exc).__name__}: {exc}", spec.origin

@@ -2,7 +2,8 @@
 metadata) plus third-party plugins from the entry-point group ``agentd.plugins``.
 
 An entry point names a `PluginSpec`, or a callable returning one or a list of them. Plugins are
-validated when registered; a broken third-party plugin is reported in ``problems`` and skipped.
+validated when registered; a broken third-party plugin is reported in ``problems`` (one line
+naming the plugin and its distribution) and skipped. A blocked entry point is not even imported.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any, final
 import msgspec
 
 from agentd.errors import PluginError
-from agentd.plugins.base import PluginKind, PluginSpec
+from agentd.plugins.base import CAPABILITIES, PluginKind, PluginSpec
 
 __all__ = ["ENTRY_POINT_GROUP", "Registry", "default_registry"]
 
@@ -27,27 +28,30 @@ log = logging.getLogger("agentd.plugins")
 
 @final
 class Registry:
-    """Plugin specs by name. ``problems`` lists third-party plugins that were skipped."""
+    """Plugin specs by kind and name (a sensor and an actuator may share a name, like the
+    built-in ``file`` ones). ``problems`` lists third-party plugins that were skipped."""
 
     __slots__ = ("_blocked", "_specs", "problems")
 
     def __init__(self, blocked: Iterable[str] = ()) -> None:
-        self._specs: dict[str, PluginSpec] = {}
+        self._specs: dict[tuple[str, str], PluginSpec] = {}
         self._blocked = set(blocked)
         self.problems: list[str] = []
 
     def register(self, spec: PluginSpec) -> None:
         """Validate and add a plugin; raises PluginError naming the plugin and its origin."""
-        where = spec.origin
         if not isinstance(spec, PluginSpec):
-            raise PluginError(str(spec), "entry point did not give a PluginSpec", where)
+            raise PluginError(repr(spec)[:60], "is not a PluginSpec", "?")
+        where = spec.origin
         if spec.kind not in _METHOD:
             raise PluginError(spec.name, f"unknown kind {spec.kind!r}", where)
         if not spec.name or not spec.name.replace("_", "").replace("-", "").isalnum():
             raise PluginError(spec.name, "plugin names use letters, digits, '_' and '-'", where)
-        if spec.name in self._specs:
-            other = self._specs[spec.name].origin
-            raise PluginError(spec.name, f"duplicate plugin name (already from {other})", where)
+        if (spec.kind, spec.name) in self._specs:
+            other = self._specs[spec.kind, spec.name].origin
+            raise PluginError(
+                spec.name, f"duplicate {spec.kind} plugin name (already from {other})", where
+            )
         if not (
             isinstance(spec.config_type, type) and issubclass(spec.config_type, msgspec.Struct)
         ):
@@ -56,54 +60,91 @@ class Registry:
         target = spec.factory
         if not callable(target):
             raise PluginError(spec.name, "factory is not callable", where)
-        if inspect.isclass(target) and not callable(getattr(target, method, None)):
-            raise PluginError(
-                spec.name,
-                f"{target.__name__} does not satisfy the {spec.kind} protocol "
-                f"(no {method}() method)",
-                where,
-            )
+        if inspect.isclass(target):
+            impl = getattr(target, method, None)
+            if not callable(impl):
+                raise PluginError(
+                    spec.name,
+                    f"{target.__name__} does not satisfy the {spec.kind} protocol "
+                    f"(no {method}() method)",
+                    where,
+                )
+            if spec.kind != "policy" and not inspect.iscoroutinefunction(impl):
+                raise PluginError(
+                    spec.name,
+                    f"{target.__name__}.{method}() must be `async def` (the {spec.kind} protocol)",
+                    where,
+                )
+        for need in spec.requires:
+            if need not in CAPABILITIES:
+                known = ", ".join(sorted(CAPABILITIES))
+                raise PluginError(
+                    spec.name, f"requires unknown capability {need!r} (known: {known})", where
+                )
         for action, params in spec.actions.items():
             if not (isinstance(params, type) and issubclass(params, msgspec.Struct)):
                 raise PluginError(spec.name, f"params of action {action!r} is not a Struct", where)
         if spec.kind == "actuator" and not spec.actions:
             raise PluginError(spec.name, "an actuator must declare at least one action", where)
-        self._specs[spec.name] = spec
+        self._specs[spec.kind, spec.name] = spec
 
-    def find(self, name: str) -> PluginSpec | None:
+    def find(self, name: str, kind: PluginKind | None = None) -> PluginSpec | None:
+        """The plugin called ``name`` (of ``kind``; without it, the first of sensor, policy,
+        actuator). None if unknown or blocked."""
         if name in self._blocked:
             return None
-        return self._specs.get(name)
+        for k in (kind,) if kind else _METHOD:
+            spec = self._specs.get((k, name))
+            if spec is not None:
+                return spec
+        return None
 
-    def get(self, name: str) -> PluginSpec:
-        spec = self.find(name)
+    def find_all(self, name: str) -> list[PluginSpec]:
+        return [s for k in _METHOD if (s := self.find(name, k)) is not None]  # type: ignore[arg-type]
+
+    def get(self, name: str, kind: PluginKind | None = None) -> PluginSpec:
+        spec = self.find(name, kind)
         if spec is None:
             reason = "is blocked by config" if name in self._blocked else "is not registered"
             raise PluginError(name, reason)
         return spec
 
+    def is_blocked(self, name: str) -> bool:
+        return name in self._blocked
+
     def names(self, kind: PluginKind | None = None) -> list[str]:
         return sorted(
-            n
-            for n, s in self._specs.items()
-            if (kind is None or s.kind == kind) and n not in self._blocked
+            {n for (k, n) in self._specs if (kind is None or k == kind) and n not in self._blocked}
         )
 
     def specs(self) -> list[PluginSpec]:
-        return [self._specs[n] for n in self.names()]
+        return sorted(
+            (s for s in self._specs.values() if s.name not in self._blocked),
+            key=lambda s: (s.name, list(_METHOD).index(s.kind)),
+        )
 
     def load_entry_points(self, group: str = ENTRY_POINT_GROUP) -> None:
         """Register third-party plugins; failures go to ``problems`` (and the log), not up."""
         for ep in metadata.entry_points(group=group):
             dist = ep.dist
             origin = f"{dist.name}=={dist.version}" if dist is not None else ep.value
+            if ep.name in self._blocked:
+                log.debug("plugin %r (%s) is blocked by config: not loaded", ep.name, origin)
+                continue
             try:
                 loaded: Any = ep.load()
                 specs = (
                     loaded() if callable(loaded) and not isinstance(loaded, PluginSpec) else loaded
                 )
                 for item in specs if isinstance(specs, list | tuple) else [specs]:
-                    if isinstance(item, PluginSpec) and item.origin == "builtin":
+                    if not isinstance(item, PluginSpec):
+                        raise PluginError(  # noqa: TRY301 - reported like any other problem
+                            ep.name,
+                            f"entry point {ep.value} gave a {type(item).__name__}, "
+                            "not a PluginSpec",
+                            origin,
+                        )
+                    if item.origin == "builtin":
                         item = _with_origin(item, origin)  # noqa: PLW2901
                     self.register(item)
             except PluginError as exc:
@@ -115,8 +156,10 @@ class Registry:
                 )
 
     def _problem(self, message: str) -> None:
-        self.problems.append(message)
-        log.error("%s; skipped", message)
+        # one line, whatever the exception text looked like; the daemon and the CLI report it
+        line = " ".join(message.split())
+        self.problems.append(line)
+        log.debug("plugin skipped: %s", line)
 
 
 def _with_origin(spec: PluginSpec, origin: str) -> PluginSpec:
@@ -131,6 +174,7 @@ def _with_origin(spec: PluginSpec, origin: str) -> PluginSpec:
         description=spec.description,
         actions=spec.actions,
         idempotent=spec.idempotent,
+        requires=spec.requires,
     )
 
 

@@ -1,8 +1,39 @@
 """The built-in plugins, registered in code so a frozen binary has them."""
 
 from agentd.plugins.base import PluginSpec
-from agentd.plugins.builtin import log_actuator, system, threshold
+from agentd.plugins.builtin import (
+    command,
+    exec_actuator,
+    file_actuator,
+    file_sensor,
+    log_actuator,
+    net,
+    process,
+    rate,
+    rules,
+    session,
+    system,
+    threshold,
+    webhook,
+)
 
 __all__ = ["BUILTINS"]
 
-BUILTINS: list[PluginSpec] = [system.SPEC, threshold.SPEC, log_actuator.SPEC]
+BUILTINS: list[PluginSpec] = [
+    # sensors
+    system.SPEC,
+    file_sensor.SPEC,
+    command.SPEC,
+    net.SPEC,
+    process.SPEC,
+    # policies
+    threshold.SPEC,
+    rules.SPEC,
+    rate.SPEC,
+    # actuators
+    log_actuator.SPEC,
+    exec_actuator.SPEC,
+    file_actuator.SPEC,
+    webhook.SPEC,
+    session.SPEC,
+]

@@ -1,0 +1,226 @@
+"""The control client agentctl uses: blocking sockets, no asyncio, no daemon imports, so
+``agentctl status`` starts and answers fast.
+
+    with Client("/run/agentd/agentd.sock") as c:
+        c.call("status")
+
+A third-party client needs only docs/protocol.md; this one is the reference.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import os
+import secrets
+import socket
+from collections.abc import Iterator
+from typing import Any
+
+import msgspec
+
+from agentd.control.protocol import (
+    PROTOCOL_VERSION,
+    FrameBuffer,
+    FrameTooLarge,
+    Message,
+    Request,
+    decode_message,
+    encode_frame,
+)
+
+__all__ = [
+    "Client",
+    "ConnectionLost",
+    "ControlError",
+    "NotRunning",
+    "PermissionDenied",
+    "RemoteError",
+    "new_traceparent",
+]
+
+#: a response can be as large as the server's max_frame (at most 64 MiB by config)
+CLIENT_MAX_FRAME = 64 * 1024 * 1024
+
+
+class ControlError(Exception):
+    """Anything that kept a request from getting an answer."""
+
+
+class NotRunning(ControlError):
+    def __init__(self, path: str, why: str = "no socket at") -> None:
+        self.path = path
+        super().__init__(f"agentd is not running ({why} {path})")
+
+
+class PermissionDenied(ControlError):
+    def __init__(self, path: str) -> None:
+        self.path = path
+        super().__init__(
+            f"permission denied: cannot connect to {path} "
+            "(run as root, as agentd's user, or as a member of the socket's group)"
+        )
+
+
+class ConnectionLost(ControlError):
+    pass
+
+
+class RemoteError(ControlError):
+    """The daemon answered with ``error``."""
+
+    def __init__(self, code: str, message: str, details: list[str] | None = None) -> None:
+        self.code = code
+        self.message = message
+        self.details = details or []
+        super().__init__(message)
+
+
+def new_traceparent() -> str:
+    """A fresh W3C traceparent (sampled): one per agentctl invocation."""
+    return f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-01"
+
+
+class Client:
+    def __init__(
+        self, path: str | os.PathLike[str], timeout: float | None = 30.0, traceparent: str = ""
+    ) -> None:
+        self.path = os.fspath(path)
+        self.timeout = timeout
+        self.traceparent = traceparent or new_traceparent()
+        self._sock: socket.socket | None = None
+        self._frames = FrameBuffer(CLIENT_MAX_FRAME)
+        self._ids = itertools.count(1)
+        #: answers read while waiting for another id (pipelining)
+        self._early: dict[int | str | None, Message] = {}
+
+    # -- connection --------------------------------------------------------------------------
+    def connect(self) -> Client:
+        if self._sock is not None:
+            return self
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(self.path)
+        except FileNotFoundError:
+            sock.close()
+            raise NotRunning(self.path) from None
+        except ConnectionRefusedError:
+            sock.close()
+            raise NotRunning(self.path, "nobody listening on the socket at") from None
+        except PermissionError:
+            sock.close()
+            raise PermissionDenied(self.path) from None
+        except OSError as exc:
+            sock.close()
+            if exc.errno in (errno.ENOTDIR, errno.ENOTSOCK):
+                raise NotRunning(self.path) from None
+            raise ControlError(f"cannot connect to {self.path}: {exc.strerror or exc}") from None
+        self._sock = sock
+        return self
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+    def __enter__(self) -> Client:
+        return self.connect()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- requests ----------------------------------------------------------------------------
+    def send(self, cmd: str, args: dict[str, Any] | None = None) -> int:
+        """Send one request without waiting; returns its id."""
+        rid = next(self._ids)
+        self._write(self._frame(rid, cmd, args))
+        return rid
+
+    def send_many(self, requests: list[tuple[str, dict[str, Any] | None]]) -> list[int]:
+        """Pipeline several requests in one write; returns their ids."""
+        ids = [next(self._ids) for _ in requests]
+        self._write(b"".join(self._frame(i, c, a) for i, (c, a) in zip(ids, requests, strict=True)))
+        return ids
+
+    def call(self, cmd: str, args: dict[str, Any] | None = None) -> Any:
+        """Send a request and return its result; raises `RemoteError` for an error answer."""
+        return self.result(self.wait(self.send(cmd, args)))
+
+    def hello(self) -> dict[str, Any]:
+        result: dict[str, Any] = self.call(
+            "hello", {"protocol": PROTOCOL_VERSION, "client": "agentctl"}
+        )
+        return result
+
+    @staticmethod
+    def result(message: Message) -> Any:
+        if not isinstance(message.error, msgspec.UnsetType):
+            e = message.error
+            raise RemoteError(e.code, e.message, list(e.details))
+        return None if isinstance(message.result, msgspec.UnsetType) else message.result
+
+    def wait(self, rid: int | str) -> Message:
+        """The answer to request ``rid`` (answers to other ids are kept for later)."""
+        if rid in self._early:
+            return self._early.pop(rid)
+        while True:
+            message = self.read()
+            if message.id == rid and isinstance(message.event, msgspec.UnsetType):
+                return message
+            if message.id is None and not isinstance(message.error, msgspec.UnsetType):
+                # a connection-level error (busy, bad_frame): it answers whatever we asked
+                return message
+            if isinstance(message.event, msgspec.UnsetType):
+                self._early[message.id] = message
+
+    def read(self) -> Message:
+        """The next frame from the server (a response or an event)."""
+        while True:
+            try:
+                body = self._frames.next()
+            except FrameTooLarge as exc:
+                raise ConnectionLost(f"the daemon sent an oversized frame: {exc}") from None
+            if body is not None:
+                try:
+                    return decode_message(body)
+                except msgspec.MsgspecError as exc:
+                    raise ConnectionLost(f"the daemon sent a malformed frame: {exc}") from None
+            sock = self._require()
+            try:
+                data = sock.recv(256 * 1024)
+            except TimeoutError:
+                raise ConnectionLost(
+                    f"no answer from agentd within {self.timeout:g}s ({self.path})"
+                ) from None
+            except OSError as exc:
+                raise ConnectionLost(f"connection to agentd lost: {exc.strerror or exc}") from None
+            if not data:
+                raise ConnectionLost("agentd closed the connection")
+            self._frames.feed(data)
+
+    def events(self) -> Iterator[Message]:
+        """Frames as they come (after a ``watch``): blocks without a timeout."""
+        self._require().settimeout(None)
+        while True:
+            yield self.read()
+
+    # -- internals ---------------------------------------------------------------------------
+    def _frame(self, rid: int, cmd: str, args: dict[str, Any] | None) -> bytes:
+        return encode_frame(Request(id=rid, cmd=cmd, args=args or {}, traceparent=self.traceparent))
+
+    def _require(self) -> socket.socket:
+        if self._sock is None:
+            self.connect()
+        assert self._sock is not None
+        return self._sock
+
+    def _write(self, data: bytes) -> None:
+        try:
+            self._require().sendall(data)
+        except (BrokenPipeError, ConnectionResetError) as exc:
+            raise ConnectionLost(f"connection to agentd lost: {exc.strerror}") from None
+        except TimeoutError:
+            raise ConnectionLost(
+                f"agentd did not take the request within {self.timeout:g}s"
+            ) from None

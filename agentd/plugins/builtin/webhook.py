@@ -1,0 +1,191 @@
+"""`webhook` actuator: HTTP POST of the action as JSON to a configured URL, over asyncio streams
+(HTTP/1.1, one connection per call, ``Connection: close``; https through the ssl module with
+certificate checks). A 2xx answer is success; anything else, a refused connection or a timeout
+fails the call, and the instance's ``retries``/``retry_on`` decide whether it is tried again.
+No extra dependency: a frozen binary has everything it needs.
+
+The body is ``{"actuator", "action", "params", "priority", "source", "key", "sent_at"}``; the
+idempotency key also goes in an ``Idempotency-Key`` header so the receiver can deduplicate."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+import time
+from typing import Annotated
+from urllib.parse import urlsplit
+
+import msgspec
+from msgspec import Meta
+
+from agentd import __version__
+from agentd.model import Action
+from agentd.plugins.base import ActuatorReply, PluginSpec
+
+__all__ = ["SPEC", "HTTPError", "WebhookActuator", "WebhookConfig", "post_json"]
+
+
+class HTTPError(Exception):
+    pass
+
+
+class WebhookConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    url: str
+    #: extra request headers (e.g. an Authorization token)
+    headers: dict[str, str] = {}
+    #: seconds for connect + request + response
+    request_timeout: Annotated[float, Meta(gt=0, le=600)] = 10.0
+    #: bytes of the response body kept for the journal (and read at most)
+    max_response: Annotated[int, Meta(ge=0, le=16 * 1024 * 1024)] = 4096
+    #: https: verify the server certificate (against ``ca_file`` or the system store)
+    verify: bool = True
+    ca_file: str | None = None
+
+    def __post_init__(self) -> None:
+        parts = urlsplit(self.url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"`url` {self.url!r} is not an http:// or https:// URL")
+        for name, value in self.headers.items():
+            if any(ch in name + value for ch in "\r\n\x00") or ":" in name:
+                raise ValueError(f"`headers.{name}`: not a valid header")
+
+
+class WebhookParams(msgspec.Struct, kw_only=True):
+    """Any params are sent as they are."""
+
+
+class _Body(msgspec.Struct, kw_only=True):
+    actuator: str
+    action: str
+    params: dict[str, object]
+    priority: int
+    source: str
+    key: str | None
+    sent_at: float
+
+
+async def post_json(
+    url: str,
+    body: bytes,
+    *,
+    headers: dict[str, str],
+    max_response: int,
+    ssl_context: ssl.SSLContext | None,
+) -> tuple[int, bytes]:
+    """POST ``body`` and return (status, the first ``max_response`` bytes of the body)."""
+    parts = urlsplit(url)
+    https = parts.scheme == "https"
+    host = parts.hostname or ""
+    port = parts.port or (443 if https else 80)
+    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    reader, writer = await asyncio.open_connection(
+        host, port, ssl=ssl_context if https else None, server_hostname=host if https else None
+    )
+    try:
+        netloc = host if parts.port is None else f"{host}:{parts.port}"
+        head = [
+            f"POST {path} HTTP/1.1",
+            f"Host: {netloc}",
+            f"User-Agent: agentd/{__version__}",
+            "Content-Type: application/json",
+            "Accept: */*",
+            f"Content-Length: {len(body)}",
+            "Connection: close",
+            *(f"{k}: {v}" for k, v in headers.items()),
+        ]
+        writer.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body)
+        await writer.drain()
+        status_line = await reader.readline()
+        fields = status_line.decode("latin-1").split(None, 2)
+        if len(fields) < 2 or not fields[0].startswith("HTTP/") or not fields[1].isdigit():
+            raise HTTPError(f"not an HTTP response: {status_line[:60]!r}")
+        status = int(fields[1])
+        length: int | None = None
+        chunked = False
+        for _ in range(100):  # at most 100 header lines
+            line = await reader.readline()
+            if line in (b"\r\n", b"\n", b""):
+                break
+            name, _, value = line.decode("latin-1").partition(":")
+            name = name.strip().lower()
+            if name == "content-length" and value.strip().isdigit():
+                length = int(value.strip())
+            elif name == "transfer-encoding" and "chunked" in value.lower():
+                chunked = True
+        data = await _read_body(reader, length, chunked, max_response)
+        return status, data
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError, ssl.SSLError):
+            await writer.wait_closed()
+
+
+async def _read_body(
+    reader: asyncio.StreamReader, length: int | None, chunked: bool, cap: int
+) -> bytes:
+    if chunked:
+        out = bytearray()
+        while len(out) < cap:
+            size_line = await reader.readline()
+            try:
+                size = int(size_line.split(b";")[0].strip() or b"0", 16)
+            except ValueError:
+                break
+            if size == 0:
+                break
+            out += await reader.readexactly(size) if size <= cap else await reader.read(cap)
+            await reader.readline()
+        return bytes(out[:cap])
+    if length is not None:
+        return await reader.read(min(length, cap)) if length else b""
+    return await reader.read(cap)
+
+
+class WebhookActuator:
+    def __init__(self, config: WebhookConfig) -> None:
+        self.config = config
+        self.ssl: ssl.SSLContext | None = None
+        if urlsplit(config.url).scheme == "https":
+            self.ssl = ssl.create_default_context(cafile=config.ca_file)
+            if not config.verify:
+                self.ssl.check_hostname = False
+                self.ssl.verify_mode = ssl.CERT_NONE
+
+    async def act(self, action: Action) -> ActuatorReply:
+        c = self.config
+        body = msgspec.json.encode(
+            _Body(
+                actuator=action.actuator,
+                action=action.name,
+                params=action.params,
+                priority=action.priority,
+                source=action.source,
+                key=action.key,
+                sent_at=time.time(),
+            )
+        )
+        headers = dict(c.headers)
+        if action.key:
+            headers["Idempotency-Key"] = action.key
+        try:
+            async with asyncio.timeout(c.request_timeout):
+                status, data = await post_json(
+                    c.url, body, headers=headers, max_response=c.max_response, ssl_context=self.ssl
+                )
+        except TimeoutError:
+            raise TimeoutError(f"no answer from {c.url} within {c.request_timeout:g}s") from None
+        text = data.decode("utf-8", "replace")
+        if not 200 <= status < 300:
+            raise HTTPError(f"{c.url} answered {status}: {' '.join(text.split())[:120]}")
+        return ActuatorReply(output={"status": status, "body": text})
+
+
+SPEC = PluginSpec(
+    name="webhook",
+    kind="actuator",
+    factory=WebhookActuator,
+    config_type=WebhookConfig,
+    description="POST the action as JSON to a URL (http/https, timeout, retries)",
+    actions={"*": WebhookParams},
+)
