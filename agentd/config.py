@@ -122,6 +122,12 @@ class _Common(_Section, frozen=True):
     plugin: str | None = None
     enabled: bool = True
     timeout: Seconds | None = None
+    #: when start() fails: refuse to start agentd, run without the plugin, or keep retrying
+    startup_error: Literal["fail", "skip", "retry"] = "fail"
+    #: sensors/actuators: consecutive failures before `degraded` and backing off
+    degraded_after: Annotated[int, Meta(ge=1, le=1000)] = 3
+    #: the backed-off interval never exceeds this (default: 64 x the normal interval)
+    max_interval: Seconds | None = None
 
 
 class SensorCommon(_Common, frozen=True):
@@ -168,12 +174,6 @@ class SensorInstance(PluginInstance, kw_only=True):
 
 class PolicyInstance(PluginInstance, kw_only=True):
     common: PolicyCommon
-    #: when start() fails: refuse to start agentd, run without the plugin, or keep retrying
-    startup_error: Literal["fail", "skip", "retry"] = "fail"
-    #: sensors/actuators: consecutive failures before `degraded` and backing off
-    degraded_after: Annotated[int, Meta(ge=1, le=1000)] = 3
-    #: the backed-off interval never exceeds this (default: 64 x the normal interval)
-    max_interval: Seconds | None = None
 
 
 class ActuatorInstance(PluginInstance, kw_only=True):
@@ -278,6 +278,14 @@ def loads(text: str, registry: Registry | None = None, *, source: str = "<string
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([f"{source}: not valid TOML: {exc}"]) from None
+    if registry is None:
+        from agentd.plugins.registry import default_registry
+
+        # a blocked third-party plugin is not even imported
+        section = raw.get("plugins")
+        blocked = section.get("blocked") if isinstance(section, dict) else None
+        ok = isinstance(blocked, list) and all(isinstance(b, str) for b in blocked)
+        registry = default_registry(blocked if ok else ())  # type: ignore[arg-type]
     return from_dict(raw, registry, source=source)
 
 
@@ -328,14 +336,6 @@ def _instance(
     if not isinstance(table, dict):
         errors.append(f"{where}: expected a table, got {_show(table)}")
         return None
-    if registry is None:
-        from agentd.plugins.registry import default_registry
-
-        # a blocked third-party plugin is not even imported
-        section = raw.get("plugins")
-        blocked = section.get("blocked") if isinstance(section, dict) else None
-        ok = isinstance(blocked, list) and all(isinstance(b, str) for b in blocked)
-        registry = default_registry(blocked if ok else ())  # type: ignore[arg-type]
     if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_\-]*", name):
         errors.append(f"{where}: instance names use letters, digits, '_' and '-' only")
         return None

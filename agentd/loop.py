@@ -128,12 +128,6 @@ class PerceptionLoop:
         if settings.interval != old.interval:
             self.lateness.reset()
 
-    # -- control -----------------------------------------------------------------------------
-    def stop(self) -> None:
-        """Ask the loop to return after the current tick (or at once if it is sleeping)."""
-        self._stopping = True
-        self._resume.set()
-        self._wake()
     def attach(self, handle: PluginHandle) -> None:
         """Add a plugin that started late (``startup_error = "retry"``); it joins from the next
         tick. Sensor and policy maps are replaced, not mutated, so a tick in progress is safe."""
@@ -145,6 +139,12 @@ class PerceptionLoop:
         else:
             self.actuators[handle.name] = handle  # shared with the ActionRunner
 
+    # -- control -----------------------------------------------------------------------------
+    def stop(self) -> None:
+        """Ask the loop to return after the current tick (or at once if it is sleeping)."""
+        self._stopping = True
+        self._resume.set()
+        self._wake()
 
     def pause(self) -> None:
         self._paused = True
