@@ -11,11 +11,14 @@ import asyncio
 import enum
 import logging
 import os
+import random
 import signal
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
+
+import msgspec
 
 from agentd import __version__
 from agentd.config import (
@@ -28,7 +31,8 @@ from agentd.config import (
 from agentd.errors import AgentdError, ConfigError, PluginError
 from agentd.lock import InstanceLock
 from agentd.loop import LoopSettings, PerceptionLoop
-from agentd.model import TickReport
+from agentd.model import PluginStatus, TickReport
+from agentd.plugins.capabilities import MemorySessions, StoreSessions
 from agentd.plugins.handle import PluginHandle, build_handle, kind_of
 from agentd.plugins.registry import Registry, default_registry
 
@@ -47,6 +51,9 @@ log = logging.getLogger("agentd")
 STOP_CONTROL_TIMEOUT: Final = 2.0
 FINISH_TICK_TIMEOUT: Final = 10.0
 STOP_PLUGINS_TIMEOUT: Final = 5.0
+#: startup_error = "retry": first delay before trying again and the default cap (seconds)
+RETRY_START_FIRST: Final = 1.0
+RETRY_START_MAX: Final = 300.0
 FLUSH_STORE_TIMEOUT: Final = 10.0
 MAX_DRAIN_TIMEOUT: Final = 60.0
 SHUTDOWN_STAGES: Final = {
@@ -102,6 +109,10 @@ class Daemon:
         self._reload_lock = asyncio.Lock()
         #: extra startup/shutdown participants (store, control plane, telemetry, systemd)
         self.after_start: list[Callable[[], Any]] = []
+        #: plugins whose start failed under startup_error "skip"/"retry", by (kind, name)
+        self.unstarted: dict[tuple[str, str], PluginStatus] = {}
+        self._retries: dict[tuple[str, str], asyncio.Task[None]] = {}
+        self._deferred: list[PluginInstance] = []
         #: the control plane (agentd/control/server.py); None when [control] enabled = false
         self.control: Any = None
 
@@ -136,6 +147,7 @@ class Daemon:
         self.handles = await self._build_all(self.config)
         self.loop = PerceptionLoop(self._settings(self.config), **self._by_kind(self.handles))
         self.loop.progress_hooks.append(self._on_tick)
+        self._start_retries()
         self._loop_task = asyncio.create_task(self.loop.run(), name="perception-loop")
         self._loop_task.add_done_callback(self._loop_done)
         await self._start_control()
@@ -247,12 +259,14 @@ class Daemon:
         out: dict[str, dict[str, PluginHandle]] = {"sensor": {}, "policy": {}, "actuator": {}}
         for inst in config.instances():
             if inst.enabled:
-                handle = await self._build(inst)
-                out[handle.kind][inst.name] = handle
+                handle = await self._build_or_defer(inst)
+                if handle is not None:
+                    out[handle.kind][inst.name] = handle
         return out
 
     async def _build(self, inst: PluginInstance) -> PluginHandle:
-        handle = build_handle(inst, self.registry.get(inst.plugin))
+        spec = self.registry.get(inst.plugin, kind_of(inst))
+        handle = build_handle(inst, spec, self._capabilities(spec.requires))
         try:
             async with asyncio.timeout(STOP_PLUGINS_TIMEOUT):
                 await handle.start()
@@ -261,6 +275,99 @@ class Daemon:
                 inst.name, f"failed to start: {type(exc).__name__}: {exc}", handle.spec.origin
             ) from exc
         return handle
+
+    def _capabilities(self, wanted: tuple[str, ...]) -> dict[str, Any]:
+        """The narrow handles a plugin asked for in ``PluginSpec.requires`` (never the daemon).
+        Sessions go to the store when it is open, else to memory (lost at exit)."""
+        out: dict[str, Any] = {}
+        if "sessions" in wanted:
+            store = getattr(self, "store", None)
+            sessions = getattr(store, "sessions", None)
+            if sessions is not None:
+                out["sessions"] = StoreSessions(sessions)
+            else:
+                if not isinstance(getattr(self, "_memory_sessions", None), MemorySessions):
+                    log.warning("no store: the session actuator keeps sessions in memory only")
+                    self._memory_sessions = MemorySessions()
+                out["sessions"] = self._memory_sessions
+        return out
+
+    # -- startup_error = "fail" | "skip" | "retry" -----------------------------------------
+    async def _build_or_defer(self, inst: PluginInstance) -> PluginHandle | None:
+        """Build and start a plugin. If that fails, its ``startup_error`` decides: ``fail``
+        raises (agentd refuses to start, a reload is refused), ``skip`` runs without it
+        (reported `disabled`), ``retry`` runs without it and keeps trying in the background."""
+        try:
+            return await self._build(inst)
+        except PluginError as exc:
+            policy = inst.common.startup_error
+            if policy == "fail":
+                raise
+            kind = kind_of(inst)
+            self.unstarted[kind, inst.name] = PluginStatus(
+                name=inst.name,
+                plugin=inst.plugin,
+                kind=kind,
+                state="disabled" if policy == "skip" else "starting",
+                errors=1,
+                consecutive_failures=1,
+                last_error=str(exc),
+            )
+            if policy == "retry":
+                self._deferred.append(inst)
+            then = "running without it" if policy == "skip" else "retrying in background"
+            log.error("%s; %s", exc, then)
+            return None
+
+    def _start_retries(self) -> None:
+        for inst in self._deferred:
+            key = (kind_of(inst), inst.name)
+            self._retries[key] = self.spawn(self._retry_start(inst), name=f"start:{inst.name}")
+        self._deferred = []
+
+    def _cancel_retries(self) -> None:
+        for task in self._retries.values():
+            task.cancel()
+        self._retries.clear()
+
+    async def _retry_start(self, inst: PluginInstance) -> None:
+        """Try to start ``inst`` again with exponential backoff and jitter (1 s doubling up
+        to ``max_interval``, default 5 min); once it starts it joins the loop."""
+        kind = kind_of(inst)
+        key = (kind, inst.name)
+        cap = inst.common.max_interval or RETRY_START_MAX
+        delay = min(RETRY_START_FIRST, cap)
+        attempts = 1
+        while True:
+            await asyncio.sleep(delay * random.uniform(0.75, 1.25))
+            attempts += 1
+            try:
+                handle = await self._build(inst)
+            except PluginError as exc:
+                old = self.unstarted.get(key)
+                if old is not None:
+                    self.unstarted[key] = msgspec.structs.replace(
+                        old,
+                        errors=old.errors + 1,
+                        consecutive_failures=old.consecutive_failures + 1,
+                        last_error=str(exc),
+                    )
+                delay = min(delay * 2, cap)
+                continue
+            async with self._reload_lock:
+                assert self.loop is not None
+                self.handles.setdefault(kind, {})[inst.name] = handle
+                self.loop.attach(handle)
+                self.unstarted.pop(key, None)
+                self._retries.pop(key, None)
+            log.warning("%s %r started after %d attempts", kind, inst.name, attempts)
+            return
+
+    def plugin_statuses(self) -> list[PluginStatus]:
+        """Every configured, enabled plugin instance: running ones and those that did not
+        start (``disabled`` under skip, ``starting`` under retry)."""
+        out = [h.status() for by in self.handles.values() for h in by.values()]
+        return out + list(self.unstarted.values())
 
     async def _stop_plugins(
         self, handles: Mapping[str, Mapping[str, PluginHandle]] | None = None
@@ -308,11 +415,14 @@ class Daemon:
                 log.error("reload refused, still running the previous config: %s", exc)
                 return exc.errors
             assert self.loop is not None
+            old_unstarted, self.unstarted, self._deferred = self.unstarted, {}, []
             try:
                 handles, retired = await self._rebuild(new)
             except AgentdError as exc:
+                self.unstarted, self._deferred = old_unstarted, []
                 log.error("reload refused, still running the previous config: %s", exc)
                 return [str(exc)]
+            self._cancel_retries()
             # keep policy memory for policies that are kept or rebuilt with the same name
             for name, handle in handles["policy"].items():
                 old = self.handles["policy"].get(name)
@@ -323,6 +433,7 @@ class Daemon:
             self.handles = handles
             self.config = new
             self.reload_generation += 1
+            self._start_retries()
             await self._stop_plugins({"retired": retired})
             log.info(
                 "reloaded %s (generation %d): interval %gs%s, %d plugins rebuilt",
@@ -361,7 +472,9 @@ class Daemon:
                 if old is not None and old.instance.raw == inst.raw:
                     out[kind][inst.name] = old
                     continue
-                handle = await self._build(inst)
+                handle = await self._build_or_defer(inst)
+                if handle is None:
+                    continue
                 built.append(handle)
                 out[kind][inst.name] = handle
         except AgentdError:
@@ -418,6 +531,7 @@ class Daemon:
 
     def plugin_summary(self) -> str:
         states = [h.state for by in self.handles.values() for h in by.values()]
+        states += [s.state for s in self.unstarted.values()]
         bad = sum(s != "ok" for s in states)
         return f"{len(states) - bad}/{len(states)} ok"
 
