@@ -141,9 +141,10 @@ def _plugins(as_json: bool) -> int:
         print(json.dumps({"plugins": rows, "problems": registry.problems}, indent=2))
         return EXIT_OK
     width = max((len(r["name"]) for r in rows), default=4)
-    print(f"{'NAME':<{width}}  {'KIND':<8}  {'ORIGIN':<24}  DESCRIPTION")
+    wo = max((len(r["origin"]) for r in rows), default=6)
+    print(f"{'NAME':<{width}}  {'KIND':<8}  {'ORIGIN':<{wo}}  DESCRIPTION")
     for r in rows:
-        print(f"{r['name']:<{width}}  {r['kind']:<8}  {r['origin']:<24}  {r['description']}")
+        print(f"{r['name']:<{width}}  {r['kind']:<8}  {r['origin']:<{wo}}  {r['description']}")
     for problem in registry.problems:
         print(f"skipped: {problem}", file=sys.stderr)
     return EXIT_OK
