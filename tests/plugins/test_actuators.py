@@ -290,3 +290,62 @@ def test_session_actuator_without_the_capability_is_refused() -> None:
         str(err.value)
         == "plugin 'a' (builtin): needs 'sessions', which this agentd does not provide"
     )
+
+
+# -- webhook over https --------------------------------------------------------------------------
+@pytest.fixture
+def tls_cert(tmp_path: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for localhost made by the openssl CLI."""
+    import subprocess
+
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    return key, cert
+
+
+async def test_webhook_https_checks_the_certificate(tls_cert: tuple[Path, Path]) -> None:
+    import ssl
+
+    key, cert = tls_cert
+    srv = Server()
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    server = await asyncio.start_server(srv.handle, "127.0.0.1", 0, ssl=ctx)
+    port = server.sockets[0].getsockname()[1]
+    url = f"https://localhost:{port}/hook"
+    try:
+        trusted = runner(webhook, url=url, ca_file=str(cert))
+        ok = await trusted.run(Action(actuator="a", name="alert", params={"n": 1}))
+        assert ok.status == "ok", ok.error
+        assert json.loads(srv.requests[0][2])["params"] == {"n": 1}
+        untrusted = runner(webhook, url=url)  # the system store does not know this cert
+        bad = await untrusted.run(Action(actuator="a", name="alert"))
+        assert bad.status == "failed"
+        assert "CERTIFICATE_VERIFY_FAILED" in str(bad.error)
+        lab = runner(webhook, url=url, verify=False)
+        assert (await lab.run(Action(actuator="a", name="alert"))).status == "ok"
+    finally:
+        server.close()
+        await server.wait_closed()
