@@ -16,6 +16,7 @@ __all__ = [
     "Reading",
     "Session",
     "StageTimings",
+    "StoreHealth",
     "TickReport",
     "TickStats",
     "Value",
@@ -125,6 +126,31 @@ class Session(msgspec.Struct, frozen=True, kw_only=True):
     created_at: float
     updated_at: float
     expires_at: float | None = None
+
+
+class StoreHealth(msgspec.Struct, frozen=True, kw_only=True):
+    """The local database's health (`Store.health()`). Per-journal counts are keyed by journal
+    name (``observations``, ``actions``); ``dropped`` counts rows removed by retention since
+    start (``dropped_total``: over the database's life), ``queue_dropped`` rows never written
+    because the write queue was full or the store unavailable."""
+
+    state: Literal["ok", "degraded", "closed"]
+    path: str
+    size_bytes: int = 0
+    schema_version: int = 0
+    synchronous: str = "full"
+    queue_depth: int = 0
+    queue_capacity: int = 0
+    rows: dict[str, int] = {}
+    journal_bytes: dict[str, int] = {}
+    dropped: dict[str, int] = {}
+    dropped_total: dict[str, int] = {}
+    queue_dropped: dict[str, int] = {}
+    back_pressure: int = 0
+    commits: int = 0
+    last_error: str | None = None
+    #: wall-clock time of the last successful commit
+    last_commit: float | None = None
 
 
 PluginState = Literal["starting", "ok", "failing", "degraded", "stopped", "disabled"]
