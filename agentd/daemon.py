@@ -35,6 +35,7 @@ from agentd.model import PluginStatus, TickReport
 from agentd.plugins.capabilities import MemorySessions, StoreSessions
 from agentd.plugins.handle import PluginHandle, build_handle, kind_of
 from agentd.plugins.registry import Registry, default_registry
+from agentd.systemd import Notifier, ServiceNotifier, watchdog_period
 
 __all__ = [
     "SHUTDOWN_STAGES",
@@ -56,6 +57,8 @@ RETRY_START_FIRST: Final = 1.0
 RETRY_START_MAX: Final = 300.0
 FLUSH_STORE_TIMEOUT: Final = 10.0
 MAX_DRAIN_TIMEOUT: Final = 60.0
+#: a second SIGTERM/SIGINT this soon after the first is the same request delivered twice
+DUPLICATE_SIGNAL_WINDOW: Final = 0.2
 SHUTDOWN_STAGES: Final = {
     "stop_control": STOP_CONTROL_TIMEOUT,
     "finish_tick": FINISH_TICK_TIMEOUT,
@@ -107,6 +110,8 @@ class Daemon:
         self._force = False
         self._tasks: set[asyncio.Task[Any]] = set()
         self._reload_lock = asyncio.Lock()
+        self.systemd: ServiceNotifier | None = None
+        self._stop_signal_at = 0.0
         #: extra startup/shutdown participants (store, control plane, telemetry, systemd)
         self.after_start: list[Callable[[], Any]] = []
         #: plugins whose start failed under startup_error "skip"/"retry", by (kind, name)
@@ -166,6 +171,7 @@ class Daemon:
             c.source,
             self.state_dir,
         )
+        self._start_systemd()
 
     async def main_loop(self) -> None:
         await self._stop.wait()
@@ -180,6 +186,7 @@ class Daemon:
             return
         self.state = DaemonState.STOPPING
         log.info("stopping")
+        self._notify_stopping()
         await self._stage("stop_control", STOP_CONTROL_TIMEOUT, self._stop_control())
         if self.loop is not None and self._loop_task is not None:
             self.loop.stop()
@@ -232,6 +239,14 @@ class Daemon:
             loop.remove_signal_handler(sig)
 
     def handle_exit(self, sig: signal.Signals) -> None:
+        now = time.monotonic()
+        if now - self._stop_signal_at < DUPLICATE_SIGNAL_WINDOW:
+            # one stop request delivered twice: systemd signalled both the one-file
+            # bootloader (which forwards it) and us (KillMode=control-group)
+            log.debug(
+                "received %s again within %gs: same stop request", sig.name, DUPLICATE_SIGNAL_WINDOW
+            )
+            return
         if self._stop.is_set() or self.state is DaemonState.STOPPING:
             log.warning("received %s again: forcing exit", sig.name)
             self._force = True
@@ -241,6 +256,7 @@ class Daemon:
                     task.cancel()
             return
         log.info("received %s: stopping gracefully", sig.name)
+        self._stop_signal_at = now
         self.request_stop(0)
 
     def _spawn_reload(self) -> None:
@@ -402,6 +418,19 @@ class Daemon:
 
     # -- reload ------------------------------------------------------------------------------
     async def reload(self, path: str | None = None) -> list[str]:
+        """Reload (see ``_reload_config``), telling systemd RELOADING=1 before and READY=1
+        after, so ``systemctl reload`` waits for the outcome."""
+        if self.systemd is not None:
+            self.systemd.reloading()
+        errors: list[str] = ["reload failed"]
+        try:
+            errors = await self._reload_config(path)
+            return errors
+        finally:
+            if self.systemd is not None:
+                self.systemd.reloaded(errors, self.reload_generation)
+
+    async def _reload_config(self, path: str | None = None) -> list[str]:
         """Re-read the config (SIGHUP, `agentctl reload`). Returns the validation errors; an
         invalid config is logged in one line and the daemon keeps running on the old one. A
         valid one rebuilds only the plugins whose settings changed and keeps the tick phase
@@ -501,6 +530,32 @@ class Daemon:
         """First stage of shutdown: stop accepting requests, answer those in flight."""
         if self.control is not None:
             await self.control.stop(STOP_CONTROL_TIMEOUT * 0.9)
+
+    # -- systemd (agentd/systemd.py) ---------------------------------------------------------
+    def _start_systemd(self) -> None:
+        """Tell systemd READY=1 after the first tick (the control socket already listens) and
+        feed its watchdog from the loop's progress. A no-op outside a Type=notify unit."""
+        notifier = Notifier.from_environ()
+        watchdog = watchdog_period()
+        for var in ("WATCHDOG_USEC", "WATCHDOG_PID"):
+            os.environ.pop(var, None)  # not for the programs plugins start
+        if not notifier.enabled or self.loop is None:
+            return
+        self.systemd = ServiceNotifier(
+            notifier,
+            self.loop,
+            watchdog=watchdog,
+            describe=lambda: f"plugins {self.plugin_summary()}",
+        )
+        if watchdog:
+            log.info(
+                "systemd watchdog: %gs, fed while the perception loop makes progress", watchdog
+            )
+        self.spawn(self.systemd.run(), name="systemd-notify")
+
+    def _notify_stopping(self) -> None:
+        if self.systemd is not None:
+            self.systemd.stopping()
 
     # -- the facade the control plane and telemetry read ------------------------------------
     def _on_tick(self, report: TickReport) -> None:

@@ -49,6 +49,25 @@ class SwitchSensor:
         return {"n": float(self.n)}
 
 
+class StallConfig(msgspec.Struct, forbid_unknown_fields=True):
+    #: while this file exists decide() does not return, and ignores its timeout: the loop hangs
+    #: while the process, its event loop and the control plane stay alive
+    hang_file: str = ""
+
+
+class StallPolicy:
+    def __init__(self, config: StallConfig) -> None:
+        self.config = config
+
+    async def decide(self, observation: object, state: object) -> list[Action]:
+        while self.config.hang_file and Path(self.config.hang_file).exists():
+            try:
+                await asyncio.sleep(0.01)
+            except asyncio.CancelledError:
+                continue  # a hung call that swallows its cancellation
+        return []
+
+
 TEST_PLUGINS = [
     PluginSpec(
         name="slow",
@@ -64,6 +83,13 @@ TEST_PLUGINS = [
         factory=SwitchSensor,
         config_type=SwitchConfig,
         description="test: fails or hangs while a file exists",
+    ),
+    PluginSpec(
+        name="stall",
+        kind="policy",
+        factory=StallPolicy,
+        config_type=StallConfig,
+        description="test: hangs the perception loop while a file exists",
     ),
 ]
 
