@@ -42,6 +42,7 @@ RunHook = Callable[
 @final
 class ActionRunner:
     __slots__ = (
+        "_rejected",
         "_seen",
         "actuators",
         "default_timeout",
@@ -66,6 +67,7 @@ class ActionRunner:
         self.limit = asyncio.Semaphore(concurrency)
         self.in_flight: set[asyncio.Task[ActionResult]] = set()
         self._seen: OrderedDict[tuple[str, str], None] = OrderedDict()
+        self._rejected: OrderedDict[str, None] = OrderedDict()
         #: an extra check (the store's action journal) for keys seen before a restart
         self.key_seen = key_seen
         #: told (and awaited) before a non-idempotent action with a key first runs
@@ -137,6 +139,7 @@ class ActionRunner:
 
         problem = self.validate(action)
         if problem is not None:
+            self._log_rejected(action, problem)
             return result("rejected", error=problem)
         handle = self.actuators[action.actuator]
         if action.deadline is not None and time.time() > action.deadline:
@@ -181,6 +184,16 @@ class ActionRunner:
                 return result("timeout" if kind == "timeout" else "failed", attempts, error)
             delay = min(common.backoff_max, common.backoff * 2 ** (attempts - 1))
             await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+
+    def _log_rejected(self, action: Action, problem: str) -> None:
+        # once per distinct reason (a policy may send the same bad action every tick)
+        level = logging.DEBUG if problem in self._rejected else logging.WARNING
+        if level == logging.WARNING:
+            self._rejected[problem] = None
+            if len(self._rejected) > _SEEN_KEYS:
+                self._rejected.popitem(last=False)
+        src = f" from {action.source}" if action.source else ""
+        log.log(level, "action %r%s rejected: %s", action.name, src, problem)
 
     def forget_keys(self) -> None:
         """Drop the in-memory idempotency keys (what a restart does)."""

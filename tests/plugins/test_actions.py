@@ -67,16 +67,20 @@ async def test_params_are_validated_against_the_actions_struct() -> None:
     assert ok.duration >= 0
 
 
-async def test_an_actuators_own_validate_hook_rejects() -> None:
+async def test_an_actuators_own_validate_hook_rejects(caplog: pytest.LogCaptureFixture) -> None:
     class Picky(Recorder):
         def validate(self, action: Action) -> str | None:
             return None if action.params.get("n", 0) < 5 else "params.n: at most 4"
 
     rec = Picky()
     r = runner(handle("actuator", "p", rec))
-    res = await r.run(Action(actuator="p", name="go", params={"n": 9}))
+    for _ in range(3):
+        res = await r.run(Action(actuator="p", name="go", params={"n": 9}, source="pol"))
     assert (res.status, res.error) == ("rejected", "actuator 'p': params.n: at most 4")
     assert rec.calls == []
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    # logged once, not every time a policy sends the same bad action
+    assert warned == ["action 'go' from pol rejected: actuator 'p': params.n: at most 4"]
 
 
 async def test_retries_back_off_exponentially_with_jitter() -> None:
