@@ -232,6 +232,16 @@ async def test_webhook_posts_the_action_as_json(http_server: Server) -> None:
     }
 
 
+async def test_webhook_never_puts_a_line_break_into_the_request_head(http_server: Server) -> None:
+    r = runner(webhook, url=http_server.url)
+    res = await r.run(Action(actuator="a", name="alert", key="k\r\nX-Evil: 1"))
+    assert res.status == "ok"
+    _, headers, body = http_server.requests[0]
+    assert "x-evil" not in headers
+    assert "idempotency-key" not in headers
+    assert json.loads(body)["key"] == "k\r\nX-Evil: 1"  # still in the JSON body, escaped
+
+
 async def test_webhook_retries_server_errors_then_succeeds(http_server: Server) -> None:
     http_server.script = [(500, 0.0), (503, 0.0)]
     http_server.chunked = True

@@ -121,25 +121,36 @@ async def post_json(
             await writer.wait_closed()
 
 
+async def _read_upto(reader: asyncio.StreamReader, n: int) -> bytes:
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = await reader.read(n - len(buf))
+        if not chunk:
+            break
+        buf += chunk
+    return bytes(buf)
+
+
 async def _read_body(
     reader: asyncio.StreamReader, length: int | None, chunked: bool, cap: int
 ) -> bytes:
-    if chunked:
-        out = bytearray()
-        while len(out) < cap:
-            size_line = await reader.readline()
-            try:
-                size = int(size_line.split(b";")[0].strip() or b"0", 16)
-            except ValueError:
-                break
-            if size == 0:
-                break
-            out += await reader.readexactly(size) if size <= cap else await reader.read(cap)
-            await reader.readline()
-        return bytes(out[:cap])
-    if length is not None:
-        return await reader.read(min(length, cap)) if length else b""
-    return await reader.read(cap)
+    """At most ``cap`` bytes of the body; the rest is never read (the connection closes)."""
+    if not chunked:
+        return await _read_upto(reader, cap if length is None else min(length, cap))
+    out = bytearray()
+    while len(out) < cap:
+        size_line = await reader.readline()
+        try:
+            size = int(size_line.split(b";")[0].strip() or b"0", 16)
+        except ValueError:
+            break
+        if size <= 0:
+            break
+        out += await _read_upto(reader, min(size, cap - len(out)))
+        if len(out) >= cap:
+            break
+        await reader.readline()  # the CRLF after the chunk
+    return bytes(out)
 
 
 class WebhookActuator:
@@ -166,8 +177,8 @@ class WebhookActuator:
             )
         )
         headers = dict(c.headers)
-        if action.key:
-            headers["Idempotency-Key"] = action.key
+        if action.key and action.key.isprintable() and action.key.isascii():
+            headers["Idempotency-Key"] = action.key  # never a CR/LF into the request head
         try:
             async with asyncio.timeout(c.request_timeout):
                 status, data = await post_json(
