@@ -358,6 +358,10 @@ def _instance(
     if spec is None:
         known = ", ".join(registry.names(kind)) or "none"  # type: ignore[arg-type]
         key = f"{where}.plugin" if isinstance(plugin, str) else where
+        failed = registry.failed(plugin_name)
+        if failed:  # installed, but it did not load: say why
+            errors.append(f"{key}: {failed}")
+            return None
         errors.append(f"{key}: unknown {kind} plugin {plugin_name!r} (known: {known})")
         return None
     if spec.kind != kind:

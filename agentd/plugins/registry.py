@@ -31,12 +31,13 @@ class Registry:
     """Plugin specs by kind and name (a sensor and an actuator may share a name, like the
     built-in ``file`` ones). ``problems`` lists third-party plugins that were skipped."""
 
-    __slots__ = ("_blocked", "_specs", "problems")
+    __slots__ = ("_blocked", "_failed", "_specs", "problems")
 
     def __init__(self, blocked: Iterable[str] = ()) -> None:
         self._specs: dict[tuple[str, str], PluginSpec] = {}
         self._blocked = set(blocked)
         self.problems: list[str] = []
+        self._failed: dict[str, str] = {}
 
     def register(self, spec: PluginSpec) -> None:
         """Validate and add a plugin; raises PluginError naming the plugin and its origin."""
@@ -148,18 +149,25 @@ class Registry:
                         item = _with_origin(item, origin)  # noqa: PLW2901
                     self.register(item)
             except PluginError as exc:
-                self._problem(str(exc))
+                self._problem(str(exc), ep.name, exc.plugin)
             except Exception as exc:  # noqa: BLE001 - a broken plugin must not stop agentd
                 self._problem(
                     f"plugin {ep.name!r} ({origin}): cannot load {ep.value}: "
-                    f"{type(exc).__name__}: {exc}"
+                    f"{type(exc).__name__}: {exc}",
+                    ep.name,
                 )
 
-    def _problem(self, message: str) -> None:
+    def _problem(self, message: str, *names: str) -> None:
         # one line, whatever the exception text looked like; the daemon and the CLI report it
         line = " ".join(message.split())
         self.problems.append(line)
+        for name in names:
+            self._failed.setdefault(name, line)
         log.debug("plugin skipped: %s", line)
+
+    def failed(self, name: str) -> str | None:
+        """Why a third-party plugin called ``name`` was skipped, if it was."""
+        return self._failed.get(name)
 
 
 def _with_origin(spec: PluginSpec, origin: str) -> PluginSpec:

@@ -202,6 +202,26 @@ def test_broken_plugins_are_reported_in_one_line_and_skipped(broken_site: Path) 
     assert all(len(line) < 300 for line in table.stderr.splitlines())
 
 
+def test_config_using_a_plugin_that_failed_to_load_says_why(
+    broken_site: Path, tmp_path: Path
+) -> None:
+    path = tmp_path / "agentd.toml"
+    path.write_text("[sensors.b]\nplugin = 'broken'\n")
+    out = subprocess.run(
+        [*AGENTD, "check-config", str(path)],
+        env=env_with(broken_site),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert out.returncode == 1
+    assert out.stderr.strip() == (
+        "sensors.b.plugin: plugin 'broken' (broken-plugin==0.3): cannot load broken_mod:SPEC: "
+        "ModuleNotFoundError: No module named 'no_such_module_xyz'"
+    )
+
+
 def test_a_blocked_plugin_is_not_imported(
     broken_site: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
