@@ -28,13 +28,15 @@ from agentd.config import (
     resolve_runtime_dir,
     resolve_state_dir,
 )
-from agentd.errors import AgentdError, ConfigError, PluginError
+from agentd.errors import AgentdError, ConfigError, PluginError, StoreError
 from agentd.lock import InstanceLock
 from agentd.loop import LoopSettings, PerceptionLoop
 from agentd.model import PluginStatus, TickReport
+from agentd.plugins.base import PolicyState
 from agentd.plugins.capabilities import MemorySessions, StoreSessions
 from agentd.plugins.handle import PluginHandle, build_handle, kind_of
 from agentd.plugins.registry import Registry, default_registry
+from agentd.store import Store
 from agentd.systemd import Notifier, ServiceNotifier, watchdog_period
 
 __all__ = [
@@ -114,6 +116,8 @@ class Daemon:
         self._stop_signal_at = 0.0
         #: extra startup/shutdown participants (store, control plane, telemetry, systemd)
         self.after_start: list[Callable[[], Any]] = []
+        #: the local database (agentd/store/); None when [store] enabled = false
+        self.store: Store | None = None
         #: plugins whose start failed under startup_error "skip"/"retry", by (kind, name)
         self.unstarted: dict[tuple[str, str], PluginStatus] = {}
         self._retries: dict[tuple[str, str], asyncio.Task[None]] = {}
@@ -147,11 +151,13 @@ class Daemon:
                 raise AgentdError(f"cannot create {directory}: {exc.strerror}") from None
         self.lock.acquire()
         self._install_signal_handlers()
+        await self._open_store()
         for problem in self.registry.problems:
             log.warning("plugin skipped: %s", problem)
         self.handles = await self._build_all(self.config)
         self.loop = PerceptionLoop(self._settings(self.config), **self._by_kind(self.handles))
         self.loop.progress_hooks.append(self._on_tick)
+        await self._attach_store()
         self._start_retries()
         self._loop_task = asyncio.create_task(self.loop.run(), name="perception-loop")
         self._loop_task.add_done_callback(self._loop_done)
@@ -201,6 +207,7 @@ class Daemon:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self._stage("stop_plugins", STOP_PLUGINS_TIMEOUT, self._stop_plugins())
+        await self._stage("flush_store", FLUSH_STORE_TIMEOUT, self._close_store())
         self._remove_signal_handlers()
         self.lock.release()
         self.state = DaemonState.STOPPED
@@ -290,6 +297,7 @@ class Daemon:
             raise PluginError(
                 inst.name, f"failed to start: {type(exc).__name__}: {exc}", handle.spec.origin
             ) from exc
+        await self._load_policy_state(handle)
         return handle
 
     def _capabilities(self, wanted: tuple[str, ...]) -> dict[str, Any]:
@@ -556,6 +564,71 @@ class Daemon:
     def _notify_stopping(self) -> None:
         if self.systemd is not None:
             self.systemd.stopping()
+
+    # -- the store (agentd/store/) ------------------------------------------------------------
+    async def _open_store(self) -> None:
+        """Open the database before any plugin is built (policy memory lives there). A newer
+        schema refuses the start; a corrupt file is replaced and an unwritable disk leaves the
+        store degraded, each logged in one line by the store."""
+        c = self.config.store
+        if c.enabled:
+            self.store = Store(self.state_dir / c.path, c)
+            await self.store.open()
+
+    async def _attach_store(self) -> None:
+        """Journal every tick and late action result, remember idempotency keys across
+        restarts, and sweep expired sessions every ``store.sweep_interval``."""
+        store, loop = self.store, self.loop
+        if store is None or loop is None:
+            return
+        loop.sinks.append(self._journal_tick)
+        loop.late_sinks.append(store.journal_result)
+        loop.actions.key_seen = store.key_seen
+        self.spawn(self._sweep_sessions(store), name="session-sweep")
+
+    async def _load_policy_state(self, handle: PluginHandle) -> None:
+        """Restore a policy's memory from its session ``policy:<name>``."""
+        if self.store is None or handle.kind != "policy":
+            return
+        try:
+            session = await self.store.sessions.get(f"policy:{handle.name}")
+        except StoreError as exc:
+            log.warning("policy %r starts without its saved memory: %s", handle.name, exc)
+            return
+        if session is not None and isinstance(session.state, dict):
+            handle.policy_state = PolicyState(session.state)
+
+    def _journal_tick(self, report: TickReport) -> None:
+        store = self.store
+        assert store is not None
+        store.journal_observation(report.observation)
+        for result in report.results:
+            store.journal_result(result)
+        for name, handle in self.handles.get("policy", {}).items():
+            state = handle.policy_state
+            if not state.dirty:
+                continue
+            try:
+                # a full queue returns False: the state stays dirty and goes next tick
+                state.dirty = not store.sessions.put_nowait(f"policy:{name}", state.to_dict())
+            except StoreError as exc:
+                state.dirty = False  # unencodable: logged, not retried every tick
+                log.error("policy %r: memory not saved: %s", name, exc)
+
+    async def _sweep_sessions(self, store: Store) -> None:
+        while True:
+            await asyncio.sleep(self.config.store.sweep_interval)
+            try:
+                swept = await store.sessions.sweep()
+            except StoreError as exc:
+                log.debug("session sweep skipped: %s", exc)
+                continue
+            if swept:
+                log.info("store: removed %d expired sessions", swept)
+
+    async def _close_store(self) -> None:
+        if self.store is not None:
+            await self.store.close()
 
     # -- the facade the control plane and telemetry read ------------------------------------
     def _on_tick(self, report: TickReport) -> None:

@@ -38,6 +38,9 @@ from agentd.store.schema import LATEST, migrate, user_version
 __all__ = ["KEY_MEMORY", "Store"]
 
 log = logging.getLogger("agentd.store")
+# aiosqlite logs every call it runs, with its arguments (whole batches), at DEBUG: far too much
+# for `--log-level debug`, and it would echo journal contents into the log
+logging.getLogger("aiosqlite").setLevel(logging.INFO)
 
 T = TypeVar("T")
 
@@ -200,7 +203,9 @@ class Store:
         conn.execute(f"PRAGMA synchronous = {c.synchronous.upper()}")
         conn.execute("PRAGMA foreign_keys = ON")
         applied = migrate(conn)
-        if applied:
+        if applied and applied[0] == 1:
+            log.debug("store: created %s (schema version %d)", self.path, applied[-1])
+        elif applied:
             log.info("store: %s schema upgraded to version %d", self.path, applied[-1])
         self.schema_version = user_version(conn)
         for j in self.journals.values():

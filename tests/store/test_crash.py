@@ -1,0 +1,146 @@
+"""Crash safety: a child process writes sessions and journal rows and reports each commit on a
+pipe; the parent SIGKILLs it at a random moment, 20 times. After each kill a fresh store opens
+on the same file, ``quick_check`` is ok, and every write reported as committed is there."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import select
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from agentd.store import Store
+from tests.store.conftest import config
+
+KILLS = 20
+
+
+def run_child(db: Path, run: int, synchronous: str, kill_after: float) -> list[str]:
+    """Start the child, SIGKILL it ``kill_after`` seconds after it is ready; return the complete
+    lines it reported."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.store.crash_child", str(db), str(run), synchronous],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    fd = proc.stdout.fileno()
+    buf = b""
+    deadline: float | None = None
+    start = time.monotonic()
+    try:
+        while True:
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                break
+            if deadline is None and now - start > 60:
+                raise AssertionError("the crash child never got ready")
+            wait = 0.5 if deadline is None else max(0.0, deadline - now)
+            ready, _, _ = select.select([fd], [], [], wait)
+            if ready:
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    break  # it exited on its own: a failure, reported below
+                buf += chunk
+                if deadline is None and b"ready\n" in buf:
+                    deadline = time.monotonic() + kill_after
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        # whatever it wrote before the kill is still in the pipe
+        while True:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                break
+            buf += chunk
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        proc.stdout.close()
+        err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+        if proc.stderr:
+            proc.stderr.close()
+    assert proc.returncode == -signal.SIGKILL, f"the child exited by itself:\n{err}"
+    *complete, _partial = buf.decode().split("\n")  # a line cut by the kill was not reported
+    return complete
+
+
+@pytest.mark.slow
+def test_every_reported_commit_survives_sigkill(tmp_path: Path) -> None:
+    db = tmp_path / "agentd.db"
+    rng = random.Random()
+    seed = rng.randrange(1 << 30)
+    rng.seed(seed)
+    sessions: dict[str, tuple[int, int]] = {}  # id -> (version, n)
+    batched: dict[str, int] = {}
+    ticks: set[int] = set()
+    counter = 0
+    reported = 0
+    for run in range(1, KILLS + 1):
+        synchronous = "full" if run % 2 else "normal"
+        lines = run_child(db, run, synchronous, kill_after=rng.uniform(0.05, 0.8))
+        assert lines[0] == "ready"
+        for line in lines[1:]:
+            kind, *rest = line.split()
+            if kind == "S":
+                sessions[rest[0]] = (int(rest[1]), int(rest[2]))
+            elif kind == "C":
+                counter = int(rest[0])
+            elif kind in ("O", "A"):
+                ticks.update(range(int(rest[0]), int(rest[1]) + 1))
+            elif kind == "B":
+                batched[rest[0]] = int(rest[1])
+            reported += 1
+        check(db, sessions, batched, ticks, counter, f"seed {seed}, after kill {run}")
+    assert reported > KILLS * 5, "the child reported too little to test anything"
+
+
+def check(
+    db: Path,
+    sessions: dict[str, tuple[int, int]],
+    batched: dict[str, int],
+    ticks: set[int],
+    counter: int,
+    where: str,
+) -> None:
+    names = {p.name for p in db.parent.iterdir()}
+    assert not [n for n in names if ".corrupt-" in n], f"{where}: the database was corrupt"
+    conn = sqlite3.connect(db)
+    try:
+        assert conn.execute("PRAGMA quick_check").fetchall() == [("ok",)], where
+    finally:
+        conn.close()
+
+    async def verify() -> None:
+        store = Store(db, config())
+        await store.open()
+        try:
+            assert store.health().state == "ok", where
+            for sid, (version, n) in sessions.items():
+                got = await store.sessions.get(sid)
+                assert got is not None, f"{where}: committed session {sid} is missing"
+                assert (got.version, got.state["n"]) == (version, n), f"{where}: {sid}"
+            for sid, n in batched.items():
+                got = await store.sessions.get(sid)
+                assert got is not None, f"{where}: flushed session {sid} is missing"
+                assert got.state["n"] >= n, f"{where}: {sid} went back"
+            got = await store.sessions.get("counter")
+            if counter:
+                assert got is not None, where
+                assert got.version >= counter, f"{where}: counter went back"
+            have = {o.tick for o in await store.query_observations(limit=10_000_000)}
+            assert ticks <= have, f"{where}: {len(ticks - have)} journaled ticks missing"
+            acted = {a.tick for a in await store.query_actions(limit=10_000_000)}
+            assert ticks <= acted, f"{where}: {len(ticks - acted)} action rows missing"
+        finally:
+            await store.close()
+
+    asyncio.run(verify())
