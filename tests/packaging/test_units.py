@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -111,3 +112,14 @@ def test_systemd_analyze_verify_catches_a_bad_unit(frozen_dir: Path, short_tmp: 
     (short_tmp / "agentd.service").write_text(text.replace("KillMode=mixed", "KillMode=mixd"))
     result = _verify(short_tmp, "agentd.service")
     assert "Failed to parse kill mode specification, ignoring: mixd" in result.stderr
+
+
+def test_the_example_config_is_valid() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "agentd", "check-config", str(ROOT / "packaging" / "agentd.toml")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert (result.returncode, result.stdout, result.stderr) == (0, "ok\n", "")
