@@ -31,6 +31,7 @@ __all__ = [
     "AgentSection",
     "Config",
     "ControlConfig",
+    "HealthConfig",
     "JournalConfig",
     "LogSection",
     "PathsSection",
@@ -38,6 +39,7 @@ __all__ = [
     "PolicyInstance",
     "SensorInstance",
     "StoreConfig",
+    "TelemetryConfig",
     "default_config_path",
     "load",
     "loads",
@@ -114,6 +116,50 @@ class ControlConfig(_Section, frozen=True):
     watch_buffer: Annotated[int, Meta(ge=1, le=100_000)] = 1000
 
 
+class TelemetryFileConfig(_Section, frozen=True):
+    #: JSON lines in <state dir>/telemetry/; a file is rotated at max_bytes, `keep` old ones kept
+    max_bytes: Annotated[int, Meta(ge=4096, le=1 << 30)] = 4 * 1024 * 1024
+    keep: Annotated[int, Meta(ge=1, le=100)] = 2
+
+
+class TelemetryOtlpConfig(_Section, frozen=True):
+    #: the collector's OTLP/HTTP base URL; /v1/traces and /v1/metrics are appended
+    endpoint: str = "http://localhost:4318"
+    headers: dict[str, str] = {}
+    timeout: Annotated[float, Meta(gt=0, le=60)] = 5.0
+    compression: Literal["none", "gzip"] = "gzip"
+
+
+class TelemetryConfig(_Section, frozen=True):
+    """Self-monitoring (docs/telemetry.md)."""
+
+    enabled: bool = True
+    exporter: Literal["none", "file", "otlp"] = "none"
+    #: fraction of ticks traced; control requests and failed or overrunning ticks always are
+    tick_sample_ratio: Annotated[float, Meta(ge=0, le=1)] = 0.01
+    sample_failed_ticks: bool = True
+    metrics_interval: Annotated[float, Meta(ge=1)] = 60.0
+    #: spans waiting for export; more are dropped (and counted), never queued without bound
+    max_queue: Annotated[int, Meta(ge=16, le=100_000)] = 2048
+    batch_size: Annotated[int, Meta(ge=1, le=10_000)] = 512
+    #: extra resource attributes (site, fleet, ...); service.name, host.name are set already
+    resource: dict[str, str] = {}
+    file: TelemetryFileConfig = TelemetryFileConfig()
+    otlp: TelemetryOtlpConfig = TelemetryOtlpConfig()
+
+
+class HealthConfig(_Section, frozen=True):
+    """Thresholds for `agentctl health` (ok / degraded / failing)."""
+
+    #: degraded when the p99 tick lateness over the last `window` seconds exceeds this
+    lateness_p99: Seconds = 0.25
+    window: Annotated[float, Meta(ge=1, le=86_400)] = 300.0
+    #: degraded above this resident set size (MiB)
+    max_rss_mb: Annotated[float, Meta(gt=0)] = 256.0
+    #: failing when no tick started for this many intervals (and the loop is not paused)
+    stalled_after: Annotated[float, Meta(ge=2)] = 10.0
+
+
 class PluginsSection(_Section, frozen=True):
     blocked: tuple[str, ...] = ()
 
@@ -187,6 +233,8 @@ class Config(msgspec.Struct, kw_only=True):
     store: StoreConfig = StoreConfig()
     control: ControlConfig = ControlConfig()
     plugins: PluginsSection = PluginsSection()
+    telemetry: TelemetryConfig = TelemetryConfig()
+    health: HealthConfig = HealthConfig()
     sensors: dict[str, SensorInstance] = {}
     policies: dict[str, PolicyInstance] = {}
     actuators: dict[str, ActuatorInstance] = {}
@@ -206,6 +254,8 @@ _SECTIONS: dict[str, type[msgspec.Struct]] = {
     "store": StoreConfig,
     "control": ControlConfig,
     "plugins": PluginsSection,
+    "telemetry": TelemetryConfig,
+    "health": HealthConfig,
 }
 
 DEFAULT_CONFIG = """\

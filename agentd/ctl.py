@@ -781,6 +781,57 @@ def _call(client: Client, args: argparse.Namespace, out: Output) -> int:
     return EXIT_OK
 
 
+# -- telemetry (agentd/telemetry.py, agentd/health.py) -------------------------------------
+def _metrics_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("prefix", nargs="?", default="", help="only metrics whose name starts so")
+
+
+@subcommand("metrics", "agentd's own metrics, as they are now", _metrics_args)
+def _metrics(client: Client, args: argparse.Namespace, out: Output) -> int:
+    points = [m for m in client.call("metrics") if m["name"].startswith(args.prefix)]
+
+    def value(m: dict[str, Any]) -> str:
+        if m["kind"] != "histogram":
+            v = m["value"]
+            return size(v) if m["unit"] == "By" else f"{v:g}"
+        if m["unit"] == "s":
+            return f"n={m['count']} p50={ms(m['p50'])} p99={ms(m['p99'])}"
+        return f"n={m['count']} p50={m['p50']:g} p99={m['p99']:g}"
+
+    def human(rows: list[dict[str, Any]]) -> None:
+        out.table(
+            ["METRIC", "ATTRIBUTES", "VALUE", "UNIT"],
+            [
+                (
+                    m["name"],
+                    ",".join(f"{k}={v}" for k, v in m["attributes"].items()) or "-",
+                    value(m),
+                    m["unit"],
+                )
+                for m in rows
+            ],
+        )
+
+    return _show(out, points, human)
+
+
+#: `agentctl health` exit codes: ok, degraded, failing (for ExecStartPost, cron, fleet tools)
+HEALTH_EXIT = {"ok": 0, "degraded": 1, "failing": 2}
+
+
+@subcommand("health", "ok / degraded / failing with reasons; exit code 0 / 1 / 2")
+def _health(client: Client, args: argparse.Namespace, out: Output) -> int:
+    report = client.call("health")
+
+    def human(r: dict[str, Any]) -> None:
+        out.line(r["status"])
+        for reason in r["reasons"]:
+            out.line(f"  {reason}")
+
+    _show(out, report, human)
+    return HEALTH_EXIT.get(report["status"], EXIT_ERROR)
+
+
 # -- helpers ---------------------------------------------------------------------------------
 def _add(p: argparse.ArgumentParser, *names: str, **kw: Any) -> None:
     p.add_argument(*names, **kw)

@@ -58,6 +58,8 @@ STOP_PLUGINS_TIMEOUT: Final = 5.0
 RETRY_START_FIRST: Final = 1.0
 RETRY_START_MAX: Final = 300.0
 FLUSH_STORE_TIMEOUT: Final = 10.0
+#: flushing spans and metrics; an OTLP collector that is down must not hold shutdown longer
+STOP_TELEMETRY_TIMEOUT: Final = 5.0
 MAX_DRAIN_TIMEOUT: Final = 60.0
 #: a second SIGTERM/SIGINT this soon after the first is the same request delivered twice
 DUPLICATE_SIGNAL_WINDOW: Final = 0.2
@@ -67,6 +69,7 @@ SHUTDOWN_STAGES: Final = {
     "drain_actions": MAX_DRAIN_TIMEOUT,
     "stop_plugins": STOP_PLUGINS_TIMEOUT,
     "flush_store": FLUSH_STORE_TIMEOUT,
+    "stop_telemetry": STOP_TELEMETRY_TIMEOUT,
 }
 
 
@@ -124,6 +127,8 @@ class Daemon:
         self._deferred: list[PluginInstance] = []
         #: the control plane (agentd/control/server.py); None when [control] enabled = false
         self.control: Any = None
+        #: agentd/telemetry.py; None when [telemetry] enabled = false
+        self.telemetry: Any = None
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def serve(self) -> int:
@@ -159,9 +164,11 @@ class Daemon:
         self.loop.progress_hooks.append(self._on_tick)
         await self._attach_store()
         self._start_retries()
+        self._start_telemetry()
         self._loop_task = asyncio.create_task(self.loop.run(), name="perception-loop")
         self._loop_task.add_done_callback(self._loop_done)
         await self._start_control()
+        self._serve_telemetry()
         self._start_heartbeat()
         self.state = DaemonState.RUNNING
         c = self.config
@@ -208,6 +215,7 @@ class Daemon:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self._stage("stop_plugins", STOP_PLUGINS_TIMEOUT, self._stop_plugins())
         await self._stage("flush_store", FLUSH_STORE_TIMEOUT, self._close_store())
+        await self._stage("stop_telemetry", STOP_TELEMETRY_TIMEOUT, self._stop_telemetry())
         self._remove_signal_handlers()
         self.lock.release()
         self.state = DaemonState.STOPPED
@@ -485,7 +493,7 @@ class Daemon:
     def _check_reloadable(self, new: Config) -> None:
         changed = [
             name
-            for name in ("paths", "store", "control")
+            for name in ("paths", "store", "control", "telemetry")
             if getattr(new, name) != getattr(self.config, name)
         ]
         if changed:
@@ -520,6 +528,43 @@ class Daemon:
         kept = {id(h) for by in out.values() for h in by.values()}
         retired = {f"{h.kind}:{h.name}": h for h in old_all.values() if id(h) not in kept}
         return out, retired
+
+    # -- telemetry (agentd/telemetry.py, agentd/health.py) ----------------------------------
+    def _start_telemetry(self) -> None:
+        """Providers and exporters, hooked into the loop and the action runner (before the
+        first tick). A missing OTLP extra is a ConfigError: agentd refuses to start."""
+        if not self.config.telemetry.enabled or self.loop is None:
+            return
+        from agentd.telemetry import Telemetry
+
+        telemetry = Telemetry(self.config.telemetry, self.state_dir)
+        telemetry.loop = self.loop
+        telemetry.handles = lambda: [h for by in self.handles.values() for h in by.values()]
+        if self.store is not None:
+            telemetry.watch_store(self.store)
+        self.loop.telemetry = telemetry
+        self.loop.actions.hook = telemetry.run_action
+        self.telemetry = telemetry
+
+    def _serve_telemetry(self) -> None:
+        """`health` and `metrics` in the control table, a span per control request."""
+        if self.control is None:
+            return
+        from agentd.health import control_commands
+
+        for command in control_commands(self):
+            self.control.add_command(command)
+        if self.telemetry is not None:
+            self.control.hooks.append(self.telemetry.request_hook)
+
+    async def _stop_telemetry(self) -> None:
+        telemetry, self.telemetry = self.telemetry, None
+        if telemetry is None:
+            return
+        if self.loop is not None:
+            self.loop.telemetry = None
+            self.loop.actions.hook = None
+        await asyncio.to_thread(telemetry.shutdown, STOP_TELEMETRY_TIMEOUT * 0.9)
 
     # -- the control plane (agentd/control/) ------------------------------------------------
     async def _start_control(self) -> None:

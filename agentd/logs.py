@@ -7,7 +7,7 @@ import logging
 import os
 import sys
 
-__all__ = ["setup_logging"]
+__all__ = ["TraceIdFilter", "setup_logging"]
 
 _PRIORITY = {
     logging.DEBUG: 7,
@@ -36,12 +36,31 @@ def _stderr_is_journal() -> bool:
     return stream == f"{st.st_dev}:{st.st_ino}"
 
 
+class TraceIdFilter(logging.Filter):
+    """Adds ``trace_id=<32 hex>`` (as ``%(trace)s``) to a record logged while a span or a
+    tick's trace context is current (agentd.telemetry), else an empty string."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from opentelemetry.trace import get_current_span
+
+        self._current = get_current_span
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        ctx = self._current().get_span_context()
+        record.trace = f" trace_id={ctx.trace_id:032x}" if ctx.is_valid else ""
+        return True
+
+
 def setup_logging(level: str = "info") -> None:
     handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(TraceIdFilter())
     if _stderr_is_journal():
-        handler.setFormatter(JournalFormatter("%(name)s: %(message)s"))
+        handler.setFormatter(JournalFormatter("%(name)s: %(message)s%(trace)s"))
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+        handler.setFormatter(
+            logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s%(trace)s")
+        )
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

@@ -15,7 +15,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Mapping
-from typing import Any, final
+from typing import TYPE_CHECKING, Any, final
 
 import msgspec
 
@@ -31,6 +31,9 @@ from agentd.model import (
 )
 from agentd.plugins.handle import PluginHandle
 from agentd.stats import Histogram
+
+if TYPE_CHECKING:
+    from agentd.telemetry import Telemetry, TickRecorder
 
 __all__ = ["LoopSettings", "PerceptionLoop", "TickSink"]
 
@@ -73,6 +76,9 @@ class PerceptionLoop:
         self.late_sinks: list[Callable[[ActionResult], None]] = []
         #: called after every tick, from the loop's own progress (systemd watchdog, status)
         self.progress_hooks: list[Callable[[TickReport], None]] = []
+        #: agentd.telemetry's hooks (None: no telemetry); _rec is the tick in progress
+        self.telemetry: Telemetry | None = None
+        self._rec: TickRecorder | None = None
         self.ticks = 0
         self.overruns = 0
         self.skipped = 0
@@ -250,6 +256,8 @@ class PerceptionLoop:
         async with self._lock:
             self.ticks += 1
             tick = self.ticks
+            tel = self.telemetry
+            rec = self._rec = tel.begin_tick(tick) if tel is not None else None
             t0 = time.monotonic()
             observation = await self._perceive(tick)
             t1 = time.monotonic()
@@ -257,6 +265,7 @@ class PerceptionLoop:
             t2 = time.monotonic()
             results = await self._act(actions, tick)
             t3 = time.monotonic()
+            self._rec = None
         timings = StageTimings(perceive=t1 - t0, decide=t2 - t1, act=t3 - t2, total=t3 - t0)
         self.last = timings
         for i, v in enumerate((timings.perceive, timings.decide, timings.act, timings.total)):
@@ -282,6 +291,8 @@ class PerceptionLoop:
                 timings.total * 1e3,
                 report.lateness * 1e3,
             )
+        if tel is not None:
+            tel.end_tick(report, rec, t0, t1, t2)
         for sink in (*self.sinks, *self.progress_hooks):
             try:
                 sink(report)
@@ -309,6 +320,8 @@ class PerceptionLoop:
                 handle.fail("previous call is still running (hung)")
                 handle.schedule_next(tick)
                 errors[name] = handle.last_error or ""
+                if self._rec is not None:
+                    self._rec.call("sensor", name, mono, mono, errors[name])
                 continue
             fut: asyncio.Future[Any] = loop.create_task(handle.obj.perceive())
             handle.pending = fut
@@ -330,11 +343,15 @@ class PerceptionLoop:
                     handle.fail(error)
                     errors[name] = error
                 handle.schedule_next(tick)  # after ok()/fail(): backoff applies from now
+                if self._rec is not None:
+                    self._rec.call("sensor", name, mono, time.monotonic(), error)
         return Observation(tick=tick, monotonic=mono, wall=wall, readings=readings, errors=errors)
 
     async def _decide(self, observation: Observation) -> list[Action]:
         actions: list[Action] = []
         for name, handle in self.policies.items():
+            if self._rec is not None:
+                self._rec.policy(name, handle)
             try:
                 out = handle.obj.decide(observation, handle.policy_state)
                 if inspect.isawaitable(out):

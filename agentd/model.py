@@ -10,6 +10,9 @@ __all__ = [
     "Action",
     "ActionResult",
     "ActionStatus",
+    "HealthReport",
+    "HealthStatus",
+    "MetricPoint",
     "Observation",
     "PluginState",
     "PluginStatus",
@@ -181,3 +184,29 @@ class TickReport(msgspec.Struct, frozen=True, kw_only=True):
     observation: Observation
     results: list[ActionResult] = []
     manual: bool = False
+
+
+HealthStatus = Literal["ok", "degraded", "failing"]
+
+
+class HealthReport(msgspec.Struct, frozen=True, kw_only=True):
+    """`agentctl health`: the verdict and every reason for it (empty when ok)."""
+
+    status: HealthStatus
+    reasons: list[str] = []
+    checked_at: float = 0.0
+
+
+class MetricPoint(msgspec.Struct, frozen=True, kw_only=True):
+    """One current value of one metric (`agentctl metrics`). Histograms carry ``count``,
+    ``sum`` and bucket-estimated ``p50``/``p99`` instead of ``value``."""
+
+    name: str
+    kind: Literal["counter", "updowncounter", "gauge", "histogram"]
+    unit: str = ""
+    attributes: dict[str, str | int | float | bool] = {}
+    value: float | None = None
+    count: int | None = None
+    sum: float | None = None
+    p50: float | None = None
+    p99: float | None = None

@@ -1,0 +1,142 @@
+"""Health: ok / degraded / failing, with every reason, from thresholds in ``[health]``.
+
+`evaluate` is a pure function of the facts; `check` gathers them from a running daemon. The
+control commands ``health`` and ``metrics`` live here too (`control_commands`): the control
+server's table is extended with them at startup (agentd/daemon.py). `agentctl health` exits
+0 / 1 / 2 for ok / degraded / failing, so systemd, cron or a fleet tool can act on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from agentd.config import HealthConfig
+from agentd.model import HealthReport, HealthStatus, MetricPoint, PluginStatus
+
+if TYPE_CHECKING:
+    from agentd.control.server import Command, RequestContext
+    from agentd.daemon import Daemon
+
+__all__ = ["EXIT_CODES", "check", "control_commands", "evaluate"]
+
+#: `agentctl health` exit codes
+EXIT_CODES: dict[HealthStatus, int] = {"ok": 0, "degraded": 1, "failing": 2}
+_MIB = 1024 * 1024
+
+
+def evaluate(
+    config: HealthConfig,
+    *,
+    interval: float,
+    paused: bool,
+    overdue: float,
+    lateness_p99: float | None,
+    plugins: Iterable[PluginStatus],
+    store_state: str | None = None,
+    store_error: str | None = None,
+    rss: int = 0,
+    now: float | None = None,
+) -> HealthReport:
+    """``overdue``: seconds since the next tick was due without it having started (0 if the
+    loop is on time)."""
+    failing: list[str] = []
+    degraded: list[str] = []
+    if not paused and overdue > config.stalled_after * interval:
+        failing.append(
+            f"the loop is stalled: no tick started for {overdue:.1f}s "
+            f"({overdue / interval:.0f} intervals)"
+        )
+    plugins = list(plugins)
+    sensors = [p for p in plugins if p.kind == "sensor" and p.state not in ("disabled", "stopped")]
+    bad_sensors = [p for p in sensors if p.state == "degraded"]
+    if sensors and len(bad_sensors) == len(sensors):
+        failing.append("every sensor is degraded")
+    for p in plugins:
+        if p.state == "degraded":
+            degraded.append(f"{p.kind} {p.name!r} is degraded: {p.last_error or 'failing'}")
+    if store_state == "degraded":
+        degraded.append(f"the store is degraded: {store_error or 'writes fail'}")
+    elif store_state == "closed":
+        failing.append("the store is closed")
+    if lateness_p99 is not None and lateness_p99 > config.lateness_p99:
+        degraded.append(
+            f"tick lateness p99 {lateness_p99 * 1e3:.1f} ms is above "
+            f"{config.lateness_p99 * 1e3:g} ms (last {config.window:g}s)"
+        )
+    if rss > config.max_rss_mb * _MIB:
+        degraded.append(f"RSS {rss / _MIB:.1f} MiB is above {config.max_rss_mb:g} MiB")
+    status: HealthStatus = "failing" if failing else "degraded" if degraded else "ok"
+    return HealthReport(
+        status=status,
+        reasons=failing + degraded,
+        checked_at=time.time() if now is None else now,
+    )
+
+
+def check(daemon: Daemon) -> HealthReport:
+    """The health of a running daemon (cheap: no I/O but one psutil read of this process)."""
+    import psutil
+
+    config = daemon.config.health
+    loop = daemon.loop
+    if loop is None:
+        return HealthReport(status="failing", reasons=["the loop is not running"])
+    telemetry = getattr(daemon, "telemetry", None)
+    if telemetry is not None:
+        p99 = telemetry.recent_lateness_p99(config.window)
+    else:
+        p99 = loop.stats().lateness_p99 if loop.ticks else None
+    deadline = loop.next_deadline
+    overdue = max(0.0, time.monotonic() - deadline) if deadline is not None else 0.0
+    store = getattr(daemon, "store", None)
+    store_state = store_error = None
+    if store is not None:
+        store_state = getattr(store, "state", None)
+        store_error = getattr(store, "last_error", None)
+    return evaluate(
+        config,
+        interval=loop.interval,
+        paused=loop.paused,
+        overdue=overdue,
+        lateness_p99=p99,
+        plugins=[h.status() for by in daemon.handles.values() for h in by.values()],
+        store_state=store_state,
+        store_error=store_error,
+        rss=psutil.Process().memory_info().rss,
+    )
+
+
+def control_commands(daemon: Daemon) -> list[Command]:
+    """``health`` and ``metrics`` for the control server's table (role ``read``)."""
+    from agentd.control.server import Command, CommandError
+
+    def health(ctx: RequestContext, args: None) -> HealthReport:
+        return check(daemon)
+
+    async def metrics(ctx: RequestContext, args: None) -> list[MetricPoint]:
+        telemetry: Any = getattr(daemon, "telemetry", None)
+        if telemetry is None:
+            raise CommandError("unavailable", "telemetry is off ([telemetry] enabled = false)")
+        # the observable callbacks read /proc (psutil): off the loop
+        points: list[MetricPoint] = await asyncio.to_thread(telemetry.collect)
+        return points
+
+    return [
+        Command(
+            "health",
+            health,
+            None,
+            "read",
+            "ok / degraded / failing with the reasons, from the [health] thresholds",
+        ),
+        Command(
+            "metrics",
+            metrics,
+            None,
+            "read",
+            "agentd's own metrics (OpenTelemetry names) as they are now",
+        ),
+    ]

@@ -1,0 +1,191 @@
+"""The `otlp` exporter against a real local HTTP endpoint: a tiny collector that counts and
+decodes the OTLP requests it gets; and a collector that accepts connections but never answers,
+which must cost dropped (and counted) spans, never a late or blocked loop."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import socket
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+    ExportMetricsServiceRequest,
+)
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+from agentd.config import TelemetryConfig, TelemetryOtlpConfig
+from agentd.loop import LoopSettings, PerceptionLoop
+from agentd.model import Action, Observation
+from agentd.telemetry import Telemetry
+from tests.utils import handle
+
+
+class Sensor:
+    async def perceive(self) -> dict[str, float]:
+        return {"v": 1.0}
+
+
+class Policy:
+    def decide(self, observation: Observation, state: object) -> list[Action]:
+        return [Action(actuator="out", name="set")]
+
+
+class Actuator:
+    async def act(self, action: Action) -> None:
+        return None
+
+
+def _loop(interval: float) -> PerceptionLoop:
+    return PerceptionLoop(
+        LoopSettings(interval=interval),
+        {"s": handle("sensor", "s", Sensor())},
+        {"p": handle("policy", "p", Policy())},
+        {"out": handle("actuator", "out", Actuator())},
+    )
+
+
+def _telemetry(
+    loop: PerceptionLoop, state: Path, max_queue: int = 2048, **otlp: object
+) -> Telemetry:
+    config = TelemetryConfig(
+        exporter="otlp",
+        tick_sample_ratio=1.0,
+        max_queue=max_queue,
+        batch_size=4,
+        otlp=TelemetryOtlpConfig(**otlp),  # type: ignore[arg-type]
+    )
+    tel = Telemetry(config, state)
+    tel.loop = loop
+    loop.telemetry = tel
+    loop.actions.hook = tel.run_action
+    return tel
+
+
+class Collector:
+    """OTLP/HTTP on 127.0.0.1: counts requests by path, decodes spans and metric names."""
+
+    def __init__(self) -> None:
+        self.requests: Counter[str] = Counter()
+        self.span_names: Counter[str] = Counter()
+        self.metric_names: set[str] = set()
+        self.resource: dict[str, str] = {}
+        collector = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                if self.headers.get("Content-Encoding") == "gzip":
+                    body = gzip.decompress(body)
+                collector.requests[self.path] += 1
+                if self.path == "/v1/traces":
+                    req = ExportTraceServiceRequest.FromString(body)
+                    for rs in req.resource_spans:
+                        collector.resource = {
+                            a.key: a.value.string_value for a in rs.resource.attributes
+                        }
+                        for ss in rs.scope_spans:
+                            collector.span_names.update(s.name for s in ss.spans)
+                elif self.path == "/v1/metrics":
+                    mreq = ExportMetricsServiceRequest.FromString(body)
+                    for rm in mreq.resource_metrics:
+                        for sm in rm.scope_metrics:
+                            collector.metric_names.update(m.name for m in sm.metrics)
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, name="collector")
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def __enter__(self) -> Collector:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(5)
+
+
+@pytest.fixture
+def blackhole() -> Iterator[str]:
+    """A collector that is 'down' the nasty way: it accepts TCP connections (the kernel does,
+    into the backlog) and never answers."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(64)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        sock.close()
+
+
+async def test_spans_and_metrics_reach_a_real_collector(tmp_path: Path) -> None:
+    loop = _loop(0.5)
+    with Collector() as collector:
+        tel = _telemetry(loop, tmp_path, endpoint=collector.endpoint + "/", timeout=5.0)
+        for _ in range(5):
+            await loop.tick_now()
+        assert await asyncio.to_thread(tel.shutdown, 10.0)
+    assert collector.requests["/v1/traces"] >= 1
+    assert collector.requests["/v1/metrics"] >= 1
+    assert collector.span_names["agentd.tick"] == 5
+    assert collector.span_names["agentd.actuator.act"] == 5
+    assert collector.resource["service.name"] == "agentd"
+    assert {
+        "agentd.loop.ticks",
+        "agentd.loop.tick.lateness",
+        "agentd.loop.stage.duration",
+        "agentd.actions",
+        "process.memory.usage",
+    } <= collector.metric_names
+
+
+async def test_collector_down_costs_counted_drops_not_loop_time(
+    tmp_path: Path, blackhole: str
+) -> None:
+    interval = 0.02
+    loop = _loop(interval)
+    tel = _telemetry(loop, tmp_path, max_queue=16, endpoint=blackhole, timeout=1.0)
+    totals: list[float] = []
+    queued: list[int] = []
+
+    def sink(report: object) -> None:
+        totals.append(report.timings.total)  # type: ignore[attr-defined]
+        queued.append(tel.spans_queued)
+
+    loop.sinks.append(sink)
+    task = asyncio.create_task(loop.run())
+    run_for = 2.0
+    await asyncio.sleep(run_for)
+    loop.stop()
+    await task
+    # the exporter was stuck in a 1 s request the whole time; the loop never waited for it
+    assert max(totals) < 0.5, max(totals)
+    assert loop.ticks >= 0.5 * run_for / interval
+    # every tick made 7 spans, far more than the queue holds: bounded, and the drops counted
+    assert max(queued) <= 16
+    assert tel.spans_dropped > 0
+    points = {(p.name, tuple(p.attributes.items())): p for p in tel.collect()}
+    dropped = points[("agentd.telemetry.spans.dropped", (("agentd.reason", "queue_full"),))]
+    assert dropped.value > 0
+    # and shutdown gives up on the dead collector within its bound
+    t0 = time.monotonic()
+    await asyncio.to_thread(tel.shutdown, 2.0)
+    assert time.monotonic() - t0 < 3.5
