@@ -144,9 +144,14 @@ async def test_frozen_binary_restores_the_original_loader_path(
     probe = "import os; print('lib ' + os.environ.get('LD_LIBRARY_PATH', '-'))"
     s = build(command, argv=[PY, "-c", probe], parse="lines", env_passthrough=["LD_LIBRARY_PATH"])
     assert await s.perceive() == {"lib": "/opt/lib"}
+    # no _ORIG (there was none, or the runtime hook restored it): the bundle's entries go
     monkeypatch.delenv("LD_LIBRARY_PATH_ORIG")
+    monkeypatch.setattr(sys, "_MEIPASS", "/tmp/_MEIabc", raising=False)
     s = build(command, argv=[PY, "-c", probe], parse="lines", env_passthrough=["LD_LIBRARY_PATH"])
-    assert await s.perceive() == {"lib": "-"}  # no original: the bundle's path is dropped
+    assert await s.perceive() == {"lib": "/opt/lib"}
+    monkeypatch.setenv("LD_LIBRARY_PATH", "/tmp/_MEIabc")
+    s = build(command, argv=[PY, "-c", probe], parse="lines", env_passthrough=["LD_LIBRARY_PATH"])
+    assert await s.perceive() == {"lib": "-"}
 
 
 async def test_command_output_is_truncated() -> None:

@@ -46,15 +46,24 @@ class ProcResult(msgspec.Struct, frozen=True, kw_only=True):
 
 
 def original_environ() -> dict[str, str]:
-    """os.environ as the user set it: undo what a frozen binary's bootloader changed."""
+    """os.environ as the user set it: undo what a frozen binary's bootloader changed (our
+    runtime hook may have done so already: then there is no ``_ORIG`` and nothing of the
+    bundle left in the variable)."""
     env = dict(os.environ)
     if getattr(sys, "frozen", False):
+        bundle = getattr(sys, "_MEIPASS", None)
         for var in _LOADER_VARS:
             orig = env.pop(f"{var}_ORIG", None)
             if orig is not None:
                 env[var] = orig
-            else:
-                env.pop(var, None)
+            elif var in env:
+                kept = [
+                    p for p in env[var].split(os.pathsep) if not (bundle and p.startswith(bundle))
+                ]
+                if any(kept):
+                    env[var] = os.pathsep.join(kept)
+                else:
+                    del env[var]
     return env
 
 
