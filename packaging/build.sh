@@ -10,11 +10,12 @@
 #                 DIR/agentctl -> agentd and DIR/agentd.sha256
 #
 # A fresh virtual environment gets agentd with the `build` extra (PyInstaller and the pinned
-# hooks), then packaging/pyinstaller.spec runs. AGENTD_BUILD_EXTRAS=otlp (comma-separated)
-# adds optional extras, whose plugins and exporters are then bundled too.
+# hooks) and the optional extras in $AGENTD_BUILD_EXTRAS (comma-separated; default: otlp, the
+# OTLP/HTTP exporter for [telemetry] exporter = "otlp"; set it empty for a smaller binary),
+# then packaging/pyinstaller.spec runs and bundles what is installed.
 set -euo pipefail
 
-usage() { sed -n '5,12p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+usage() { sed -n '5,10p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 python=python3
@@ -36,7 +37,8 @@ out=$(cd "$out" && pwd)
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/agentd-build.XXXXXX")
 trap 'rm -rf "$work"' EXIT
-extras=build${AGENTD_BUILD_EXTRAS:+,$AGENTD_BUILD_EXTRAS}
+optional=${AGENTD_BUILD_EXTRAS-otlp}
+extras=build${optional:+,$optional}
 
 echo "build.sh: $("$python" -c 'import sys; print(sys.version.split()[0])') on $(uname -m), extras [$extras]"
 "$python" -m venv "$work/venv"

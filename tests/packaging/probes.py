@@ -71,6 +71,12 @@ def otel_report() -> dict[str, Any]:
     ]
     resource = dict(Resource.create().attributes)
     sdk_provider.shutdown()
+    try:  # the OTLP/HTTP exporter's protobuf encoding, when it is bundled
+        from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+
+        otlp_bytes = len(encode_spans(exporter.get_finished_spans()).SerializeToString())
+    except ImportError as exc:
+        otlp_bytes = f"not bundled: {exc}"
     return {
         "tracer_provider": f"{type(provider).__module__}.{type(provider).__name__}",
         "meter_provider": f"{type(meter_provider).__module__}.{type(meter_provider).__name__}",
@@ -84,6 +90,7 @@ def otel_report() -> dict[str, Any]:
         "metric_points": points,
         "resource": {k: str(v) for k, v in resource.items()},
         "pid": os.getpid(),
+        "otlp_bytes": otlp_bytes,
     }
 
 

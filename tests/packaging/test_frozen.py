@@ -285,6 +285,9 @@ out = "{env_out}"
     assert otel["metric_points"] == [3]
     assert otel["resource"]["service.name"] == "agentd-frozen-test"
     assert otel["resource"]["process.pid"] == str(child) == str(otel["pid"])  # a detector ran
+    # the dev environment has the otlp extra, so the exporter's protobuf encoding is bundled
+    assert isinstance(otel["otlp_bytes"], int), otel["otlp_bytes"]
+    assert otel["otlp_bytes"] > 50
 
     # programs agentd starts get the caller's LD_LIBRARY_PATH, not the bundle's
     seen = json.loads(env_out.read_text())
