@@ -136,7 +136,7 @@ class TelemetryConfig(_Section, frozen=True):
     enabled: bool = True
     exporter: Literal["none", "file", "otlp"] = "none"
     #: fraction of ticks traced; control requests and failed or overrunning ticks always are
-    tick_sample_ratio: Annotated[float, Meta(ge=0, le=1)] = 0.01
+    tick_sample_ratio: Annotated[float, Meta(ge=0, le=1)] = 0.001
     sample_failed_ticks: bool = True
     metrics_interval: Annotated[float, Meta(ge=1)] = 60.0
     #: spans waiting for export; more are dropped (and counted), never queued without bound

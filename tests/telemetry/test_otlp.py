@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import socket
+import sys
 import threading
 import time
 from collections import Counter
@@ -21,6 +22,7 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from agentd.config import TelemetryConfig, TelemetryOtlpConfig
+from agentd.errors import ConfigError
 from agentd.loop import LoopSettings, PerceptionLoop
 from agentd.model import Action, Observation
 from agentd.telemetry import Telemetry
@@ -189,3 +191,18 @@ async def test_collector_down_costs_counted_drops_not_loop_time(
     t0 = time.monotonic()
     await asyncio.to_thread(tel.shutdown, 2.0)
     assert time.monotonic() - t0 < 3.5
+
+
+def test_without_the_otlp_extra_the_error_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # what a default install (no agentd[otlp]) looks like to the import system
+    monkeypatch.setitem(sys.modules, "opentelemetry.exporter.otlp.proto.http", None)
+    with pytest.raises(ConfigError) as caught:
+        Telemetry(TelemetryConfig(exporter="otlp"), tmp_path)
+    assert str(caught.value) == (
+        "telemetry.exporter: 'otlp' needs the optional OTLP exporter, which is not installed "
+        "(pip install 'agentd[otlp]')"
+    )
+    # `none` and `file` do not need it
+    Telemetry(TelemetryConfig(exporter="file"), tmp_path).shutdown(5.0)
