@@ -19,7 +19,7 @@ import logging
 import os
 import sqlite3
 import time
-from collections import Counter, OrderedDict, deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,19 +50,21 @@ KEY_MEMORY: Final = 100_000
 MAX_RETRY: Final = 30.0
 
 OpKind = Literal["observations", "actions", "put", "put_nowait", "delete", "sweep"]
+_SESSION_WRITES: Final = frozenset({"put", "put_nowait", "delete"})
 
 
-@dataclass(slots=True)
-class _Op:
-    kind: OpKind
-    args: tuple[Any, ...]
-    seq: int
-    future: asyncio.Future[Any] | None = None
+#: a queued write: (kind, args, seq, future or None); a plain tuple, there is one per row
+_Op = tuple[OpKind, tuple[Any, ...], int, "asyncio.Future[Any] | None"]
+KIND: Final = 0
+ARGS: Final = 1
+SEQ: Final = 2
+FUTURE: Final = 3
 
 
 @dataclass(slots=True)
 class _Committed:
-    results: list[Any] = field(default_factory=list)
+    #: (index in the batch, result) of the writes someone awaits
+    results: list[tuple[int, Any]] = field(default_factory=list)
     added: dict[str, tuple[int, int]] = field(default_factory=dict)
     retained: dict[str, jr.Retention] = field(default_factory=dict)
 
@@ -109,7 +111,9 @@ class Store:
         self._closing = False
         self._writer: asyncio.Task[None] | None = None
         self._keys: OrderedDict[tuple[str, str], None] = OrderedDict()
-        self._pending: Counter[str] = Counter()
+        #: the seq of the latest queued write per session id (read-your-writes for get/list)
+        self._session_seq: dict[str, int] = {}
+        self._session_max = 0
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def open(self) -> None:
@@ -345,7 +349,9 @@ class Store:
 
     def pending_session(self, sid: str | None) -> bool:
         """Whether a queued, uncommitted write touches ``sid`` (None: any session)."""
-        return bool(self._pending) if sid is None else sid in self._pending
+        if sid is None:
+            return self._session_max > self._committed
+        return self._session_seq.get(sid, 0) > self._committed
 
     async def read(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run ``fn(conn, *args, **kwargs)`` on the database thread (reads only)."""
@@ -369,15 +375,24 @@ class Store:
             await self._space.wait()
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         op = self._enqueue(kind, args, fut)
-        self._urgent = max(self._urgent, op.seq)
+        self._urgent = max(self._urgent, op[SEQ])
         self._kick.set()
         return await fut
 
     def write_nowait(self, sid: str, data: bytes, expires: float | None) -> bool:
-        if self._writer is None or self._full():
+        # the batched path's hot loop: _enqueue inlined
+        queue = self._queue
+        if self._writer is None or len(queue) + self._inflight >= self.config.queue_size:
             self.back_pressure += 1
             return False
-        self._enqueue("put_nowait", (sid, data, expires), None)
+        seq = self._seq = self._seq + 1
+        if not queue:
+            self._first_at = time.monotonic()
+            self._wake.set()
+        queue.append(("put_nowait", (sid, data, expires), seq, None))
+        self._session_seq[sid] = self._session_max = seq
+        if len(queue) >= self.config.batch_size:
+            self._kick.set()
         return True
 
     def _full(self) -> bool:
@@ -385,12 +400,12 @@ class Store:
 
     def _enqueue(self, kind: OpKind, args: tuple[Any, ...], fut: asyncio.Future[Any] | None) -> _Op:
         self._seq += 1
-        op = _Op(kind, args, self._seq, fut)
+        op: _Op = (kind, args, self._seq, fut)
         if not self._queue:
             self._first_at = time.monotonic()
         self._queue.append(op)
-        if kind in ("put", "put_nowait", "delete"):
-            self._pending[args[0]] += 1
+        if kind in _SESSION_WRITES:
+            self._session_seq[args[0]] = self._session_max = self._seq
         self._wake.set()
         if len(self._queue) >= self.config.batch_size:
             self._kick.set()
@@ -460,11 +475,10 @@ class Store:
             j.size += size - gone.size
             j.dropped += gone.rows
             j.dropped_total += gone.rows
-        for op, result in zip(batch, done.results, strict=True):
-            if op.kind in ("put", "put_nowait", "delete"):
-                self._release(op.args[0])
-            if op.future is not None and not op.future.done():
-                op.future.set_result(result)
+        for i, result in done.results:
+            fut = batch[i][FUTURE]
+            if fut is not None and not fut.done():
+                fut.set_result(result)
         self._settled()
         return None
 
@@ -481,29 +495,28 @@ class Store:
         plain: list[tuple[Any, ...]] = []
         conn.execute("BEGIN IMMEDIATE")
         try:
-            for op in batch:
-                kind, args = op.kind, op.args
-                if kind in {"observations", "actions"}:
-                    rows[kind].append(args[0])
-                    out.results.append(None)
-                    continue
+            for i, (kind, args, _, _) in enumerate(batch):
                 if kind == "put_nowait":
                     plain.append((args[0], args[1], now, args[2]))
-                    out.results.append(None)
+                    continue
+                if kind == "observations" or kind == "actions":  # noqa: PLR1714 - hot loop
+                    rows[kind].append(args[0])
                     continue
                 if plain:  # keep session writes in queue order
                     conn.executemany(ss.UPSERT, plain)
                     plain = []
                 if kind == "put":
                     sid, data, expires, expected = args
-                    out.results.append(ss.put(conn, sid, data, expires, expected, now))
+                    out.results.append((i, ss.put(conn, sid, data, expires, expected, now)))
                 elif kind == "delete":
-                    out.results.append(ss.delete(conn, args[0], now))
+                    out.results.append((i, ss.delete(conn, args[0], now)))
                 else:
-                    out.results.append(ss.sweep(conn, now))
+                    out.results.append((i, ss.sweep(conn, now)))
             if plain:
                 conn.executemany(ss.UPSERT, plain)
             for name, j in self.journals.items():
+                if not rows[name]:
+                    continue  # retention runs with the inserts it bounds
                 added = j.insert(conn, rows[name])
                 out.added[name] = added
                 have_rows, have_size = counts[name]
@@ -520,11 +533,9 @@ class Store:
         of the queue, in order, for the retry."""
         keep = []
         for op in batch:
-            if op.future is not None:
-                if op.kind in ("put", "put_nowait", "delete"):
-                    self._release(op.args[0])
-                if not op.future.done():
-                    op.future.set_exception(error)
+            if op[FUTURE] is not None:
+                if not op[FUTURE].done():
+                    op[FUTURE].set_exception(error)
             else:
                 keep.append(op)
         self._queue.extendleft(reversed(keep))
@@ -541,30 +552,26 @@ class Store:
         self._queue.clear()
         exc = StoreError(error)
         for op in ops:
-            if op.future is not None and not op.future.done():
-                op.future.set_exception(exc)
-            if op.kind in self.journals:
-                self.journals[op.kind].queue_dropped += 1
+            if op[FUTURE] is not None and not op[FUTURE].done():
+                op[FUTURE].set_exception(exc)
+            if op[KIND] in self.journals:
+                self.journals[op[KIND]].queue_dropped += 1
         for _, fut in self._flushes:
             if not fut.done():
                 fut.set_exception(exc)
         self._flushes.clear()
-        self._pending.clear()
         self._committed = self._seq
         if ops:
             log.error(
                 "store: %d queued writes could not be committed at shutdown: %s", len(ops), error
             )
 
-    def _release(self, sid: str) -> None:
-        self._pending[sid] -= 1
-        if self._pending[sid] <= 0:
-            del self._pending[sid]
-
     def _settled(self) -> None:
         """Every write before the head of the queue is settled: committed, or failed loudly
         to the caller that awaited it."""
-        self._committed = self._queue[0].seq - 1 if self._queue else self._seq
+        self._committed = done = self._queue[0][SEQ] - 1 if self._queue else self._seq
+        if len(self._session_seq) > 4096:
+            self._session_seq = {k: v for k, v in self._session_seq.items() if v > done}
         self._resolve_flushes()
 
     def _resolve_flushes(self) -> None:
