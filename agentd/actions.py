@@ -51,6 +51,7 @@ class ActionRunner:
         "key_claimed",
         "key_seen",
         "limit",
+        "manual_sinks",
     )
 
     def __init__(
@@ -72,6 +73,9 @@ class ActionRunner:
         self.key_seen = key_seen
         #: told (and awaited) before a non-idempotent action with a key first runs
         self.key_claimed = key_claimed
+        #: results of actions run outside a tick (manual tool calls: the store journals them);
+        #: the loop's own results reach the journal through tick reports and late sinks
+        self.manual_sinks: list[Callable[[ActionResult], None]] = []
         #: wraps every run (agentd.telemetry: counts actions, traces them inside a request)
         self.hook: RunHook | None = None
 
@@ -116,9 +120,19 @@ class ActionRunner:
             return await self.run(action, tick)
 
     async def run(self, action: Action, tick: int | None = None) -> ActionResult:
+        """Run one action to its result (never raises for a bad or failing action). A result
+        outside a tick (``tick is None``: a manual tool call) also goes to ``manual_sinks``."""
         if self.hook is not None:
-            return await self.hook(action, tick, self._run)
-        return await self._run(action, tick)
+            result = await self.hook(action, tick, self._run)
+        else:
+            result = await self._run(action, tick)
+        if tick is None:
+            for sink in self.manual_sinks:
+                try:
+                    sink(result)
+                except Exception:  # a broken sink must not cost the caller its result
+                    log.exception("manual-result sink %r failed", sink)
+        return result
 
     async def _run(self, action: Action, tick: int | None) -> ActionResult:
         started = time.monotonic()

@@ -628,6 +628,7 @@ class Daemon:
             return
         loop.sinks.append(self._journal_tick)
         loop.late_sinks.append(store.journal_result)
+        loop.actions.manual_sinks.append(store.journal_result)  # agentctl act
         loop.actions.key_seen = store.key_seen
         self.spawn(self._sweep_sessions(store), name="session-sweep")
 

@@ -244,3 +244,14 @@ async def test_sensor_backoff_is_capped_by_max_interval() -> None:
     assert h.backoff == 8  # 0.1 s x 8 = the 0.8 s cap
     h.ok()
     assert (h.state, h.backoff) == ("ok", 1)
+
+
+async def test_manual_results_reach_the_manual_sinks_tick_results_do_not() -> None:
+    r = runner(handle("actuator", "a", Recorder()))
+    seen: list[tuple[str, int | None]] = []
+    r.manual_sinks.append(lambda res: seen.append((res.status, res.tick)))
+    r.manual_sinks.append(lambda res: 1 / 0)  # a broken sink loses nobody their result
+    assert (await r.run(Action(actuator="a", name="go"))).status == "ok"
+    assert (await r.run(Action(actuator="nope", name="go"))).status == "rejected"
+    assert (await r.run(Action(actuator="a", name="go"), tick=7)).status == "ok"
+    assert seen == [("ok", None), ("rejected", None)]
