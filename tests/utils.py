@@ -55,8 +55,10 @@ class AgentProcess:
         log_level: str = "debug",
         env: dict[str, str] | None = None,
         argv: list[str] | None = None,
+        pass_fds: tuple[int, ...] = (),
     ) -> None:
         self.base = base
+        self.pass_fds = pass_fds
         self.state_dir = base / "state"
         self.runtime_dir = base / "run"
         self.config_path: Path | None = None
@@ -90,6 +92,7 @@ class AgentProcess:
             stderr=subprocess.STDOUT,
             env=self.env,
             start_new_session=True,
+            pass_fds=self.pass_fds,
         )
         return self
 

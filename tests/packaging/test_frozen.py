@@ -9,6 +9,7 @@ import itertools
 import json
 import os
 import signal
+import socket
 import statistics
 import subprocess
 import time
@@ -295,3 +296,33 @@ out = "{env_out}"
     assert seen["env"].get("LD_LIBRARY_PATH") == "/opt/agentd-test/lib"
     assert "LD_LIBRARY_PATH_ORIG" not in seen["env"]
     assert "Traceback" not in agent.log()
+
+
+def test_socket_activation_through_the_bootloader(
+    frozen_dir: Path, frozen_env: dict[str, str], short_tmp: Path
+) -> None:
+    """systemd passes the listening control socket as fd 3 with LISTEN_PID naming the main
+    PID (the bootloader): the fd survives the bootloader and the child adopts it."""
+    path = short_tmp / "activated.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen(8)
+    fd = listener.fileno()
+    # bash: fd `fd` becomes 3, LISTEN_PID is the PID that then execs the bootloader
+    as_systemd = [
+        "bash",
+        "-c",
+        f"exec 3<&{fd} {fd}<&-; export LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES=control; "
+        'exec "$0" "$@"',
+        str(frozen_dir / "agentd"),
+    ]
+    config = CONFIG.format(interval=0.2, hang=short_tmp / "never")
+    agent = AgentProcess(short_tmp, config, env=frozen_env, argv=as_systemd, pass_fds=(fd,))
+    with agent:
+        listener.close()  # only the daemon holds it now
+        agent.wait_log(r"control socket passed by systemd: ", timeout=60)
+        status = _agentctl(frozen_dir, path, "status")
+        assert status.returncode == 0, status.stderr + agent.log()[-2000:]
+        assert not (short_tmp / "run" / "agentd.sock").exists()  # it bound nothing itself
+        assert agent.stop(30) == 0
+    assert path.exists()  # an activated socket belongs to systemd: left in place
