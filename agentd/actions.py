@@ -158,7 +158,9 @@ class ActionRunner:
         handle = self.actuators[action.actuator]
         if action.deadline is not None and time.time() > action.deadline:
             return result("skipped", error="deadline passed before the action could run")
-        wait = handle.backing_off()
+        # a degraded actuator is left alone by the loop until its backoff ends; an operator's
+        # manual call (no tick) goes through: it is how one checks the device is back
+        wait = handle.backing_off() if tick is not None else 0.0
         if wait > 0:
             return result(
                 "skipped", error=f"actuator is degraded, backing off for {wait:.3g}s more"

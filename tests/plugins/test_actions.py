@@ -216,16 +216,16 @@ async def test_failing_actuator_degrades_backs_off_and_recovers(
     rec = Recorder(fail=3)
     h = handle("actuator", "a", rec, degraded_after=3, max_interval=0.2)
     r = runner(h)
-    for _ in range(3):
-        assert (await r.run(Action(actuator="a", name="go"))).status == "failed"
+    for tick in range(3):
+        assert (await r.run(Action(actuator="a", name="go"), tick)).status == "failed"
     assert h.state == "degraded"
     assert 0 < h.backing_off() <= 0.2
-    skipped = await r.run(Action(actuator="a", name="go"))
+    skipped = await r.run(Action(actuator="a", name="go"), tick=4)
     assert skipped.status == "skipped"
     assert str(skipped.error).startswith("actuator is degraded")
-    assert len(rec.calls) == 3  # no call while backing off
+    assert len(rec.calls) == 3  # the loop makes no call while backing off
     await asyncio.sleep(h.backing_off() + 0.01)
-    ok = await r.run(Action(actuator="a", name="go"))
+    ok = await r.run(Action(actuator="a", name="go"), tick=5)
     assert ok.status == "ok"
     assert (h.state, h.consecutive_failures, h.backoff) == ("ok", 0, 1)
     assert "recovered after 3 failures" in caplog.text
@@ -255,3 +255,17 @@ async def test_manual_results_reach_the_manual_sinks_tick_results_do_not() -> No
     assert (await r.run(Action(actuator="nope", name="go"))).status == "rejected"
     assert (await r.run(Action(actuator="a", name="go"), tick=7)).status == "ok"
     assert seen == [("ok", None), ("rejected", None)]
+
+
+async def test_a_manual_call_probes_a_degraded_actuator() -> None:
+    rec = Recorder(fail=3)
+    h = handle("actuator", "a", rec, degraded_after=3, max_interval=60.0)
+    r = runner(h)
+    for tick in range(3):
+        await r.run(Action(actuator="a", name="go"), tick)
+    assert h.backing_off() > 1
+    assert (await r.run(Action(actuator="a", name="go"), tick=4)).status == "skipped"
+    manual = await r.run(Action(actuator="a", name="go"))  # agentctl act
+    assert manual.status == "ok"
+    assert h.state == "ok"
+    assert (await r.run(Action(actuator="a", name="go"), tick=5)).status == "ok"
