@@ -32,8 +32,8 @@ from agentd.errors import StoreError
 from agentd.model import ActionResult, Observation, StoreHealth
 from agentd.store import journal as jr
 from agentd.store import sessions as ss
-from agentd.store.recovery import describe, is_corruption, move_aside
-from agentd.store.schema import LATEST, migrate, user_version
+from agentd.store.opening import KEY_MEMORY, Unavailable, call, close_quietly, open_database
+from agentd.store.recovery import describe
 
 __all__ = ["KEY_MEMORY", "Store"]
 
@@ -44,8 +44,6 @@ logging.getLogger("aiosqlite").setLevel(logging.INFO)
 
 T = TypeVar("T")
 
-#: idempotency keys remembered (loaded from the action journal at open)
-KEY_MEMORY: Final = 100_000
 #: longest wait between retries of a failing commit
 MAX_RETRY: Final = 30.0
 
@@ -67,15 +65,6 @@ class _Committed:
     results: list[tuple[int, Any]] = field(default_factory=list)
     added: dict[str, tuple[int, int]] = field(default_factory=dict)
     retained: dict[str, jr.Retention] = field(default_factory=dict)
-
-
-class _Newer(Exception):
-    def __init__(self, version: int) -> None:
-        self.version = version
-
-
-class _Corrupt(Exception):
-    pass
 
 
 class Store:
@@ -145,80 +134,25 @@ class Store:
         self.state = "closed"
 
     async def _connect(self) -> None:
-        for attempt in (1, 2):
-            db: aiosqlite.Connection | None = None
-            try:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                db = await aiosqlite.connect(self.path, isolation_level=None)
-                conn = db._conn
-                keys = await _call(db, self._prepare, conn)
-            except _Newer as exc:
-                await _close_quietly(db)
-                raise StoreError(
-                    f"{self.path} was written by a newer agentd (schema version {exc.version}; "
-                    f"this agentd knows up to {LATEST}); refusing to use or modify it"
-                ) from None
-            except (_Corrupt, sqlite3.DatabaseError) as exc:
-                await _close_quietly(db)
-                if attempt == 2 or not (isinstance(exc, _Corrupt) or is_corruption(exc)):
-                    self._degrade(f"cannot open {self.path}: {describe(exc)}")
-                    return
-                try:
-                    moved = move_aside(self.path)
-                except OSError as err:
-                    self._degrade(
-                        f"{self.path} is corrupt ({describe(exc)}) and cannot be moved aside: "
-                        f"{describe(err)}"
-                    )
-                    return
-                log.error(
-                    "store: %s is corrupt (%s); moved it to %s and started a fresh database",
-                    self.path,
-                    describe(exc),
-                    moved,
-                )
-                continue
-            except (sqlite3.Error, OSError) as exc:
-                await _close_quietly(db)
-                self._degrade(f"cannot open {self.path}: {describe(exc)}")
-                return
-            self._db = db
-            for key in keys:
-                self._keys[key] = None
-            recovered = self.state == "degraded"
-            self.state = "ok"
-            self.last_error = None
-            if recovered:
-                log.warning("store: %s is writable again; journaling resumed", self.path)
+        try:
+            opened = await open_database(self.path, self.config, self.journals.values())
+        except Unavailable as exc:
+            self._degrade(str(exc))
             return
-
-    def _prepare(self, conn: sqlite3.Connection) -> list[tuple[str, str]]:
-        """On the database thread: check, configure and migrate. Reads only until the version
-        is known to be ours."""
-        c = self.config
-        conn.execute(f"PRAGMA busy_timeout = {int(c.busy_timeout * 1000):d}")
-        version = user_version(conn)
-        if version > LATEST:
-            raise _Newer(version)
-        check = [row[0] for row in conn.execute("PRAGMA quick_check").fetchall()]
-        if check != ["ok"]:
-            raise _Corrupt(f"quick_check: {check[0]}")
-        self.journal_mode = str(conn.execute("PRAGMA journal_mode = WAL").fetchone()[0])
-        conn.execute(f"PRAGMA synchronous = {c.synchronous.upper()}")
-        conn.execute("PRAGMA foreign_keys = ON")
-        applied = migrate(conn)
-        if applied and applied[0] == 1:
-            log.debug("store: created %s (schema version %d)", self.path, applied[-1])
-        elif applied:
-            log.info("store: %s schema upgraded to version %d", self.path, applied[-1])
-        self.schema_version = user_version(conn)
-        for j in self.journals.values():
-            j.load(conn)
-        return jr.used_keys(conn, KEY_MEMORY)
+        self._db = opened.db
+        self.schema_version = opened.schema_version
+        self.journal_mode = opened.journal_mode
+        for key in opened.keys:
+            self._keys[key] = None
+        recovered = self.state == "degraded"
+        self.state = "ok"
+        self.last_error = None
+        if recovered:
+            log.warning("store: %s is writable again; journaling resumed", self.path)
 
     async def _disconnect(self) -> None:
         db, self._db = self._db, None
-        await _close_quietly(db)
+        await close_quietly(db)
 
     def _degrade(self, message: str) -> None:
         self.last_error = message
@@ -359,7 +293,7 @@ class Store:
         if db is None:
             raise StoreError(f"store unavailable: {self.last_error or 'not open'}")
         try:
-            return await _call(db, fn, db._conn, *args, **kwargs)
+            return await call(db, fn, db._conn, *args, **kwargs)
         except sqlite3.Error as exc:
             raise StoreError(f"cannot read {self.path}: {describe(exc)}") from None
 
@@ -452,7 +386,7 @@ class Store:
         self._inflight = len(batch)
         counts = {n: (j.rows, j.size) for n, j in self.journals.items()}
         try:
-            done = await _call(db, self._apply, db._conn, batch, counts, time.time())
+            done = await call(db, self._apply, db._conn, batch, counts, time.time())
         except Exception as exc:  # noqa: BLE001 - any failure degrades; the writer goes on
             self._inflight = 0
             message = f"cannot write {self.path}: {describe(exc)}"
@@ -585,28 +519,6 @@ class Store:
             else:
                 keep.append((target, fut))
         self._flushes = keep
-
-
-async def _call(db: aiosqlite.Connection, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """Run ``fn`` on the connection's thread: one hop for a whole transaction. aiosqlite's
-    public API is one hop per statement; its ``_execute`` is the documented-by-source way to
-    run a callable there, stable across releases."""
-    result: T = await db._execute(fn, *args, **kwargs)  # type: ignore[no-untyped-call]
-    return result
-
-
-async def _close_quietly(db: aiosqlite.Connection | None) -> None:
-    if db is None:
-        return
-    try:
-        await db.close()
-    except (sqlite3.Error, ValueError) as exc:
-        log.warning("store: closing the database failed: %s", describe(exc))
-    # close() returns when the thread has handed back its last result, a moment before the
-    # thread itself ends; wait for that so no thread outlives the store
-    thread = getattr(db, "_thread", None)
-    if thread is not None and thread.is_alive():
-        thread.join(1.0)
 
 
 async def _wait(event: asyncio.Event, timeout: float) -> bool:
