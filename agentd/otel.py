@@ -47,6 +47,7 @@ from agentd.model import MetricPoint
 __all__ = [
     "DURATION_BOUNDS",
     "BoundedSpanProcessor",
+    "ExportState",
     "ExportingReader",
     "FileMetricExporter",
     "FileSpanExporter",
@@ -55,6 +56,7 @@ __all__ = [
     "PresetIds",
     "Produced",
     "RotatingFile",
+    "WatchedMetricExporter",
     "metric_points",
     "otlp_exporters",
 ]
@@ -266,11 +268,37 @@ class PresetIds(RandomIdGenerator):
 
 
 @final
+class ExportState:
+    """Whether exports succeed, logged when that changes (like a failing plugin): one line when
+    the destination stops answering, one when it answers again, not one per attempt. The
+    SDK's own per-attempt warnings are quieted where this is used."""
+
+    def __init__(self, destination: str) -> None:
+        self.destination = destination
+        self.failing: set[str] = set()
+        self._lock = threading.Lock()
+
+    def result(self, signal: str, ok: bool, why: str = "") -> None:
+        with self._lock:
+            if ok and signal in self.failing:
+                self.failing.discard(signal)
+                log.warning("telemetry: %s export to %s works again", signal, self.destination)
+            elif not ok and signal not in self.failing:
+                self.failing.add(signal)
+                log.error(
+                    "telemetry: %s export to %s failed%s; dropping and counting until it works",
+                    signal,
+                    self.destination,
+                    f" ({why})" if why else "",
+                )
+
+
 class _CountingExporter(SpanExporter):
     """Counts what the batch processor hands over and what fails to export (worker thread)."""
 
-    def __init__(self, inner: SpanExporter) -> None:
+    def __init__(self, inner: SpanExporter, state: ExportState | None = None) -> None:
         self.inner = inner
+        self.state = state
         self.taken = 0
         self.failed = 0
 
@@ -281,8 +309,11 @@ class _CountingExporter(SpanExporter):
         except Exception as exc:  # noqa: BLE001 - an exporter bug must not kill the worker
             log.warning("span export failed: %s: %s", type(exc).__name__, exc)
             result = SpanExportResult.FAILURE
-        if result is not SpanExportResult.SUCCESS:
+        ok = result is SpanExportResult.SUCCESS
+        if not ok:
             self.failed += len(spans)
+        if self.state is not None:
+            self.state.result("span", ok, getattr(self.inner, "last_error", ""))
         return result
 
     def shutdown(self) -> None:
@@ -293,12 +324,45 @@ class _CountingExporter(SpanExporter):
 
 
 @final
+class WatchedMetricExporter(MetricExporter):
+    """A metric exporter whose results feed an ExportState (the reader's thread)."""
+
+    def __init__(self, inner: MetricExporter, state: ExportState) -> None:
+        super().__init__(
+            preferred_temporality=inner._preferred_temporality,
+            preferred_aggregation=inner._preferred_aggregation,
+        )
+        self.inner = inner
+        self.state = state
+
+    def export(
+        self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any
+    ) -> MetricExportResult:
+        result = self.inner.export(metrics_data, timeout_millis=timeout_millis, **kwargs)
+        ok = result is MetricExportResult.SUCCESS
+        self.state.result("metric", ok, getattr(self.inner, "last_error", ""))
+        return result
+
+    def force_flush(self, timeout_millis: float = 10_000) -> bool:
+        return self.inner.force_flush(timeout_millis)
+
+    def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
+        self.inner.shutdown(timeout_millis=timeout_millis, **kwargs)
+
+
+@final
 class BoundedSpanProcessor(BatchSpanProcessor):
     """The SDK's batch processor (bounded queue, its own thread) with drops counted: spans
     enqueued minus spans taken by the exporter is the queue length."""
 
-    def __init__(self, exporter: SpanExporter, max_queue: int, batch_size: int) -> None:
-        self.counting = _CountingExporter(exporter)
+    def __init__(
+        self,
+        exporter: SpanExporter,
+        max_queue: int,
+        batch_size: int,
+        state: ExportState | None = None,
+    ) -> None:
+        self.counting = _CountingExporter(exporter, state)
         super().__init__(
             self.counting,
             max_queue_size=max_queue,
@@ -374,13 +438,14 @@ def _span_json(span: ReadableSpan) -> dict[str, Any]:
 class FileSpanExporter(SpanExporter):
     def __init__(self, out: RotatingFile) -> None:
         self.out = out
+        self.last_error = ""
         self._encode = msgspec.json.Encoder().encode
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         try:
             self.out.write_lines(self._encode(_span_json(s)) for s in spans)
         except OSError as exc:
-            log.warning("cannot write spans to %s: %s", self.out.path, exc.strerror)
+            self.last_error = f"cannot write {self.out.path}: {exc.strerror}"
             return SpanExportResult.FAILURE
         return SpanExportResult.SUCCESS
 
@@ -395,6 +460,7 @@ class FileMetricExporter(MetricExporter):
     def __init__(self, out: RotatingFile) -> None:
         super().__init__()
         self.out = out
+        self.last_error = ""
         self._encode = msgspec.json.Encoder().encode
 
     def export(
@@ -404,7 +470,7 @@ class FileMetricExporter(MetricExporter):
         try:
             self.out.write_lines([self._encode(line)])
         except OSError as exc:
-            log.warning("cannot write metrics to %s: %s", self.out.path, exc.strerror)
+            self.last_error = f"cannot write {self.out.path}: {exc.strerror}"
             return MetricExportResult.FAILURE
         return MetricExportResult.SUCCESS
 
@@ -427,6 +493,9 @@ def otlp_exporters(config: TelemetryConfig) -> tuple[SpanExporter, MetricExporte
                 "installed (pip install 'agentd[otlp]')"
             ]
         ) from None
+    # the exporters log every failed attempt; ExportState logs the state changes instead
+    for name in ("opentelemetry.exporter", "opentelemetry.sdk._shared_internal"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
     o = config.otlp
     base = o.endpoint.rstrip("/")
     compression = Compression.Gzip if o.compression == "gzip" else Compression.NoCompression

@@ -47,6 +47,7 @@ from agentd.model import Action, ActionResult, MetricPoint, TickReport
 from agentd.otel import (
     BoundedSpanProcessor,
     ExportingReader,
+    ExportState,
     FileMetricExporter,
     FileSpanExporter,
     InProcessReader,
@@ -54,6 +55,7 @@ from agentd.otel import (
     PresetIds,
     Produced,
     RotatingFile,
+    WatchedMetricExporter,
     metric_points,
     otlp_exporters,
 )
@@ -151,6 +153,12 @@ class Telemetry:
             )
         elif config.exporter == "otlp":
             span_exporter, metric_exporter = otlp_exporters(config)
+        #: export failures, logged on state change (file: a full or read-only disk)
+        self.export_state = ExportState(
+            config.otlp.endpoint if config.exporter == "otlp" else str(state_dir / "telemetry")
+        )
+        if metric_exporter is not None:
+            metric_exporter = WatchedMetricExporter(metric_exporter, self.export_state)
 
         self.reader = InProcessReader(self.produced)
         readers: list[MetricReader] = [self.reader, *metric_readers]
@@ -179,7 +187,7 @@ class Telemetry:
             )
             if span_exporter is not None:
                 self._processor = BoundedSpanProcessor(
-                    span_exporter, config.max_queue, config.batch_size
+                    span_exporter, config.max_queue, config.batch_size, self.export_state
                 )
                 self.tracer_provider.add_span_processor(self._processor)
             for processor in span_processors:
@@ -595,24 +603,35 @@ class Telemetry:
         if self._closed:
             return True
         self._closed = True
-        done = threading.Event()
-
-        def close() -> None:
-            try:
-                if self.tracer_provider is not None:
-                    self.tracer_provider.shutdown()
-                self.meter_provider.shutdown(timeout_millis=timeout * 1e3)
-            except Exception as exc:  # noqa: BLE001 - shutdown must go on
-                log.warning("telemetry shutdown: %s: %s", type(exc).__name__, exc)
-            finally:
-                done.set()
-
-        # a daemon thread: if an exporter hangs past the timeout, process exit is not held
-        threading.Thread(target=close, name="agentd-telemetry-close", daemon=True).start()
-        if not done.wait(timeout):
+        deadline = time.monotonic() + timeout
+        closers: list[Callable[[], object]] = [
+            lambda: self.meter_provider.shutdown(timeout_millis=timeout * 1e3)
+        ]
+        if self.tracer_provider is not None:
+            closers.append(self.tracer_provider.shutdown)
+        threads = []
+        for close in closers:
+            # side by side, so a span export stuck on a dead collector does not keep the last
+            # metrics from being written; daemon threads, so one that hangs past the timeout
+            # does not hold process exit
+            t = threading.Thread(
+                target=_quietly, args=(close,), name="agentd-telemetry-close", daemon=True
+            )
+            t.start()
+            threads.append(t)
+        for t in threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+        if any(t.is_alive() for t in threads):
             log.warning("telemetry: exporters still busy after %gs; giving up on them", timeout)
             return False
         return True
+
+
+def _quietly(close: Callable[[], object]) -> None:
+    try:
+        close()
+    except Exception as exc:  # noqa: BLE001 - shutdown goes on
+        log.warning("telemetry shutdown: %s: %s", type(exc).__name__, exc)
 
 
 def _action_attributes(r: ActionResult) -> dict[str, Any]:

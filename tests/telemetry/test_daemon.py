@@ -22,7 +22,7 @@ interval = 0.05
 [log]
 heartbeat = 0
 [store]
-enabled = false
+enabled = {store}
 [telemetry]
 exporter = "{exporter}"
 tick_sample_ratio = 0.0
@@ -36,10 +36,9 @@ fail_file = "{base}/fail"
 """
 
 
-def _agent(base: Path, exporter: str = "none") -> AgentProcess:
-    return AgentProcess(
-        base, CONFIG.format(base=base, exporter=exporter), argv=TESTPLUGINS, log_level="info"
-    )
+def _agent(base: Path, exporter: str = "none", store: bool = False) -> AgentProcess:
+    config = CONFIG.format(base=base, exporter=exporter, store=str(store).lower())
+    return AgentProcess(base, config, argv=TESTPLUGINS, log_level="info")
 
 
 def _ctl(agent: AgentProcess, *args: str) -> subprocess.CompletedProcess[str]:
@@ -89,12 +88,13 @@ def _spans(state: Path) -> list[dict[str, Any]]:
 def test_a_control_request_continues_the_callers_trace(short_tmp: Path) -> None:
     trace_id, parent_id = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
     traceparent = f"00-{trace_id}-{parent_id}-01"
-    with _agent(short_tmp, exporter="file") as agent:
+    with _agent(short_tmp, exporter="file", store=True) as agent:
         _ready(agent)
         with Client(agent.runtime_dir / "agentd.sock", traceparent=traceparent) as client:
             result = client.call("act", {"actuator": "log", "action": "alert"})
             assert result["status"] == "ok"
             report = client.call("tick")
+            client.call("flush")
         metrics = _ctl(agent, "metrics", "--json")
         assert metrics.returncode == 0, metrics.stderr
         table = _ctl(agent, "metrics", "agentd.loop")
@@ -108,6 +108,9 @@ def test_a_control_request_continues_the_callers_trace(short_tmp: Path) -> None:
     )
     assert by_name[("agentd.control.requests", act_requests)]["value"] == 1
     assert by_name[("process.memory.usage", ())]["value"] > 1e6
+    # the store's commits are timed (the flush above made at least one)
+    assert by_name[("agentd.store.write.duration", ())]["count"] >= 1
+    assert by_name[("agentd.store.queue.depth", ())]["value"] >= 0
     assert table.returncode == 0
     assert table.stdout.splitlines()[0].split() == ["METRIC", "ATTRIBUTES", "VALUE", "UNIT"]
     assert any(line.startswith("agentd.loop.ticks ") for line in table.stdout.splitlines())

@@ -145,6 +145,7 @@ async def test_spans_and_metrics_reach_a_real_collector(tmp_path: Path) -> None:
         for _ in range(5):
             await loop.tick_now()
         assert await asyncio.to_thread(tel.shutdown, 10.0)
+    assert tel.export_state.failing == set()
     assert collector.requests["/v1/traces"] >= 1
     assert collector.requests["/v1/metrics"] >= 1
     assert collector.span_names["agentd.tick"] == 5
@@ -160,7 +161,7 @@ async def test_spans_and_metrics_reach_a_real_collector(tmp_path: Path) -> None:
 
 
 async def test_collector_down_costs_counted_drops_not_loop_time(
-    tmp_path: Path, blackhole: str
+    tmp_path: Path, blackhole: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     interval = 0.02
     loop = _loop(interval)
@@ -187,6 +188,10 @@ async def test_collector_down_costs_counted_drops_not_loop_time(
     points = {(p.name, tuple(p.attributes.items())): p for p in tel.collect()}
     dropped = points[("agentd.telemetry.spans.dropped", (("agentd.reason", "queue_full"),))]
     assert dropped.value > 0
+    # the operator is told once, not once per attempt
+    down = [r for r in caplog.records if "span export to" in r.getMessage()]
+    assert len(down) == 1, [r.getMessage() for r in caplog.records]
+    assert down[0].getMessage().startswith(f"telemetry: span export to {blackhole} failed")
     # and shutdown gives up on the dead collector within its bound
     t0 = time.monotonic()
     await asyncio.to_thread(tel.shutdown, 2.0)
