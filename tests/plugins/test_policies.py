@@ -9,7 +9,7 @@ import pytest
 
 from agentd.model import Action, Observation
 from agentd.plugins.base import PolicyState
-from agentd.plugins.builtin import rate, rules
+from agentd.plugins.builtin import rate, rules, threshold
 
 
 def policy(module, **raw: Any):  # type: ignore[no-untyped-def]
@@ -124,3 +124,19 @@ def test_rate_counter_reset_restarts_the_window() -> None:
     out = run(p, st, [obs(i, wall=float(i), n={"rx": v}) for i, v in enumerate(values)])
     assert all(acts == [] for acts in out)  # never a huge negative rate
     assert st["rate"] == pytest.approx(1.0)
+
+
+def test_idempotency_keys_differ_between_policies_and_restarts() -> None:
+    hot = [{"metric": "t.temp", "op": ">", "value": 70.0}]
+    a = policy(rules, conditions=hot, actuator="x", action="go")
+    b = policy(rules, conditions=hot, actuator="x", action="go", params={"n": 1})
+    o = obs(5, wall=1000.0, t={"temp": 80.0})
+    ka = a.decide(o, PolicyState())[0].key
+    kb = b.decide(o, PolicyState())[0].key
+    assert ka != kb  # the same action on the same tick from two policies
+    again = policy(rules, conditions=hot, actuator="x", action="go")
+    restarted = again.decide(obs(5, wall=5000.0, t={"temp": 80.0}), PolicyState())[0].key
+    assert restarted != ka  # tick 5 again after a restart is another firing
+    th = policy(threshold, metric="t.temp", above=70.0)
+    first = th.decide(o, PolicyState())[0].key
+    assert first != th.decide(obs(5, wall=9000.0, t={"temp": 80.0}), PolicyState())[0].key

@@ -7,13 +7,16 @@ missing this tick becomes ``null`` (alone) or an empty string (inside text)."""
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Mapping
 from typing import Any
 
+import msgspec
+
 from agentd.model import Observation
 
-__all__ = ["check_template", "render"]
+__all__ = ["check_template", "config_ident", "render"]
 
 _REF = re.compile(r"\{([A-Za-z0-9_][A-Za-z0-9_.\-]*)(?::([^{}]*))?\}")
 
@@ -72,3 +75,10 @@ def check_template(params: Mapping[str, Any]) -> None:
                             raise ValueError(
                                 f"`params.{key}`: bad format {m.group(2)!r} in {m.group(0)!r}"
                             ) from None
+
+
+def config_ident(config: msgspec.Struct) -> str:
+    """A short stable digest of a policy's config: the first part of its actions' idempotency
+    keys, so two policies never share a key and a restart (ticks count from 1 again) does not
+    reuse one."""
+    return hashlib.sha256(msgspec.json.encode(config)).hexdigest()[:10]

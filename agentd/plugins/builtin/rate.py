@@ -13,7 +13,7 @@ from msgspec import Meta
 
 from agentd.model import Action, Observation
 from agentd.plugins.base import PluginSpec, PolicyState
-from agentd.plugins.builtin._template import check_template, render
+from agentd.plugins.builtin._template import check_template, config_ident, render
 
 __all__ = ["SPEC", "RateConfig", "RatePolicy"]
 
@@ -53,6 +53,8 @@ class RateConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 class RatePolicy:
     def __init__(self, config: RateConfig) -> None:
         self.config = config
+        #: idempotency keys are unique per policy config and firing (ticks restart at 1)
+        self.ident = config_ident(config)
 
     def rate(self, samples: list[list[float]]) -> float | None:
         if len(samples) < 2:
@@ -111,7 +113,7 @@ class RatePolicy:
             name=name,
             params={**base, **render(params, obs, extra)},
             priority=c.priority,
-            key=f"{c.metric}:{name}:{obs.tick}:{int(obs.wall)}",
+            key=f"{self.ident}:{name}:{obs.tick}:{int(obs.wall)}",
         )
 
 

@@ -15,7 +15,7 @@ from msgspec import Meta
 
 from agentd.model import Action, Observation, Value
 from agentd.plugins.base import PluginSpec, PolicyState
-from agentd.plugins.builtin._template import check_template, render
+from agentd.plugins.builtin._template import check_template, config_ident, render
 
 __all__ = ["SPEC", "Condition", "RulesConfig", "RulesPolicy"]
 
@@ -71,6 +71,8 @@ def _number(v: Value | None) -> bool:
 class RulesPolicy:
     def __init__(self, config: RulesConfig) -> None:
         self.config = config
+        #: idempotency keys are unique per policy config and firing (ticks restart at 1)
+        self.ident = config_ident(config)
 
     @staticmethod
     def _holds(c: Condition, v: Value | None) -> bool | None:
@@ -129,7 +131,7 @@ class RulesPolicy:
             params=render(params, obs, {"tick": obs.tick, "wall": obs.wall}),
             priority=c.priority,
             deadline=obs.wall + c.ttl if c.ttl else None,
-            key=f"{name}:{obs.tick}:{int(obs.wall)}",
+            key=f"{self.ident}:{name}:{obs.tick}:{int(obs.wall)}",
         )
 
 

@@ -12,6 +12,7 @@ from msgspec import Meta
 
 from agentd.model import Action, Observation
 from agentd.plugins.base import PluginSpec, PolicyState
+from agentd.plugins.builtin._template import config_ident
 
 __all__ = ["SPEC", "ThresholdConfig", "ThresholdPolicy"]
 
@@ -42,6 +43,8 @@ class ThresholdConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 class ThresholdPolicy:
     def __init__(self, config: ThresholdConfig) -> None:
         self.config = config
+        #: idempotency keys are unique per policy config and firing (ticks restart at 1)
+        self.ident = config_ident(config)
 
     def _breached(self, value: float) -> bool:
         c = self.config
@@ -86,7 +89,7 @@ class ThresholdPolicy:
             name=name,
             params=params,
             priority=c.priority,
-            key=f"{c.metric}:{name}:{obs.tick}",
+            key=f"{self.ident}:{name}:{obs.tick}:{int(obs.wall)}",
         )
 
 
