@@ -630,6 +630,7 @@ class Daemon:
         loop.late_sinks.append(store.journal_result)
         loop.actions.manual_sinks.append(store.journal_result)  # agentctl act
         loop.actions.key_seen = store.key_seen
+        loop.actions.key_claimed = store.claim_key
         self.spawn(self._sweep_sessions(store), name="session-sweep")
 
     async def _load_policy_state(self, handle: PluginHandle) -> None:

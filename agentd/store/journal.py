@@ -183,11 +183,25 @@ def query(
 
 
 def used_keys(conn: sqlite3.Connection, limit: int) -> list[tuple[str, str]]:
-    """The newest ``limit`` (actuator, key) pairs of actions that ran, oldest first."""
+    """The newest ``limit`` (actuator, key) pairs claimed or used by actions that ran, oldest
+    first."""
     marks = ", ".join("?" * len(RAN))
     rows = conn.execute(
         f"SELECT actuator, key FROM actions WHERE key IS NOT NULL AND status IN ({marks}) "
         "ORDER BY id DESC LIMIT ?",
         (*RAN, limit),
     ).fetchall()
-    return [(str(a), str(k)) for a, k in reversed(rows)]
+    claimed = conn.execute(
+        "SELECT actuator, key FROM action_keys ORDER BY id DESC LIMIT ?", (limit,)
+    ).fetchall()
+    return list(dict.fromkeys((str(a), str(k)) for a, k in [*reversed(rows), *reversed(claimed)]))
+
+
+def claim(conn: sqlite3.Connection, actuator: str, key: str, now: float, limit: int) -> None:
+    """Record a claimed idempotency key; the table keeps the newest ``limit``."""
+    cursor = conn.execute(
+        "INSERT OR IGNORE INTO action_keys (actuator, key, claimed_at) VALUES (?, ?, ?)",
+        (actuator, key, now),
+    )
+    if cursor.rowcount:
+        conn.execute("DELETE FROM action_keys WHERE id <= ?", ((cursor.lastrowid or 0) - limit,))

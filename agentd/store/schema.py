@@ -61,6 +61,18 @@ MIGRATIONS: Final[tuple[tuple[str, str], ...]] = (
         CREATE INDEX actions_key ON actions(actuator, key) WHERE key IS NOT NULL;
         """,
     ),
+    (
+        "idempotency keys claimed before a non-idempotent action runs",
+        """
+        CREATE TABLE action_keys (
+            id INTEGER PRIMARY KEY,
+            actuator TEXT NOT NULL,
+            key TEXT NOT NULL,
+            claimed_at REAL NOT NULL,
+            UNIQUE (actuator, key)
+        );
+        """,
+    ),
 )
 LATEST: Final = len(MIGRATIONS)
 

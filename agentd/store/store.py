@@ -47,7 +47,7 @@ T = TypeVar("T")
 #: longest wait between retries of a failing commit
 MAX_RETRY: Final = 30.0
 
-OpKind = Literal["observations", "actions", "put", "put_nowait", "delete", "sweep"]
+OpKind = Literal["observations", "actions", "put", "put_nowait", "delete", "sweep", "claim"]
 _SESSION_WRITES: Final = frozenset({"put", "put_nowait", "delete"})
 
 
@@ -260,6 +260,16 @@ class Store:
         or, as far as the action journal's retention reaches, before a restart)."""
         return (actuator, key) in self._keys
 
+    async def claim_key(self, actuator: str, key: str) -> None:
+        """Record, durably, that an action with this key is about to run: returns once
+        committed, so the key holds even if the process dies while the action runs. Never
+        raises: a degraded store leaves the in-memory record only (already logged)."""
+        self._remember_key(actuator, key)
+        try:
+            await self.write("claim", actuator, key)
+        except StoreError as exc:
+            log.debug("store: idempotency key %r kept in memory only: %s", key, exc)
+
     def _remember_key(self, actuator: str, key: str) -> None:
         self._keys[(actuator, key)] = None
         self._keys.move_to_end((actuator, key))
@@ -444,6 +454,9 @@ class Store:
                     out.results.append((i, ss.put(conn, sid, data, expires, expected, now)))
                 elif kind == "delete":
                     out.results.append((i, ss.delete(conn, args[0], now)))
+                elif kind == "claim":
+                    jr.claim(conn, args[0], args[1], now, KEY_MEMORY)
+                    out.results.append((i, None))
                 else:
                     out.results.append((i, ss.sweep(conn, now)))
             if plain:

@@ -181,6 +181,23 @@ async def test_idempotency_keys_survive_a_restart(open_store: Opener) -> None:
     assert not again.key_seen("other", "k-ran")
 
 
+async def test_claimed_key_is_committed_before_claim_returns(open_store: Opener) -> None:
+    store = await open_store(flush_interval=60.0)
+    await store.claim_key("exec", "reboot-42")
+    # committed, not just queued: another connection sees it now
+    conn = sqlite3.connect(store.path)
+    rows = conn.execute("SELECT actuator, key FROM action_keys").fetchall()
+    conn.close()
+    assert rows == [("exec", "reboot-42")]
+    assert store.key_seen("exec", "reboot-42")
+    await store.close()
+    # the action's result never reached the journal (a crash mid-action): the claim holds
+    again = await open_store()
+    assert again.health().rows["actions"] == 0
+    assert again.key_seen("exec", "reboot-42")
+    assert not again.key_seen("exec", "reboot-43")
+
+
 async def test_close_commits_everything_queued(open_store: Opener) -> None:
     store = await open_store(flush_interval=60.0, batch_size=10_000)
     for tick in range(1, 1001):
