@@ -154,6 +154,12 @@ def test_notify_lifecycle_and_watchdog_follow_the_loop(
         assert (
             "reload refused (agent.interval: expected a number >= 0.01" in refused.fields["STATUS"]
         )
+        # ExecReload=agentctl reload: the same, but the refusal reaches the caller
+        reload = _agentctl(frozen_dir, short_tmp / "run" / "agentd.sock", "reload")
+        assert reload.returncode == 1
+        assert "agent.interval: expected a number >= 0.01, got -1" in reload.stderr
+        notify_socket.wait_for("RELOADING=1", alive=alive)
+        notify_socket.wait_for("READY=1", alive=alive)
 
         # SIGTERM to the main PID: STOPPING=1, exit status 0 passed through, unpacked files gone
         agent.signal(signal.SIGTERM)
