@@ -112,6 +112,7 @@ class Store:
         store ``degraded`` (logged in one line) and retried, never raising."""
         if self._writer is not None:
             raise RuntimeError("the store is already open")
+        self._closing = False
         await self._connect()
         self._writer = asyncio.create_task(self._write_loop(), name="store-writer")
 

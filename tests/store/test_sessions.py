@@ -71,12 +71,12 @@ async def test_concurrent_compare_and_set_exactly_one_wins(open_store: Opener) -
 
 async def test_ttl_expiry_and_sweep(open_store: Opener) -> None:
     store = await open_store()
-    await store.sessions.put("short:1", 1, ttl=0.2)
-    await store.sessions.put("short:2", 2, ttl=0.2)
+    await store.sessions.put("short:1", 1, ttl=1.0)
+    await store.sessions.put("short:2", 2, ttl=1.0)
     await store.sessions.put("long", 3, ttl=3600)
     await store.sessions.put("forever", 4)
     assert (await store.sessions.get("short:1")) is not None
-    await asyncio.sleep(0.3)
+    await asyncio.sleep(1.2)
     # expired sessions read as absent before the sweep removes them
     assert await store.sessions.get("short:1") is None
     assert [s.id for s in await store.sessions.list()] == ["forever", "long"]
