@@ -103,6 +103,8 @@ class Store:
         #: the seq of the latest queued write per session id (read-your-writes for get/list)
         self._session_seq: dict[str, int] = {}
         self._session_max = 0
+        #: called with each successful commit's duration in seconds (telemetry)
+        self.on_commit: Callable[[float], None] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def open(self) -> None:
@@ -396,6 +398,7 @@ class Store:
         ]
         self._inflight = len(batch)
         counts = {n: (j.rows, j.size) for n, j in self.journals.items()}
+        started = time.perf_counter()
         try:
             done = await call(db, self._apply, db._conn, batch, counts, time.time())
         except Exception as exc:  # noqa: BLE001 - any failure degrades; the writer goes on
@@ -409,6 +412,12 @@ class Store:
             self._space.set()
         self.commits += 1
         self.last_commit = time.time()
+        if self.on_commit is not None:
+            try:
+                self.on_commit(time.perf_counter() - started)
+            except Exception:  # a broken observer must not stop the writer
+                log.exception("store: on_commit hook failed")
+                self.on_commit = None
         if self.state == "degraded":
             self.state = "ok"
             self.last_error = None

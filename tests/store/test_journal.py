@@ -213,6 +213,8 @@ async def test_close_commits_everything_queued(open_store: Opener) -> None:
 
 async def test_group_commit_batches_rows(open_store: Opener) -> None:
     store = await open_store(flush_interval=0.2, batch_size=500)
+    durations: list[float] = []
+    store.on_commit = durations.append
     for tick in range(1, 301):
         store.journal_observation(obs(tick))
     t0 = time.monotonic()
@@ -222,3 +224,5 @@ async def test_group_commit_batches_rows(open_store: Opener) -> None:
     # one commit for the 300 rows that arrived within the interval, without a flush()
     assert store.health().commits == 1
     assert count(store, "observations") == 300
+    assert len(durations) == 1
+    assert 0 < durations[0] < 10
