@@ -5,12 +5,13 @@ session store."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from pathlib import Path
 from typing import Any
 
-from tests.control.helpers import Agent, ctl_json
+from tests.control.helpers import AGENTCTL, Agent, ctl_json
 from tests.utils import wait_for
 
 APPEND = "import sys; open(sys.argv[1], 'a').write('x')"
@@ -106,3 +107,53 @@ def test_session_actuator_writes_into_the_store(short_tmp: Path) -> None:
         }
         assert agent.stop() == 0
     assert "keeps sessions in memory only" not in agent.log()
+
+
+# the first run hangs (the daemon is killed under it); a second run would return at once
+SLOW = (
+    "import os, sys, time; first = not os.path.exists(sys.argv[1]);"
+    " open(sys.argv[1], 'a').write('x'); open(sys.argv[2], 'w').write(str(os.getpid()));"
+    " time.sleep(60 if first else 0)"
+)
+
+
+def test_idempotency_key_holds_across_a_crash_mid_action(short_tmp: Path) -> None:
+    """SIGKILL while a non-idempotent action runs: after the restart its key is known (the
+    claim was committed before the first attempt), so the action does not run twice."""
+    import os
+    import signal
+    import subprocess
+
+    count, pidfile = short_tmp / "count", short_tmp / "child.pid"
+    cfg = config(short_tmp) + (
+        f'[actuators.slow]\nplugin = "exec"\ntimeout = 120\nrun_timeout = 90\n'
+        f'commands = {{ go = ["{sys.executable}", "-c", "{SLOW}", "{count}", "{pidfile}"] }}\n'
+    )
+    with Agent(short_tmp, cfg) as agent:
+        agent.ready()
+        caller = subprocess.Popen(
+            [*AGENTCTL, "--socket", str(agent.socket), "act", "slow", "go", "--key", "fw-7"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            wait_for(lambda: pidfile.exists() and pidfile.read_text(), 15, what="the action")
+            assert agent.proc is not None
+            agent.proc.kill()  # a crash in the middle of the action
+            agent.proc.wait(10)
+        finally:
+            caller.wait(30)
+            if pidfile.exists():
+                with contextlib.suppress(ProcessLookupError, ValueError):
+                    os.kill(int(pidfile.read_text()), signal.SIGKILL)
+    assert count.read_text() == "x"
+    pidfile.unlink()
+    with Agent(short_tmp, cfg) as agent:
+        agent.ready()
+        again = act(agent, "slow", "go", "--key", "fw-7")
+        assert (again["status"], again["error"]) == (
+            "skipped",
+            "already done (idempotency key 'fw-7')",
+        )
+        assert agent.stop() == 0
+    assert count.read_text() == "x"
