@@ -47,6 +47,25 @@ else
   fail "agentd not active within 300s: $(systemctl is-active agentd)"
   exit 1
 fi
+# STATUS= and WATCHDOG=1 come from the one-file child process (NotifyAccess=all)
+i=0
+while [ -z "$(prop StatusText)" ] && [ "$i" -lt 100 ]; do i=$((i + 1)); sleep 0.2; done
+if [ -n "$(prop StatusText)" ]; then
+  pass "STATUS= from the daemon: $(prop StatusText)"
+else
+  fail "no STATUS= text from the daemon within 20s"
+fi
+if [ "$(prop WatchdogUSec)" != 0 ] && [ "$(prop WatchdogUSec)" != infinity ]; then
+  # systemd stamps the watchdog when the service starts and again on every WATCHDOG=1
+  w0=$(prop WatchdogTimestampMonotonic)
+  i=0
+  while [ "$(prop WatchdogTimestampMonotonic)" = "$w0" ] && [ "$i" -lt 300 ]; do i=$((i + 1)); sleep 0.2; done
+  if [ "$(prop WatchdogTimestampMonotonic)" != "$w0" ]; then
+    pass "WATCHDOG=1 received (WatchdogSec $(prop WatchdogUSec))"
+  else
+    fail "no WATCHDOG=1 within 60s (WatchdogSec $(prop WatchdogUSec))"
+  fi
+fi
 if timeout 60 agentctl status >"$out/agentctl-status.txt" 2>&1; then
   pass "agentctl status: $(head -n 1 "$out/agentctl-status.txt")"
 elif grep -q "control plane is not built yet" "$out/agentctl-status.txt"; then

@@ -2,6 +2,7 @@
 # Build the one-file agentd artifact for Linux amd64 and/or arm64 from this checkout.
 #
 #   cross-build/build.sh [amd64|arm64|all|native] [--builder docker|rootfs] [--out DIR]
+#                        [--with-boot-root]
 #
 # Both builders use Debian bookworm's python3.11 (PGO/LTO; glibc 2.36 floor) and the same
 # packaging/pyinstaller.spec, and write DIR/agentd-linux-<arch> (default DIR: dist/).
@@ -11,6 +12,7 @@
 #           into it (qemu-user-static through binfmt_misc when foreign), venv + pip + PyInstaller.
 #           Needs root. What CI uses.
 #   native  packaging/build.sh with this machine's Python (a development build, not a release).
+# --with-boot-root also makes (in parallel, if not cached) the systemd root verify.sh boots.
 #
 # Environment: AGENTD_CROSS_CACHE (root tarballs, pip cache), AGENTD_CROSS_WORK (scratch, default
 # /var/tmp/agentd-cross), AGENTD_CROSS_KEEP=1 keeps the scratch root for debugging.
@@ -22,11 +24,11 @@ repo=$(cd "$here/.." && pwd)
 LOG_TAG=build
 
 usage() {
-  sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'
   exit "${1:-2}"
 }
 
-target=arm64 builder=auto out=$repo/dist
+target=arm64 builder=auto out=$repo/dist with_boot_root=0
 while [ $# -gt 0 ]; do
   case "$1" in
   amd64 | arm64 | all | native) target=$1 ;;
@@ -34,6 +36,7 @@ while [ $# -gt 0 ]; do
   --builder=*) builder=${1#*=} ;;
   --out) out=${2:?--out needs a directory}; shift ;;
   --out=*) out=${1#*=} ;;
+  --with-boot-root) with_boot_root=1 ;;
   -h | --help) usage 0 ;;
   *) log "unknown argument: $1"; usage ;;
   esac
@@ -119,15 +122,15 @@ build_rootfs() {
 set -eu
 step() { echo "[chroot $(date -u +%H:%M:%S)] $*" >&2; }
 step "python: $(python3 -VV | head -n 1); glibc $(ldd --version | head -n 1 | awk '{print $NF}')"
-step "venv + pip install .[build]"
-python3 -m venv /opt/venv
-/opt/venv/bin/pip install -q --upgrade pip
-/opt/venv/bin/pip install -q '/src[build]'
-step "pyinstaller"
 cd /src
 if [ -x packaging/build.sh ]; then
-  packaging/build.sh --python /opt/venv/bin/python --out /out
+  step "packaging/build.sh --python python3 (a venv, pip install .[build], the spec)"
+  packaging/build.sh --python python3 --out /out
 else
+  step "venv + pip install .[build]"
+  python3 -m venv /opt/venv
+  /opt/venv/bin/pip install -q '/src[build]'
+  step "pyinstaller"
   /opt/venv/bin/python -m PyInstaller --noconfirm --clean --distpath /out \
     --workpath /tmp/pyinstaller-work packaging/pyinstaller.spec
 fi
@@ -150,6 +153,19 @@ EOF
 
 trap cleanup EXIT
 trap 'exit 130' INT TERM
+boot_jobs=()
+if [ "$with_boot_root" = 1 ]; then
+  [ "$(id -u)" = 0 ] || die "--with-boot-root needs root (debootstrap)"
+  for arch in "${arches[@]}"; do
+    ensure_host_tools "$arch"
+    # debootstrap is single-threaded: on two cores it overlaps the build almost for free
+    (trap cleanup EXIT; LOG_TAG=boot-root root_tarball boot "$arch") &
+    boot_jobs+=($!)
+  done
+fi
 for arch in "${arches[@]}"; do
   "build_$builder" "$arch"
+done
+for job in "${boot_jobs[@]}"; do
+  wait "$job" || die "making the boot root failed"
 done

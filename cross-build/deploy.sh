@@ -3,11 +3,13 @@
 #
 #   cross-build/deploy.sh [--dist DIR] [--no-restart] [--ssh-opt OPT]... user@host
 #
-# Asks the board for `uname -m` (aarch64 -> dist/agentd-linux-arm64, x86_64 ->
-# dist/agentd-linux-amd64), copies that file, packaging/install.sh and packaging/systemd/ into a
-# temporary directory there, runs install.sh with sudo (an upgrade keeps /etc/agentd and
-# /var/lib/agentd), restarts agentd and prints `agentctl status`. Needs ssh access with sudo
-# rights on the board; nothing but a POSIX shell, tar and systemd on the board itself.
+# Asks the board for `uname -m` (aarch64 -> DIR/agentd-linux-arm64, x86_64 ->
+# DIR/agentd-linux-amd64; DIR defaults to dist/), sends that file with packaging/install.sh,
+# the example config and the units in one ssh stream to a temporary directory there, and runs
+# `sudo install.sh --binary ...`: an upgrade replaces the binary atomically (the old one kept
+# for `install.sh --rollback`), keeps /etc/agentd and /var/lib/agentd, and restarts agentd
+# (--no-restart: install and enable only). Then prints `agentctl status`. Needs ssh access with
+# sudo rights; the board needs bash, tar and systemd, nothing else.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/.." && pwd)
@@ -18,7 +20,7 @@ while [ $# -gt 0 ]; do
   --dist) dist=${2:?}; shift ;;
   --no-restart) restart=0 ;;
   --ssh-opt) ssh_opts+=("${2:?}"); shift ;;
-  -h | --help) sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+  -h | --help) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
   -*) echo "deploy.sh: unknown option $1" >&2; exit 2 ;;
   *) target=$1 ;;
   esac
@@ -37,28 +39,35 @@ armv7l | armv6l)
   say "$target is $machine (32-bit ARM): agentd ships for aarch64 only; install a 64-bit OS"
   exit 1
   ;;
-*) say "$target is $machine: no agentd artifact for it"; exit 1 ;;
+*) say "$target is $machine: there is no agentd artifact for it"; exit 1 ;;
 esac
 artifact=$dist/agentd-linux-$arch
 [ -s "$artifact" ] || { say "$artifact is missing: cross-build/build.sh $arch"; exit 1; }
-[ -x "$repo/packaging/install.sh" ] || { say "packaging/install.sh is missing"; exit 1; }
+for f in install.sh agentd.toml systemd; do
+  [ -e "$repo/packaging/$f" ] || { say "packaging/$f is missing"; exit 1; }
+done
 
 say "$target is $machine: installing $(basename "$artifact") ($(du -h "$artifact" | cut -f1))"
-# One ssh stream: the artifact and the installer in a tarball, unpacked into a temporary
-# directory that is removed whatever happens.
 stage=$(mktemp -d)
 trap 'rm -rf "$stage"' EXIT
 mkdir -p "$stage/packaging"
 cp "$artifact" "$stage/agentd"
-cp -r "$repo/packaging/install.sh" "$repo/packaging/systemd" "$stage/packaging/"
-restart_cmd=":"
-if [ "$restart" = 1 ]; then
-  restart_cmd='sudo systemctl daemon-reload && sudo systemctl enable agentd >/dev/null 2>&1; sudo systemctl restart agentd && sleep 1 && systemctl is-active agentd && sudo agentctl status'
-fi
+cp -r "$repo/packaging/install.sh" "$repo/packaging/agentd.toml" "$repo/packaging/systemd" \
+  "$stage/packaging/"
+start_opt=
+[ "$restart" = 1 ] || start_opt=--no-start
+# The remote temporary directory goes whatever happens; install.sh restarts a running agentd.
 tar -C "$stage" -czf - . | remote "set -e
   d=\$(mktemp -d)
   trap 'rm -rf \"\$d\"' EXIT
   tar -xzf - -C \"\$d\"
-  sudo sh \"\$d/packaging/install.sh\" --binary \"\$d/agentd\"
-  $restart_cmd"
-say "done: $target runs $(remote /usr/local/bin/agentd version 2>/dev/null || echo '?')"
+  sudo bash \"\$d/packaging/install.sh\" --binary \"\$d/agentd\" $start_opt"
+if [ "$restart" = 1 ]; then
+  # bounded: a daemon that does not come up is reported, not waited on forever
+  remote 'for i in $(seq 1 30); do systemctl is-active --quiet agentd && break; sleep 1; done
+    systemctl is-active agentd && sudo agentctl status' || {
+    say "agentd is not active on $target: ssh $target journalctl -u agentd -n 50"
+    exit 1
+  }
+fi
+say "done: $target runs $(remote agentd version 2>/dev/null || echo '?')"

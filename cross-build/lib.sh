@@ -119,6 +119,7 @@ make_root() {
     die "debootstrap failed (log: $dir.log)"
   fi
   rm -rf "$dir"/var/cache/apt/archives/*.deb "$dir"/var/lib/apt/lists/*_Packages
+  chmod 0755 "$dir" # mktemp made it 0700: services running as a user could not even chdir to /
   if [ "$kind" = boot ]; then prepare_boot_root "$dir"; fi
   tar --numeric-owner --xattrs -C "$dir" -cf - . | zstd -q -T0 -3 -o "$tarball.tmp$$"
   mv "$tarball.tmp$$" "$tarball"
@@ -144,6 +145,7 @@ unpack_root() {
   mkdir -p "$2"
   track_dir "$2"
   zstd -q -dc "$1" | tar --numeric-owner --xattrs -xpf - -C "$2"
+  chmod 0755 "$2"
 }
 
 # --- work directories and mounts, undone on exit -------------------------------------------------
