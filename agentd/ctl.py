@@ -795,7 +795,7 @@ def _metrics(client: Client, args: argparse.Namespace, out: Output) -> int:
             v = m["value"]
             return size(v) if m["unit"] == "By" else f"{v:g}"
         if m["unit"] == "s":
-            return f"n={m['count']} p50={ms(m['p50'])} p99={ms(m['p99'])}"
+            return f"n={m['count']} p50={_seconds(m['p50'])} p99={_seconds(m['p99'])}"
         return f"n={m['count']} p50={m['p50']:g} p99={m['p99']:g}"
 
     def human(rows: list[dict[str, Any]]) -> None:
@@ -813,6 +813,10 @@ def _metrics(client: Client, args: argparse.Namespace, out: Output) -> int:
         )
 
     return _show(out, points, human)
+
+
+def _seconds(value: float) -> str:
+    return f"{value * 1e6:.0f} us" if value < 0.001 else ms(value)
 
 
 #: `agentctl health` exit codes: ok, degraded, failing (for ExecStartPost, cron, fleet tools)
