@@ -429,12 +429,31 @@ def _instance(
     )
 
 
+OTLP_MISSING = (
+    "telemetry.exporter: 'otlp' needs the optional OTLP exporter, which is not installed "
+    "(pip install 'agentd[otlp]')"
+)
+
+
+def _otlp_installed() -> bool:
+    """Without importing it (check-config stays fast)."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec("opentelemetry.exporter.otlp.proto.http") is not None
+    except (ImportError, ValueError):
+        return False
+
+
 def _cross_check(
     instances: dict[str, dict[str, PluginInstance]],
     sections: dict[str, Any],
     registry: Registry,
     errors: list[str],
 ) -> None:
+    telemetry = sections.get("telemetry")
+    if telemetry is not None and telemetry.exporter == "otlp" and not _otlp_installed():
+        errors.append(OTLP_MISSING)
     blocked = set(sections.get("plugins", PluginsSection()).blocked)
     for section, by_name in instances.items():
         for name, inst in by_name.items():

@@ -40,7 +40,7 @@ from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
 from agentd import __version__
-from agentd.config import TelemetryConfig
+from agentd.config import OTLP_MISSING, TelemetryConfig
 from agentd.errors import ConfigError
 from agentd.model import MetricPoint
 
@@ -487,12 +487,7 @@ def otlp_exporters(config: TelemetryConfig) -> tuple[SpanExporter, MetricExporte
         from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
     except ImportError:
-        raise ConfigError(
-            [
-                "telemetry.exporter: 'otlp' needs the optional OTLP exporter, which is not "
-                "installed (pip install 'agentd[otlp]')"
-            ]
-        ) from None
+        raise ConfigError([OTLP_MISSING]) from None
     # the exporters log every failed attempt; ExportState logs the state changes instead
     for name in ("opentelemetry.exporter", "opentelemetry.sdk._shared_internal"):
         logging.getLogger(name).setLevel(logging.CRITICAL)

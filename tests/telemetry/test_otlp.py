@@ -21,7 +21,7 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
 )
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from agentd.config import TelemetryConfig, TelemetryOtlpConfig
+from agentd.config import TelemetryConfig, TelemetryOtlpConfig, loads
 from agentd.errors import ConfigError
 from agentd.loop import LoopSettings, PerceptionLoop
 from agentd.model import Action, Observation
@@ -211,3 +211,8 @@ def test_without_the_otlp_extra_the_error_is_one_line(
     )
     # `none` and `file` do not need it
     Telemetry(TelemetryConfig(exporter="file"), tmp_path).shutdown(5.0)
+    # and `agentd check-config` says the same before anything starts
+    with pytest.raises(ConfigError) as checked:
+        loads('[telemetry]\nexporter = "otlp"\n[sensors.system]\n')
+    assert checked.value.errors == [str(caught.value)]
+    loads('[telemetry]\nexporter = "file"\n[sensors.system]\n')
