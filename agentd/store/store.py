@@ -338,7 +338,7 @@ class Store:
             self._wake.set()
         queue.append(("put_nowait", (sid, data, expires), seq, None))
         self._session_seq[sid] = self._session_max = seq
-        if len(queue) >= self.config.batch_size:
+        if len(queue) == self.config.batch_size:
             self._kick.set()
         return True
 
@@ -354,7 +354,7 @@ class Store:
         if kind in _SESSION_WRITES:
             self._session_seq[args[0]] = self._session_max = self._seq
         self._wake.set()
-        if len(self._queue) >= self.config.batch_size:
+        if len(self._queue) == self.config.batch_size:
             self._kick.set()
         return op
 
