@@ -320,25 +320,10 @@ class Telemetry:
         return out
 
     def watch_store(self, store: Any) -> None:
-        """Read the store's figures (``store.health()``) and time its commits: through its
-        ``on_commit`` hook if it has one, else by wrapping its batch commit."""
+        """Read the store's figures (``store.health()``) and time its commits (its
+        ``on_commit`` hook: each successful commit's duration)."""
         self.store = store.health
-        buckets = self.produced.store_write
-        if hasattr(store, "on_commit"):
-            store.on_commit = buckets.add
-            return
-        commit = getattr(store, "_commit_batch", None)
-        if commit is None:
-            return
-
-        async def timed() -> Any:
-            start = time.perf_counter()
-            try:
-                return await commit()
-            finally:
-                buckets.add(time.perf_counter() - start)
-
-        store._commit_batch = timed
+        store.on_commit = self.produced.store_write.add
 
     def _proc(self) -> tuple[int, Any, int]:
         """One read of /proc/self shared by the process instruments of one collection."""
