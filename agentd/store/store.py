@@ -318,6 +318,10 @@ class Store:
             raise StoreError(f"store unavailable: {self.last_error}")
         while self._full():
             self.back_pressure += 1
+            if self.state == "degraded":  # room comes back only when commits do
+                raise StoreError(f"store unavailable: {self.last_error}")
+            self._urgent = max(self._urgent, self._seq)  # commit what is queued: make room
+            self._kick.set()
             self._space.clear()
             await self._space.wait()
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()

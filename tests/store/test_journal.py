@@ -162,7 +162,10 @@ async def test_full_queue_applies_back_pressure_never_grows(open_store: Opener) 
     # a batched session write meets the same bound and says so
     assert store.sessions.put_nowait("s", 1) is False
     assert store.health().back_pressure == 151
-    await store.flush()
+    # an awaited write waits for room instead (the queued rows commit at once to make it)
+    session = await store.sessions.put("awaited", 1)
+    assert session.version == 1
+    assert store.health().back_pressure == 152
     assert count(store, "observations") == 100
     assert store.sessions.put_nowait("s", 1) is True
 
