@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 import sqlite3
 import subprocess
 import time
@@ -34,6 +35,8 @@ def tmpfs(path: Path, size: str) -> Iterator[Path]:
     path.mkdir(parents=True, exist_ok=True)
     if os.geteuid() != 0:
         pytest.skip("mounting a tmpfs needs root")
+    if shutil.which("mount") is None or shutil.which("umount") is None:
+        pytest.skip("no mount(8) here")
     done = _mount("-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(path))
     if done.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
