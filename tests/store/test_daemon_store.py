@@ -148,3 +148,13 @@ def test_newer_schema_refuses_to_start_and_leaves_the_file_alone(short_tmp: Path
     ), log
     assert "Traceback" not in log
     assert db.read_bytes() == before
+
+
+def test_store_disabled_runs_without_a_database(short_tmp: Path) -> None:
+    config = CONFIG.format(store="[store]\nenabled = false", for_ticks=3)
+    with AgentProcess(short_tmp, config) as agent:
+        agent.wait_log(r"action alert: cpu is warm")  # policy memory works, in memory
+        assert agent.stop() == 0
+    assert "Traceback" not in agent.log()
+    assert " ERROR " not in agent.log()
+    assert not list((short_tmp / "state").glob("agentd.db*"))
