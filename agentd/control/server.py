@@ -10,8 +10,9 @@
   connection per loop iteration, write back-pressure (a peer that does not read its answers is
   not read from), an idle timeout, and a bounded buffer per watcher (a slow one is dropped).
 - The ticker comes first: shortly before the perception loop's next deadline the server stops
-  reading from clients and resumes once the tick has started, so control traffic cannot make
-  a tick late. The guard adapts to how late its own timer fires (a busy loop needs more room).
+  reading from clients and resumes once the tick has run (at most MAX_HOLD past the deadline),
+  so control traffic can neither make a tick late nor stretch it. The guard adapts to how late
+  its own timer fires (a busy loop needs more room).
 - Bad input is answered with an error (or, for framing errors, the connection is closed) and
   counted; it never reaches the loop or other clients.
 """
@@ -68,16 +69,19 @@ log = logging.getLogger("agentd.control")
 Role = Literal["none", "read", "admin"]
 ROLE_RANK: Final[dict[str, int]] = {"none": 0, "read": 1, "admin": 2}
 
-#: frames handled per connection per loop iteration before yielding to the rest of the loop
+#: frames handled per connection, and by all connections together, per loop iteration before
+#: yielding to the rest of the loop (timers, the ticker, other connections)
 FRAMES_PER_TURN: Final = 64
+FRAMES_PER_ITERATION: Final = 256
 #: async requests (tick, reload, act, store queries, ...) in flight per connection
 MAX_IN_FLIGHT: Final = 16
 #: write buffer of one connection before it is paused (bytes)
 WRITE_HIGH_WATER: Final = 256 * 1024
+WATCH_HIGH_WATER: Final = 16 * 1024
 #: the tick guard: stop reading this long before a deadline (adapts between the bounds)
 GUARD_MIN: Final = 0.003
 GUARD_MAX: Final = 0.02
-#: never hold clients longer than this past a deadline (a tick that does not start)
+#: never hold clients longer than this past a deadline (or half the interval)
 MAX_HOLD: Final = 0.05
 LISTEN_BACKLOG: Final = 128
 SD_LISTEN_FDS_START: Final = 3
@@ -209,12 +213,12 @@ class ControlServer:
         self._inode: tuple[int, int] | None = None
         self._closing = False
         self._arm_handle: asyncio.TimerHandle | asyncio.Handle | None = None
-        self._hold_deadline = 0.0
-        self._hold_ticks = 0
-        self._hold_started = 0.0
         self._sweeper: asyncio.TimerHandle | None = None
         self._unsubscribe: Callable[[], None] | None = None
         self._uid = os.geteuid()
+        #: frames left for this loop iteration; refilled by a callback at the next one
+        self.budget = FRAMES_PER_ITERATION
+        self._refill_scheduled = False
 
     # -- extension points --------------------------------------------------------------------
     def add_command(self, command: Command) -> None:
@@ -349,15 +353,14 @@ class ControlServer:
         loop = asyncio.get_running_loop()
         deadline = self.facade.next_deadline()
         now = time.monotonic()
-        if deadline is None or deadline <= now:
-            # paused, not started yet, or a tick is running: look again soon (a finished tick
-            # re-arms at once through its event)
+        if deadline is None:
+            # paused or not started yet: look again soon
             self._arm_handle = loop.call_later(0.25, self.arm)
             return
         guard = min(self.guard, self.facade.interval() / 4)
         start = deadline - guard
         if start <= now:
-            self._hold(deadline, start)
+            self._hold(deadline, min(start, now))
         else:
             self._arm_handle = loop.call_later(start - now, self._hold, deadline, start)
 
@@ -373,38 +376,32 @@ class ControlServer:
         self.guard = min(GUARD_MAX, max(GUARD_MIN, 2 * self._late + 0.001))
         self.holding = True
         self.tick_holds += 1
-        self._hold_deadline = deadline
-        self._hold_ticks = self.facade.ticks()
-        self._hold_started = now
         for conn in self.connections:
             conn.block("hold")
-        loop = asyncio.get_running_loop()
-        self._arm_handle = loop.call_later(max(0.0, deadline - now), self._check_release)
-
-    def _check_release(self) -> None:
-        self._arm_handle = None
-        if (
-            self._closing
-            or self.facade.ticks() != self._hold_ticks
-            or self.facade.next_deadline() != self._hold_deadline
-            or time.monotonic() > self._hold_deadline + MAX_HOLD
-        ):
-            self._release()
-        else:
-            # the tick's timer is due in this or the next iteration: look again right after it
-            self._arm_handle = asyncio.get_running_loop().call_soon(self._check_release)
+        # released when the tick has run (its event), at the latest max_hold past the deadline
+        # (a tick that waits on a slow plugin must not starve the control plane)
+        max_hold = min(MAX_HOLD, self.facade.interval() / 2)
+        self._arm_handle = asyncio.get_running_loop().call_later(
+            max(0.0, deadline + max_hold - now), self._release
+        )
 
     def _release(self) -> None:
+        if self._arm_handle is not None:
+            self._arm_handle.cancel()
+        self._arm_handle = None
         self.holding = False
         for conn in list(self.connections):
             conn.unblock("hold")
-        # the tick now running re-arms through its event; this is the fallback
-        if self._arm_handle is None and not self._closing:
+        # the next tick's event re-arms; this is the fallback when none comes
+        if not self._closing:
             self._arm_handle = asyncio.get_running_loop().call_later(0.25, self.arm)
 
     # -- events (watch) ----------------------------------------------------------------------
     def _on_event(self, kind: str, data: Any) -> None:
-        if kind == "tick" and not self.holding and not self._closing:
+        if kind == "tick" and not self._closing:
+            # the tick is done: let clients in, and plan the hold for the next one
+            if self.holding:
+                self._release()
             asyncio.get_running_loop().call_soon(self.arm)
         if not self.watchers:
             return
@@ -424,6 +421,24 @@ class ControlServer:
                 self.idle_closed += 1
                 conn.close()
         self._schedule_sweep()
+
+    # -- the per-iteration budget ------------------------------------------------------------
+    def take(self, wanted: int) -> int:
+        """Frames a connection may handle now (0: wait for the next iteration)."""
+        if not self._refill_scheduled:
+            self._refill_scheduled = True
+            # runs first thing in the next iteration, before the connections waiting for it
+            asyncio.get_running_loop().call_soon(self._refill)
+        n = min(wanted, self.budget)
+        self.budget -= n
+        return n
+
+    def give_back(self, n: int) -> None:
+        self.budget += n
+
+    def _refill(self) -> None:
+        self._refill_scheduled = False
+        self.budget = FRAMES_PER_ITERATION
 
     # -- connection bookkeeping --------------------------------------------------------------
     def accept(self, conn: Connection) -> bool:
@@ -548,7 +563,12 @@ class Connection(asyncio.Protocol):
                 asyncio.get_running_loop().call_soon(self._process)
 
     def _next_turn(self) -> None:
-        self.unblock("turn")
+        self._blocked.discard("turn")
+        if self._blocked or self.closed:
+            return  # whatever else blocks it resumes it
+        self._process()
+        if not self._blocked and not self.closed and self.transport is not None:
+            self.transport.resume_reading()
 
     def close(self) -> None:
         if not self.closed and self.transport is not None:
@@ -564,7 +584,9 @@ class Connection(asyncio.Protocol):
         pos = 0
         n = 0
         out: list[bytes] = []
-        max_frame = self.server.max_frame
+        server = self.server
+        max_frame = server.max_frame
+        allowed = server.take(FRAMES_PER_TURN)
         while end_of_buf - pos >= 4:
             size = int.from_bytes(buf[pos : pos + 4], "big")
             if size > max_frame:
@@ -576,7 +598,8 @@ class Connection(asyncio.Protocol):
                         "closing the connection",
                     )
                 )
-                self.server.errors["bad_frame"] += 1
+                server.errors["bad_frame"] += 1
+                server.give_back(allowed - n)
                 del buf[:]
                 self._write(out)
                 self.close()
@@ -584,18 +607,24 @@ class Connection(asyncio.Protocol):
             end = pos + 4 + size
             if end > end_of_buf:
                 break
-            if n == FRAMES_PER_TURN:
+            if n == allowed:
                 self.block("turn")
                 asyncio.get_running_loop().call_soon(self._next_turn)
                 break
             body = bytes(buf[pos + 4 : end])
             pos = end
             n += 1
-            reply = self._dispatch(body)
+            try:
+                reply = self._dispatch(body)
+            except Exception as exc:  # a bug of ours: answer, log, keep the connection
+                log.error("control: failed to handle a request", exc_info=exc)
+                reply = self._error(None, "internal", f"internal error: {type(exc).__name__}")
             if reply is not None:
                 out.append(reply)
             if self._blocked or self.closed:
                 break
+        if n < allowed:
+            server.give_back(allowed - n)
         if pos:
             del buf[:pos]
         if out:
@@ -610,7 +639,7 @@ class Connection(asyncio.Protocol):
         server.requests += 1
         try:
             req = _request_decoder.decode(body)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        except Exception as exc:  # noqa: BLE001 - e.g. UnicodeDecodeError for a bad str
             return self._bad_request(body, exc)
         cmd = server.commands.get(req.cmd)
         if cmd is None:
@@ -754,7 +783,7 @@ class Connection(asyncio.Protocol):
         rid: int | str | None = None
         try:
             raw = _any_decoder.decode(body)
-        except msgspec.DecodeError:
+        except Exception:  # noqa: BLE001 - any decoding failure means the same to the peer
             return self._error(None, "bad_request", "the frame is not a msgpack message")
         if isinstance(raw, dict):
             value = raw.get("id")
@@ -768,6 +797,9 @@ class Connection(asyncio.Protocol):
     def add_watch(self, rid: int | str, kinds: frozenset[str]) -> None:
         self.watches[rid] = kinds
         self.server.watchers.add(self)
+        if self.transport is not None:
+            # events wait in our own bounded queue (watch_buffer), not in a large transport one
+            self.transport.set_write_buffer_limits(high=WATCH_HIGH_WATER)
 
     def send_event(self, kind: str, raw: msgspec.Raw) -> None:
         if self.closed or self.transport is None:
