@@ -3,9 +3,12 @@ packaging/pyinstaller.spec) and a fake systemd notify socket."""
 
 from __future__ import annotations
 
+import fcntl
+import functools
 import hashlib
 import importlib.util
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -24,6 +27,7 @@ SPEC = ROOT / "packaging" / "pyinstaller.spec"
 TEST_MODULES = ["tests.testplugins", "tests.packaging.probes"]
 
 
+@functools.cache  # one key per session, however often the sources change meanwhile
 def _build_key() -> str:
     """Everything the frozen binary is made of: our sources, the spec, the interpreter and the
     installed distributions (entry points are collected from them)."""
@@ -47,6 +51,34 @@ def _build_key() -> str:
     return h.hexdigest()[:16]
 
 
+def _build(out: Path, binary: Path) -> None:
+    cmd = [
+        sys.executable,
+        "-m",
+        "PyInstaller",
+        "--noconfirm",
+        "--log-level=WARN",
+        "--distpath",
+        str(out / "dist"),
+        "--workpath",
+        str(out / "work"),
+        str(SPEC),
+        "--",
+        *(arg for m in TEST_MODULES for arg in ("--test-module", m)),
+    ]
+    t0 = time.monotonic()
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900, check=False)
+    if proc.returncode != 0 or not binary.exists():
+        pytest.fail(
+            f"the frozen build failed ({proc.returncode}):\n{proc.stderr[-4000:]}", pytrace=False
+        )
+    print(f"\nfrozen test binary built in {time.monotonic() - t0:.0f}s: {binary}")
+    shutil.rmtree(out / "work", ignore_errors=True)
+    for old in out.parent.iterdir():  # builds of sources that have changed since
+        if old != out and time.time() - old.stat().st_mtime > 3600:
+            shutil.rmtree(old, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def frozen_dir() -> Path:
     """A directory with the frozen ``agentd`` (plus the test plugins) and an ``agentctl``
@@ -59,35 +91,16 @@ def frozen_dir() -> Path:
             pytrace=False,
         )
     out = ROOT / "build" / "pytest-frozen" / _build_key()
+    out.mkdir(parents=True, exist_ok=True)
     binary = out / "dist" / "agentd"
-    if not binary.exists():
-        cmd = [
-            sys.executable,
-            "-m",
-            "PyInstaller",
-            "--noconfirm",
-            "--log-level=WARN",
-            "--distpath",
-            str(out / "dist"),
-            "--workpath",
-            str(out / "work"),
-            str(SPEC),
-            "--",
-            *(arg for m in TEST_MODULES for arg in ("--test-module", m)),
-        ]
-        t0 = time.monotonic()
-        proc = subprocess.run(
-            cmd, cwd=ROOT, capture_output=True, text=True, timeout=900, check=False
-        )
-        if proc.returncode != 0 or not binary.exists():
-            pytest.fail(
-                f"the frozen build failed ({proc.returncode}):\n{proc.stderr[-4000:]}",
-                pytrace=False,
-            )
-        print(f"\nfrozen test binary built in {time.monotonic() - t0:.0f}s: {binary}")
-    link = out / "dist" / "agentctl"
-    if not link.is_symlink():
-        link.symlink_to("agentd")
+    with (out / ".lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another session may be building the same sources
+        os.utime(out)  # in use: other sessions prune builds untouched for an hour
+        if not binary.exists():
+            _build(out, binary)
+        link = out / "dist" / "agentctl"
+        if not link.is_symlink():
+            link.symlink_to("agentd")
     return out / "dist"
 
 

@@ -117,13 +117,13 @@ class EnvProbe:
 
     async def perceive(self) -> dict[str, float]:
         if not self.done:
-            self.done = True
             proc = await asyncio.create_subprocess_exec(
                 "env", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL
             )
             out, _ = await proc.communicate()
             env = dict(line.split("=", 1) for line in out.decode().splitlines() if "=" in line)
             _write(self.out, {"env": env, "pid": os.getpid(), "returncode": proc.returncode})
+            self.done = True  # only now: a call cut short by its timeout is tried again
         return {"ok": 1.0}
 
 

@@ -248,7 +248,8 @@ timeout = 60
     log = agent.log()
     assert "forcing exit" not in log
     assert log.count("stopping gracefully") == 1
-    assert "received SIGTERM again within 0.2s: same stop request" in log
+    # the kernel may merge the two (one pending signal) or deliver both; the second one, if
+    # seen, is "the same stop request" (tests/packaging/test_systemd.py checks that rule)
     assert "drain_actions: cancelled 1 actions still running after 1s" in log
     assert log.rstrip().endswith("agentd: stopped")
 
@@ -264,8 +265,10 @@ def test_opentelemetry_works_frozen(
 interval = 0.1
 [sensors.otelprobe]
 out = "{otel_out}"
+timeout = 30
 [sensors.envprobe]
 out = "{env_out}"
+timeout = 30
 """
     env = {
         **frozen_env,
@@ -277,7 +280,10 @@ out = "{env_out}"
         "LD_LIBRARY_PATH": "/opt/agentd-test/lib",
     }
     with AgentProcess(short_tmp, config, env=env, argv=[str(frozen_dir / "agentd")]) as agent:
-        wait_for(lambda: otel_out.exists() and env_out.exists(), 60, what="the probes' reports")
+        try:
+            wait_for(lambda: otel_out.exists() and env_out.exists(), 60, what="probe reports")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; agentd's log:\n{agent.log()[-3000:]}") from None
         child = _child_of(agent.pid)
         assert agent.stop(30) == 0
     otel = json.loads(otel_out.read_text())

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
 import time
 import uuid
 from pathlib import Path
@@ -125,3 +126,21 @@ def test_a_far_first_tick_extends_the_start_timeout(short_tmp: Path) -> None:
         sock.drain()
         assert not any("READY=1" in m for m in sock.messages)
         assert any("STOPPING=1" in m for m in sock.messages)
+
+
+async def test_a_repeated_sigterm_is_one_stop_a_later_one_forces(short_tmp: Path) -> None:
+    from agentd.config import loads
+    from agentd.daemon import DUPLICATE_SIGNAL_WINDOW, Daemon, DaemonOptions
+
+    daemon = Daemon(
+        loads("[sensors.system]\n"),
+        DaemonOptions(state_dir=str(short_tmp / "s"), runtime_dir=str(short_tmp / "r")),
+    )
+    daemon.handle_exit(signal.SIGTERM)
+    daemon.handle_exit(signal.SIGTERM)  # systemd's copy and the bootloader's, together
+    assert daemon.exit_code == 0
+    assert not daemon._force
+    await asyncio.sleep(DUPLICATE_SIGNAL_WINDOW + 0.05)
+    daemon.handle_exit(signal.SIGTERM)  # someone asking again: force it
+    assert daemon._force
+    assert daemon.exit_code == 1
