@@ -82,18 +82,21 @@ async def test_no_drift_over_200_ticks() -> None:
     loop = make_loop(interval, {"c": handle("sensor", "c", Counter())})
     t0 = time.monotonic()
     reports = await run_for(loop, 200)
-    first = reports[0].scheduled
-    # deadlines are exact multiples of the interval from the first one: no drift at all
-    for i, r in enumerate(reports):
-        assert r.scheduled == pytest.approx(first + i * interval, abs=1e-9)
-    elapsed = reports[-1].started - first
-    assert abs(elapsed - 199 * interval) < interval, elapsed
     stats = loop.stats()
+    first = reports[0].scheduled
+    # every deadline sits exactly on the grid start + k * interval: no drift at all. On a loaded
+    # machine a tick may overrun; then whole deadlines are skipped and counted, never shifted.
+    slots = [(r.scheduled - first) / interval for r in reports]
+    for k in slots:
+        assert k == pytest.approx(round(k), abs=1e-6)
+    assert round(slots[-1]) == 199 + stats.skipped
+    # the last tick started within one interval of its grid deadline
+    assert 0 <= reports[-1].started - reports[-1].scheduled < interval
     assert stats.ticks == 200
-    assert stats.skipped == 0
+    assert stats.skipped <= 10, "more than 5 % of the deadlines were skipped"
     assert 0 < stats.lateness_p99 <= stats.lateness_max
     assert stats.lateness_p50 <= stats.lateness_p99
-    assert time.monotonic() - t0 < 200 * interval + 2.0
+    assert time.monotonic() - t0 < (200 + stats.skipped) * interval + 2.0
 
 
 async def test_overrun_skips_missed_ticks_without_burst() -> None:
