@@ -64,14 +64,15 @@ ADMIN_COMMANDS: Final = frozenset(
 )
 
 
-class ErrorInfo(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+class ErrorInfo(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc=False):
     code: str
     message: str
     #: extra lines, e.g. one per config validation error for ``invalid_config``
     details: list[str] = []
 
 
-class Request(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+# gc=False: these are made per request and never form cycles; the collector need not track them
+class Request(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc=False):
     #: chosen by the client (an integer or a string), echoed in the response
     id: int | str
     cmd: str
@@ -80,14 +81,14 @@ class Request(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     traceparent: str | None = None
 
 
-class Response(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+class Response(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc=False):
     #: None only when the request's id could not be read (a malformed request)
     id: int | str | None
     result: Any = msgspec.UNSET
     error: ErrorInfo | msgspec.UnsetType = msgspec.UNSET
 
 
-class Event(msgspec.Struct, frozen=True, kw_only=True):
+class Event(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """One streamed item of a `watch`: ``id`` is the watch request's id."""
 
     id: int | str

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import grp
+import inspect
 import logging
 import os
 import socket
@@ -30,7 +31,7 @@ import struct
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal, NamedTuple, cast
 
@@ -79,8 +80,8 @@ MAX_IN_FLIGHT: Final = 16
 WRITE_HIGH_WATER: Final = 256 * 1024
 WATCH_HIGH_WATER: Final = 16 * 1024
 #: the tick guard: stop reading this long before a deadline (adapts between the bounds)
-GUARD_MIN: Final = 0.003
-GUARD_MAX: Final = 0.02
+GUARD_MIN: Final = 0.002
+GUARD_MAX: Final = 0.006
 #: never hold clients longer than this past a deadline (or half the interval)
 MAX_HOLD: Final = 0.05
 LISTEN_BACKLOG: Final = 128
@@ -113,6 +114,11 @@ class Command:
     args_type: type[msgspec.Struct] | None = None
     role: Role = "read"
     help: str = ""
+    #: the handler is a coroutine function (answered from a task); set from ``handler``
+    is_async: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "is_async", inspect.iscoroutinefunction(self.handler))
 
 
 class RequestContext:
@@ -148,10 +154,8 @@ _encoder = msgspec.msgpack.Encoder()
 
 
 def _frame(message: Any) -> bytes:
-    buf = bytearray(HEADER.size)
-    _encoder.encode_into(message, buf, HEADER.size)
-    HEADER.pack_into(buf, 0, len(buf) - HEADER.size)
-    return bytes(buf)
+    body = _encoder.encode(message)
+    return len(body).to_bytes(4, "big") + body
 
 
 def _error_frame(
@@ -373,7 +377,7 @@ class ControlServer:
         # how late this timer fired says how long one busy loop iteration is: keep a decaying
         # maximum and give the guard twice that, within bounds
         self._late = max(now - planned, self._late * 0.9)
-        self.guard = min(GUARD_MAX, max(GUARD_MIN, 2 * self._late + 0.001))
+        self.guard = min(GUARD_MAX, max(GUARD_MIN, 2 * self._late + 0.0005))
         self.holding = True
         self.tick_holds += 1
         for conn in self.connections:
@@ -424,13 +428,15 @@ class ControlServer:
 
     # -- the per-iteration budget ------------------------------------------------------------
     def take(self, wanted: int) -> int:
-        """Frames a connection may handle now (0: wait for the next iteration)."""
-        if not self._refill_scheduled:
-            self._refill_scheduled = True
-            # runs first thing in the next iteration, before the connections waiting for it
-            asyncio.get_running_loop().call_soon(self._refill)
+        """Frames a connection may handle now (0: wait until the loop has had a turn). The
+        budget is refilled by a callback once it runs out, so at most FRAMES_PER_ITERATION
+        frames are handled between two turns of the loop's ready queue."""
         n = min(wanted, self.budget)
         self.budget -= n
+        if self.budget == 0 and not self._refill_scheduled:
+            self._refill_scheduled = True
+            # runs before the connections that then wait for it (FIFO)
+            asyncio.get_running_loop().call_soon(self._refill)
         return n
 
     def give_back(self, n: int) -> None:
@@ -694,7 +700,7 @@ class Connection(asyncio.Protocol):
             result = cmd.handler(ctx, args)
         except Exception as exc:  # noqa: BLE001 - every failure becomes an error response
             return self._failure(rid, cmd, exc, finish)
-        if asyncio.iscoroutine(result):
+        if cmd.is_async:
             task = asyncio.get_running_loop().create_task(result)
             self.tasks.add(task)
             task.add_done_callback(lambda t: self._done(t, cmd, rid, finish))
