@@ -338,3 +338,34 @@ def test_socket_activation_through_the_bootloader(
         assert not (short_tmp / "run" / "agentd.sock").exists()  # it bound nothing itself
         assert agent.stop(30) == 0
     assert path.exists()  # an activated socket belongs to systemd: left in place
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_a_sigkilled_bootloader_orphans_its_child(
+    frozen_dir: Path, frozen_env: dict[str, str], short_tmp: Path
+) -> None:
+    """Why the unit has KillMode=mixed (its final SIGKILL reaches every process) and unpacks into
+    the runtime directory (removed by systemd): SIGKILL to the bootloader alone leaves the
+    Python child running and its unpacked bundle behind."""
+    tmpdir = short_tmp / "tmp"
+    tmpdir.mkdir()
+    config = CONFIG.format(interval=0.2, hang=short_tmp / "never")
+    env = {**frozen_env, "TMPDIR": str(tmpdir)}
+    with AgentProcess(short_tmp, config, env=env, argv=[str(frozen_dir / "agentd")]) as agent:
+        agent.wait_log(r"tick 1:", timeout=60)
+        child = _child_of(agent.pid)
+        agent.signal(signal.SIGKILL)
+        assert agent.proc is not None
+        assert agent.proc.wait(10) == -signal.SIGKILL
+        time.sleep(0.5)
+        assert _running(child)  # orphaned, still ticking
+        assert [p for p in tmpdir.iterdir() if p.name.startswith("_MEI")]
+    # AgentProcess cleans up its whole session, as systemd's cgroup kill does
+    wait_for(lambda: not _running(child), 10, what="the orphaned child to be killed")
