@@ -428,7 +428,13 @@ def _summary(value: Any, none: str) -> str:
         v = value[k]
         if isinstance(v, dict | list):
             continue
-        parts.append(_cell(v) if k in first else f"{k.replace('_', ' ')} {_cell(v)}")
+        if isinstance(v, float) and v > 1e9:  # a Unix time
+            shown = when(v)
+        elif isinstance(v, int) and not isinstance(v, bool) and "bytes" in k:
+            shown = size(v)
+        else:
+            shown = _cell(v)
+        parts.append(shown if k in first else f"{k.replace('_', ' ')} {shown}")
     return ", ".join(parts)
 
 

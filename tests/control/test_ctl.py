@@ -277,3 +277,73 @@ def test_agentctl_imports_stay_light() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout
     assert out.strip() == "[]"
+
+
+def test_sessions_journal_and_flush_with_the_store(short_tmp: Path) -> None:
+    with Agent(short_tmp, config(short_tmp, store=True), argv=TESTPLUGINS) as agent:
+        agent.ready()
+        # sessions: put (create, compare-and-set), get, list, delete
+        put = agent.ctl("sessions", "put", "gw/a", '{"n": 1, "tags": ["x"]}')
+        assert put.returncode == 0, put.stderr
+        assert put.stdout == "stored session gw/a (version 1)\n"
+        doc = ctl_json(agent, "sessions", "put", "gw/a", '{"n": 2}', "--expected-version", "1")
+        assert doc["version"] == 2
+        conflict = agent.ctl("sessions", "put", "gw/a", "3", "--expected-version", "1")
+        assert conflict.returncode == 1
+        assert conflict.stderr == (
+            "agentctl: session 'gw/a': expected version 1, current version is 2\n"
+        )
+        assert (
+            json.loads(
+                agent.ctl(
+                    "--json", "sessions", "put", "gw/a", "3", "--expected-version", "1"
+                ).stdout
+            )["error"]["code"]
+            == "conflict"
+        )
+        assert ctl_json(agent, "sessions", "put", "gw/b", "plain words")["state"] == "plain words"
+        got = agent.ctl("sessions", "get", "gw/a")
+        assert got.returncode == 0
+        assert got.stdout.startswith("session gw/a (version 2)\n")
+        assert '"n": 2' in got.stdout
+        assert ctl_json(agent, "sessions", "get", "gw/a")["state"] == {"n": 2}
+        listing = agent.ctl("sessions", "list", "--prefix", "gw/")
+        lines = listing.stdout.splitlines()
+        assert lines[0].split() == ["ID", "VERSION", "UPDATED", "EXPIRES", "STATE"]
+        assert [line.split()[0] for line in lines[1:]] == ["gw/a", "gw/b"]
+        page = ctl_json(agent, "sessions", "list", "--prefix", "gw/", "--limit", "1")
+        assert [s["id"] for s in page] == ["gw/a"]
+        after = ctl_json(agent, "sessions", "list", "--prefix", "gw/", "--after", "gw/a")
+        assert [s["id"] for s in after] == ["gw/b"]
+        assert agent.ctl("sessions", "delete", "gw/b").stdout == "deleted session gw/b\n"
+        missing = agent.ctl("sessions", "get", "gw/b")
+        assert (missing.returncode, missing.stderr) == (1, "agentctl: no session 'gw/b'\n")
+        assert agent.ctl("--json", "sessions", "delete", "gw/b").returncode == 1
+        # the journals, after a flush
+        assert agent.ctl("act", "log", "journaled", "-p", "message=j").returncode == 0
+        assert agent.ctl("flush").stdout == "flushed\n"
+        assert ctl_json(agent, "flush") == {"flushed": True}
+        actions = ctl_json(agent, "journal", "actions", "--since", "10m")
+        assert any(a["action"]["name"] == "journaled" and a["status"] == "ok" for a in actions), (
+            actions
+        )
+        table = agent.ctl("journal", "actions", "--since", "10m")
+        assert re.search(r"^\S+ \S+ +log +journaled +ok +1 ", table.stdout, re.M), table.stdout
+        obs = ctl_json(agent, "journal", "observations", "--limit", "3")
+        assert 1 <= len(obs) <= 3
+        assert "switch" in obs[0]["readings"]
+        table = agent.ctl("journal", "observations", "--limit", "3")
+        assert table.stdout.splitlines()[0].split() == [
+            "TICK",
+            "TIME",
+            "READINGS",
+            "ERRORS",
+            "SAMPLE",
+        ]
+        assert len(table.stdout.splitlines()) == 1 + len(obs)
+        status = ctl_json(agent, "status")
+        assert status["store"] is not None
+        assert "Store: " in agent.ctl("status").stdout
+        assert "Store: disabled" not in agent.ctl("status").stdout
+        assert agent.stop() == 0
+    assert "Traceback" not in agent.log()
