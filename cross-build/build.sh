@@ -78,6 +78,7 @@ build_docker() {
   docker buildx build --platform "linux/$arch" -f "$here/Dockerfile" --target artifact \
     --output "type=local,dest=$out" "$repo"
   [ -s "$out/agentd-linux-$arch" ] || die "the docker build wrote no $out/agentd-linux-$arch"
+  (cd "$out" && sha256sum "agentd-linux-$arch" >"agentd-linux-$arch.sha256")
   log "built $out/agentd-linux-$arch in $(($(date +%s) - t0))s"
 }
 
@@ -146,6 +147,7 @@ EOF
   [ -s "$root/out/agentd" ] || die "the build wrote no out/agentd in the $arch root"
   install -m 0755 "$root/out/agentd" "$out/agentd-linux-$arch.tmp$$"
   mv "$out/agentd-linux-$arch.tmp$$" "$out/agentd-linux-$arch"
+  (cd "$out" && sha256sum "agentd-linux-$arch" >"agentd-linux-$arch.sha256")
   unmount_all
   remove_dir "$root"
   log "built $out/agentd-linux-$arch ($(du -h "$out/agentd-linux-$arch" | cut -f1)) in $(($(date +%s) - t0))s"

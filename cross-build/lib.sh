@@ -111,7 +111,8 @@ make_root() {
   dir=$(mktemp -d "$WORK_DIR/debootstrap-$kind-$arch.XXXXXX")
   track_dir "$dir"
   t0=$(date +%s)
-  log "debootstrap $SUITE $arch ($kind: $packages); a few minutes under emulation"
+  log "debootstrap $SUITE $arch ($kind: $packages)$([ "$arch" = "$(host_arch)" ] ||
+    echo '; a few minutes under emulation')"
   if ! debootstrap --arch="$arch" --variant=minbase --include="$packages" "$SUITE" "$dir" "$MIRROR" \
     >"$dir.log" 2>&1; then
     tail -n 20 "$dir.log" >&2
@@ -195,8 +196,24 @@ remove_dir() {
   rm -rf --one-file-system "$d"
 }
 
+# Processes whose root directory is inside DIR: anything left of a chroot or a container.
+kill_root_processes() {
+  local dir=$1 p r left=()
+  for p in /proc/[0-9]*; do
+    r=$(readlink "$p/root" 2>/dev/null) || continue
+    case "$r" in "$dir" | "$dir"/*) left+=("${p#/proc/}") ;; esac
+  done
+  if [ ${#left[@]} -gt 0 ]; then
+    log "killing processes left in $dir: ${left[*]}"
+    kill -KILL "${left[@]}" 2>/dev/null || true
+    sleep 1
+  fi
+}
+
 cleanup() {
   local rc=$? d
+  # a chroot'd daemon or a container left by an error path goes before its mounts do
+  for d in "${TRACKED_DIRS[@]}"; do kill_root_processes "$d"; done
   unmount_all
   if [ -z "${AGENTD_CROSS_KEEP:-}" ]; then
     for d in "${TRACKED_DIRS[@]}"; do remove_dir "$d"; done

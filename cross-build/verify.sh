@@ -158,7 +158,7 @@ check_user() {
   pid=$!
   if wait_for 180 grep -q ' started (pid' "$results/daemon.log"; then
     figure "user_started_seconds=$(since "$t0")"
-    pass "user: daemon started ($(since "$t0")s under $([ "$arch" = "$(host_arch)" ] && echo native || echo emulation))"
+    pass "user: daemon started ($(since "$t0")s, $([ "$arch" = "$(host_arch)" ] && echo native || echo emulated))"
   else
     fail "user: daemon did not log 'started' within 180s"
   fi
@@ -202,24 +202,24 @@ check_user() {
 
 not_running() { ! kill -0 "$1" 2>/dev/null; }
 
-# Processes whose root directory is inside DIR: anything left of a chroot or a container.
-kill_root_processes() {
-  local dir=$1 p r left=()
-  for p in /proc/[0-9]*; do
-    r=$(readlink "$p/root" 2>/dev/null) || continue
-    case "$r" in "$dir" | "$dir"/*) left+=("${p#/proc/}") ;; esac
-  done
-  if [ ${#left[@]} -gt 0 ]; then
-    log "killing processes left in $dir: ${left[*]}"
-    kill -KILL "${left[@]}" 2>/dev/null || true
-    sleep 1
-  fi
-}
-
 # --- boot: systemd in nspawn -----------------------------------------------------------------------
 
+# The container's init carries our tag in its environment: if nspawn was killed (timeout) and
+# left it running, SIGKILL to that PID 1 ends its whole PID namespace.
+kill_container() {
+  local e p
+  for e in /proc/[0-9]*/environ; do
+    if { tr '\0' '\n' <"$e"; } 2>/dev/null | grep -qx "AGENTD_VERIFY_TAG=$1"; then
+      p=${e#/proc/}
+      p=${p%/environ}
+      log "killing container init $p left running"
+      kill -KILL "$p" 2>/dev/null || true
+    fi
+  done
+}
+
 check_boot() {
-  local root res t0 rc=0 reason unit
+  local root res t0 rc=0 reason tag
   if ! command -v systemd-nspawn >/dev/null; then
     (apt_install systemd-container) || true
   fi
@@ -260,11 +260,14 @@ WantedBy=multi-user.target
 EOF
   ln -sf /etc/systemd/system/agentd-boot-checks.service \
     "$root/etc/systemd/system/multi-user.target.wants/agentd-boot-checks.service"
+  tag=$$-$RANDOM$RANDOM
   t0=$(now)
   log "booting the $arch root with systemd-nspawn (bounded: ${BOOT_TIMEOUT}s)"
   timeout --kill-after=20 "$BOOT_TIMEOUT" systemd-nspawn --quiet -D "$root" --boot --register=no --keep-unit \
     --console=read-only --resolv-conf=off --timezone=off --link-journal=no \
-    --bind="$res:/verify" --machine="agentd-verify-$$" >"$res/console.log" 2>&1 || rc=$?
+    --bind="$res:/verify" --machine="agentd-verify-$$" --setenv="AGENTD_VERIFY_TAG=$tag" \
+    >"$res/console.log" 2>&1 || rc=$?
+  kill_container "$tag"
   kill_root_processes "$root"
   figure "boot_cycle_seconds=$(since "$t0")"
   if [ -f "$res/ready-seconds" ]; then figure "boot_ready_seconds=$(cat "$res/ready-seconds")"; fi
