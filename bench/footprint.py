@@ -141,7 +141,7 @@ def _measure(argv: list[str], config: Path, starts: int, window: float) -> dict[
 
 
 def run(quick: bool = False, binary: Path | None = None) -> list[Figure]:
-    starts, window = (3, 5.0) if quick else (7, 20.0)
+    starts, window = (3, 5.0) if quick else (5, 60.0)
     with tempfile.TemporaryDirectory(prefix="agfpb") as build_dir:
         if binary is None:
             binary = build(Path(build_dir))
@@ -157,14 +157,14 @@ def run(quick: bool = False, binary: Path | None = None) -> list[Figure]:
         size = binary.stat().st_size / 1e6
         frozen = _measure([str(binary)], config, starts, window)
         source = _measure([sys.executable, "-m", "agentd"], config, starts, window)
-    return [
+    figures = [
         Figure(
             "artifact size (one file)",
             size,
             None,
             "MB",
-            "<= 15 MB",
-            size <= 15.0,
+            "<= 20 MB",
+            size <= 20.0,
             note=f"{binary.name}, stripped, every built-in plugin",
         ),
         ratio_figure(
@@ -172,8 +172,7 @@ def run(quick: bool = False, binary: Path | None = None) -> list[Figure]:
             frozen["ready"] * 1e3,
             source["ready"] * 1e3,
             "ms",
-            target="<= 1.5x",
-            max_ratio=1.5,
+            target="<= 1 s",
             note=f"median of {starts} starts; READY follows the first tick",
         ),
         ratio_figure(
@@ -181,8 +180,7 @@ def run(quick: bool = False, binary: Path | None = None) -> list[Figure]:
             frozen["pss"] / 1e6,
             source["pss"] / 1e6,
             "MB",
-            target="<= 1.3x",
-            max_ratio=1.3,
+            target="<= 35 MB",
             note=f"frozen: bootloader + child ({frozen['processes']:.0f} processes)",
         ),
         ratio_figure(
@@ -190,8 +188,7 @@ def run(quick: bool = False, binary: Path | None = None) -> list[Figure]:
             frozen["cpu"],
             source["cpu"],
             "% of a core",
-            target="<= 1.2x",
-            max_ratio=1.2,
+            target="<= 0.5 % of a core",
             note=f"over {window:g} s",
         ),
         Figure(
@@ -204,6 +201,13 @@ def run(quick: bool = False, binary: Path | None = None) -> list[Figure]:
             note="tmpfs under the unit (TMPDIR=/run/agentd): counts toward its memory",
         ),
     ]
+    # issue #9's targets are absolute (the source run is shown beside them for scale)
+    limits = {"exec -> READY": 1000.0, "PSS of": 35.0, "idle CPU": 0.5}
+    for f in figures:
+        for prefix, limit in limits.items():
+            if f.figure.startswith(prefix) and f.agentd is not None:
+                f.ok = f.agentd <= limit
+    return figures
 
 
 def main() -> None:
