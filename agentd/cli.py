@@ -59,7 +59,18 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Sequence[str] | None = None) -> int:  # noqa: RET503 - parser.error exits
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run a command; a closed stdout (``agentd schema | head``) ends it quietly."""
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        # stdout's reader went away: nothing more to say, and no traceback on exit either
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_ERROR
+
+
+def _main(argv: Sequence[str] | None) -> int:  # noqa: RET503 - parser.error exits
     args_list = list(sys.argv[1:] if argv is None else argv)
     prog = os.path.basename(sys.argv[0]) if argv is None else "agentd"
     if prog.startswith("agentctl"):

@@ -137,7 +137,7 @@ class DaemonFacade:
             loop=loop.stats(),
             dropped_actions=loop.dropped_actions,
             actions_in_flight=len(loop.actions.in_flight),
-            plugins=[h.status() for by in d.handles.values() for h in by.values()],
+            plugins=d.plugin_statuses(),
             process=self.process(),
             store=store_health,
         )
@@ -195,7 +195,7 @@ class DaemonFacade:
                         **msgspec.to_builtins(h.instance.common),
                         **msgspec.to_builtins(h.instance.config),
                     },
-                    "schema": _schema_of(plugin_schema, h.spec.name, self.registry),
+                    "schema": _schema_of(plugin_schema, f"{h.kind}:{h.spec.name}", self.registry),
                 }
         schema = _schema_of(plugin_schema, name, self.registry)
         if schema is None:

@@ -194,3 +194,22 @@ def test_schema_cli_lists_plugin_keys() -> None:
     assert {"agent", "sensors", "policies", "actuators", "store", "control"} <= set(
         whole["properties"]
     )
+
+
+def test_closed_stdout_ends_quietly() -> None:
+    import os
+
+    r, w = os.pipe()
+    os.close(r)  # the reader is gone before agentd writes (like `agentd schema | head -0`)
+    try:
+        out = subprocess.run(
+            [sys.executable, "-m", "agentd", "schema"],
+            stdout=w,
+            stderr=subprocess.PIPE,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        os.close(w)
+    assert out.returncode == 1
+    assert out.stderr == b""

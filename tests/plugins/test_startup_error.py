@@ -68,3 +68,36 @@ def test_retry_keeps_trying_and_joins_the_loop(short_tmp: Path) -> None:
         agent.wait_log(r"heartbeat: .*plugins 3/3 ok")
         assert agent.stop() == 0
     assert "Traceback" not in agent.log()
+
+
+def test_skipped_plugin_is_listed_by_agentctl_status(short_tmp: Path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    cfg = CONFIG.format(path=short_tmp / "missing", policy="skip").replace(
+        "[control]\nenabled = false\n", ""
+    )
+    with AgentProcess(short_tmp, cfg) as agent:
+        agent.wait_log(r"tick 2: ")
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "agentd",
+                "ctl",
+                "--socket",
+                str(agent.runtime_dir / "agentd.sock"),
+                "status",
+                "--json",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        )
+        assert agent.stop() == 0
+    plugins = {p["name"]: p for p in json.loads(out.stdout)["plugins"]}
+    assert plugins["probe"]["state"] == "disabled"
+    assert "FileNotFoundError" in plugins["probe"]["last_error"]
+    assert plugins["system"]["state"] == "ok"
