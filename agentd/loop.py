@@ -327,6 +327,9 @@ class PerceptionLoop:
             handle.pending = fut
             calls[name] = fut
         if calls:
+            # one bare yield lets every new task take its first step: sensors that answer
+            # without waiting are done after it, and never pay for asyncio.wait's machinery
+            await asyncio.sleep(0)
             # an explicit stage_timeout caps every sensor; by default each has its own
             stage = self.settings.stage_timeout
             stage_end = mono + stage if stage else math.inf
