@@ -16,6 +16,7 @@ spec is built first (into a temporary directory, ~20 s).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import socket
 import statistics
@@ -118,25 +119,37 @@ class _Run:
         self.sock.close()
 
 
-def _measure(argv: list[str], config: Path, starts: int, window: float) -> dict[str, float]:
+def _ready(argv: list[str], config: Path, starts: int) -> float:
+    """Median exec -> READY=1 over ``starts`` fresh starts."""
     ready: list[float] = []
-    out: dict[str, float] = {}
-    for i in range(starts):
+    for _ in range(starts):
         with tempfile.TemporaryDirectory(prefix="agfp", dir="/tmp") as d:
             run = _Run(argv, Path(d), config)
             try:
                 ready.append(run.wait_ready())
-                if i == starts - 1:  # the last one stays up for memory and CPU
-                    time.sleep(3.0)
-                    out["pss"] = run.pss()
-                    out["unpacked"] = run.unpacked()
-                    c0, t0 = run.cpu(), time.monotonic()
-                    time.sleep(window)
-                    out["cpu"] = (run.cpu() - c0) / (time.monotonic() - t0) * 100
-                    out["processes"] = len(run.tree())
             finally:
                 run.stop()
-    out["ready"] = statistics.median(ready)
+    return statistics.median(ready)
+
+
+def _idle(argvs: list[list[str]], config: Path, window: float) -> list[dict[str, float]]:
+    """PSS, unpacked bundle and idle CPU of each command, all running side by side over the
+    same window (they are idle: they do not compete, and the window is shared)."""
+    with contextlib.ExitStack() as stack:
+        runs = []
+        for argv in argvs:
+            d = stack.enter_context(tempfile.TemporaryDirectory(prefix="agfp", dir="/tmp"))
+            run = _Run(argv, Path(d), config)
+            stack.callback(run.stop)
+            run.wait_ready()
+            runs.append(run)
+        time.sleep(3.0)  # settle after the first ticks
+        out = [{"pss": r.pss(), "unpacked": r.unpacked(), "processes": len(r.tree())} for r in runs]
+        c0, t0 = [r.cpu() for r in runs], time.monotonic()
+        time.sleep(window)
+        elapsed = time.monotonic() - t0
+        for o, r, c in zip(out, runs, c0, strict=True):
+            o["cpu"] = (r.cpu() - c) / elapsed * 100
     return out
 
 
@@ -155,8 +168,10 @@ def run(quick: bool = False, binary: Path | None = None) -> list[Figure]:
             ).stdout
         )
         size = binary.stat().st_size / 1e6
-        frozen = _measure([str(binary)], config, starts, window)
-        source = _measure([sys.executable, "-m", "agentd"], config, starts, window)
+        argvs = [[str(binary)], [sys.executable, "-m", "agentd"]]
+        frozen, source = _idle(argvs, config, window)
+        frozen["ready"] = _ready(argvs[0], config, starts)
+        source["ready"] = _ready(argvs[1], config, starts)
     figures = [
         Figure(
             "artifact size (one file)",
