@@ -19,6 +19,7 @@ from agentd.model import Action
 from agentd.plugins.builtin import exec_actuator, file_actuator, session, webhook
 from agentd.plugins.capabilities import MemorySessions
 from agentd.plugins.handle import build_handle
+from tests.utils import self_signed_cert
 
 PY = sys.executable
 
@@ -306,33 +307,7 @@ def test_session_actuator_without_the_capability_is_refused() -> None:
 @pytest.fixture
 def tls_cert(tmp_path: Path) -> tuple[Path, Path]:
     """A self-signed certificate for localhost made by the openssl CLI."""
-    import subprocess
-
-    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "1",
-            "-keyout",
-            str(key),
-            "-out",
-            str(cert),
-            "-subj",
-            "/CN=localhost",
-            "-addext",
-            "subjectAltName=DNS:localhost,IP:127.0.0.1",
-        ],
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
-    return key, cert
+    return self_signed_cert(tmp_path)
 
 
 async def test_webhook_https_checks_the_certificate(tls_cert: tuple[Path, Path]) -> None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import http.server
 import json
 import ssl
-import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +15,7 @@ from typing import ClassVar
 import pytest
 
 from tests.packaging.conftest import frozen_dir, frozen_env  # noqa: F401 - fixtures
-from tests.utils import AgentProcess, wait_for
+from tests.utils import AgentProcess, self_signed_cert, wait_for
 
 
 class Hook(http.server.BaseHTTPRequestHandler):
@@ -33,30 +32,7 @@ class Hook(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture
 def https_hook(tmp_path: Path) -> Iterator[tuple[str, Path]]:
-    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "1",
-            "-keyout",
-            str(key),
-            "-out",
-            str(cert),
-            "-subj",
-            "/CN=localhost",
-            "-addext",
-            "subjectAltName=DNS:localhost,IP:127.0.0.1",
-        ],
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
+    key, cert = self_signed_cert(tmp_path)
     Hook.bodies = []
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hook)
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)

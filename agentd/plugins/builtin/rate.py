@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-import msgspec
 from msgspec import Meta
 
 from agentd.model import Action, Observation
 from agentd.plugins.base import PluginSpec, PolicyState
+from agentd.plugins.builtin._firing import FiringConfig
 from agentd.plugins.builtin._template import check_template, config_ident, render
 
 __all__ = ["SPEC", "RateConfig", "RatePolicy"]
@@ -21,7 +21,9 @@ __all__ = ["SPEC", "RateConfig", "RatePolicy"]
 MAX_SAMPLES = 4096
 
 
-class RateConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+class RateConfig(FiringConfig, kw_only=True):
+    """Params are templated like `rules` params, plus ``{rate}``."""
+
     metric: str
     #: seconds of history the rate is computed over
     window: Annotated[float, Meta(gt=0, le=7 * 86400)] = 60.0
@@ -31,15 +33,6 @@ class RateConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     #: the window must span at least this fraction before a rate is trusted
     min_span: Annotated[float, Meta(ge=0, le=1)] = 0.5
     counter: bool = False
-    hysteresis: Annotated[float, Meta(ge=0)] = 0.0
-    cooldown: Annotated[float, Meta(ge=0)] = 0.0
-    actuator: str = "log"
-    action: str = "alert"
-    #: templated like `rules` params, plus ``{rate}``
-    params: dict[str, Any] = {}
-    clear_action: str | None = None
-    clear_params: dict[str, Any] = {}
-    priority: int = 0
 
     def __post_init__(self) -> None:
         if (self.above is None) == (self.below is None):

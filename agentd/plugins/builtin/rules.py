@@ -15,6 +15,7 @@ from msgspec import Meta
 
 from agentd.model import Action, Observation, Value
 from agentd.plugins.base import PluginSpec, PolicyState
+from agentd.plugins.builtin._firing import FiringConfig
 from agentd.plugins.builtin._template import check_template, config_ident, render
 
 __all__ = ["SPEC", "Condition", "RulesConfig", "RulesPolicy"]
@@ -43,19 +44,10 @@ class Condition(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen
             raise ValueError(f"`{self.metric} {self.op}` compares with a number")
 
 
-class RulesConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+class RulesConfig(FiringConfig, kw_only=True):
     conditions: Annotated[list[Condition], Meta(min_length=1, max_length=64)]
     match: Literal["all", "any"] = "all"
     for_ticks: Annotated[int, Meta(ge=1)] = 1
-    hysteresis: Annotated[float, Meta(ge=0)] = 0.0
-    cooldown: Annotated[float, Meta(ge=0)] = 0.0
-    actuator: str = "log"
-    action: str = "alert"
-    #: templated from readings: ``"{sensor.metric}"``, ``"{sensor.metric:.1f} C"``, ``{tick}``
-    params: dict[str, Any] = {}
-    clear_action: str | None = None
-    clear_params: dict[str, Any] = {}
-    priority: int = 0
     #: seconds after which an action not yet run is skipped (none: no deadline)
     ttl: Annotated[float, Meta(gt=0)] | None = None
 
