@@ -10,12 +10,14 @@ from __future__ import annotations
 import json
 import os
 import platform
+import subprocess
 import sys
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
+from pathlib import Path
 from typing import Literal
 
-__all__ = ["Figure", "machine", "print_table", "ratio_figure"]
+__all__ = ["Figure", "machine", "print_table", "ratio_figure", "start_agentd"]
 
 
 @dataclass
@@ -132,4 +134,27 @@ def to_json(figures: list[Figure]) -> str:
     return json.dumps(
         {"machine": machine(), "figures": [asdict(f) | {"result": f.verdict} for f in figures]},
         indent=2,
+    )
+
+
+def start_agentd(config: Path, base: Path) -> subprocess.Popen[bytes]:
+    """``agentd run`` from this venv with ``config``, its state and runtime directories under
+    ``base`` (the socket is ``base/run/agentd.sock``), quiet."""
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "agentd",
+            "run",
+            "--config",
+            str(config),
+            "--state-dir",
+            str(base / "state"),
+            "--runtime-dir",
+            str(base / "run"),
+            "--log-level",
+            "warning",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )

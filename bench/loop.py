@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import Figure, print_table, ratio_figure
+from bench.common import Figure, print_table, ratio_figure, start_agentd
 
 INTERVAL = 0.1
 
@@ -78,24 +78,7 @@ def run(quick: bool = False) -> list[Figure]:
     base = Path(tempfile.mkdtemp(prefix="agloop", dir="/tmp"))  # short: socket path limit
     (base / "agentd.toml").write_text(CONFIG)
     sock = base / "run" / "agentd.sock"
-    agent = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "agentd",
-            "run",
-            "--config",
-            str(base / "agentd.toml"),
-            "--state-dir",
-            str(base / "state"),
-            "--runtime-dir",
-            str(base / "run"),
-            "--log-level",
-            "warning",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    agent = start_agentd(base / "agentd.toml", base)
     try:
         deadline = time.monotonic() + 30
         while not sock.exists():

@@ -14,14 +14,13 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import psutil
 
-from bench.common import Figure, print_table, ratio_figure
+from bench.common import Figure, print_table, ratio_figure, start_agentd
 
 COLLECTD = "/usr/sbin/collectd"
 WARMUP = 5.0
@@ -102,24 +101,7 @@ def run(quick: bool = False) -> list[Figure]:
     base = Path(tempfile.mkdtemp(prefix="agpeer", dir="/tmp"))  # short: socket path limits
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        agentd = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "agentd",
-                "run",
-                "--config",
-                str(_agentd_conf(base)),
-                "--state-dir",
-                str(base / "state"),
-                "--runtime-dir",
-                str(base / "run"),
-                "--log-level",
-                "warning",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        agentd = start_agentd(_agentd_conf(base), base)
         procs.append(agentd)
         collectd = subprocess.Popen(
             [COLLECTD, "-f", "-C", str(_collectd_conf(base))],
