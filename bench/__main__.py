@@ -14,11 +14,46 @@ import platform
 import sys
 import time
 import traceback
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from bench.common import Figure, machine, print_table, to_json
 
-MODULES = ["loop", "control", "store", "datagrowth", "scaling", "telemetry", "footprint", "peer"]
+#: run in this order; the modules of one inner list run side by side (they are idle-process
+#: measurements that do not disturb each other), so the whole run stays under five minutes
+GROUPS = [
+    ["loop", "peer"],
+    ["control"],
+    ["store"],
+    ["datagrowth"],
+    ["scaling"],
+    ["telemetry"],
+    ["footprint"],
+]
+MODULES = [name for group in GROUPS for name in group]
+
+
+def _run_one(name: str, quick: bool) -> list[Figure]:
+    started = time.monotonic()
+    print(f"# {name} ...", file=sys.stderr, flush=True)
+    try:
+        module = importlib.import_module(f"bench.{name}")
+        figures: list[Figure] = module.run(quick=quick)
+    except Exception as exc:  # one broken benchmark must not hide the others
+        traceback.print_exc()
+        figures = [
+            Figure(
+                f"{name}: did not run",
+                None,
+                None,
+                "",
+                "",
+                False,
+                note=f"{type(exc).__name__}: {exc}",
+            )
+        ]
+    print(f"# {name}: {time.monotonic() - started:.0f}s", file=sys.stderr, flush=True)
+    return figures
 
 
 def main() -> int:
@@ -27,29 +62,14 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="shorter runs (a smoke test)")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = parser.parse_args()
-    names = args.only.split(",") if args.only else MODULES
+    chosen = set(args.only.split(",")) if args.only else set(MODULES)
     figures: list[Figure] = []
     t0 = time.monotonic()
-    for name in names:
-        started = time.monotonic()
-        print(f"# {name} ...", file=sys.stderr, flush=True)
-        try:
-            module = importlib.import_module(f"bench.{name}")
-            figures.extend(module.run(quick=args.quick))
-        except Exception as exc:  # one broken benchmark must not hide the others
-            traceback.print_exc()
-            figures.append(
-                Figure(
-                    f"{name}: did not run",
-                    None,
-                    None,
-                    "",
-                    "",
-                    False,
-                    note=f"{type(exc).__name__}: {exc}",
-                )
-            )
-        print(f"# {name}: {time.monotonic() - started:.0f}s", file=sys.stderr, flush=True)
+    for group in GROUPS:
+        names = [n for n in group if n in chosen]
+        with ThreadPoolExecutor(max_workers=max(1, len(names))) as pool:
+            for result in pool.map(lambda n: _run_one(n, args.quick), names):
+                figures.extend(result)
     info = machine()
     print(
         f"\n{info['cpu']}, {info['cores']} cores, Python {info['python']}, "

@@ -145,7 +145,7 @@ async def _measure(ticks: int) -> list[Figure]:
 
 
 def run(quick: bool = False) -> list[Figure]:
-    return uvloop.run(_measure(30 if quick else 100))
+    return uvloop.run(_measure(30 if quick else 60))
 
 
 def main() -> None:
