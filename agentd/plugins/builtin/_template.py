@@ -16,7 +16,7 @@ import msgspec
 
 from agentd.model import Observation
 
-__all__ = ["check_template", "config_ident", "render"]
+__all__ = ["check_template", "config_ident", "firing_key", "render"]
 
 _REF = re.compile(r"\{([A-Za-z0-9_][A-Za-z0-9_.\-]*)(?::([^{}]*))?\}")
 
@@ -82,3 +82,9 @@ def config_ident(config: msgspec.Struct) -> str:
     keys, so two policies never share a key and a restart (ticks count from 1 again) does not
     reuse one."""
     return hashlib.sha256(msgspec.json.encode(config)).hexdigest()[:10]
+
+
+def firing_key(ident: str, name: str, obs: Observation) -> str:
+    """The idempotency key of one firing: the policy (``config_ident``), the action, the tick
+    and its wall second (ticks count from 1 again after a restart)."""
+    return f"{ident}:{name}:{obs.tick}:{int(obs.wall)}"

@@ -13,7 +13,7 @@ from msgspec import Meta
 from agentd.model import Action, Observation
 from agentd.plugins.base import PluginSpec, PolicyState
 from agentd.plugins.builtin._firing import FiringConfig
-from agentd.plugins.builtin._template import check_template, config_ident, render
+from agentd.plugins.builtin._template import check_template, config_ident, firing_key, render
 
 __all__ = ["SPEC", "RateConfig", "RatePolicy"]
 
@@ -106,7 +106,7 @@ class RatePolicy:
             name=name,
             params={**base, **render(params, obs, extra)},
             priority=c.priority,
-            key=f"{self.ident}:{name}:{obs.tick}:{int(obs.wall)}",
+            key=firing_key(self.ident, name, obs),
         )
 
 

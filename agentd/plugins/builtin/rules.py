@@ -16,7 +16,7 @@ from msgspec import Meta
 from agentd.model import Action, Observation, Value
 from agentd.plugins.base import PluginSpec, PolicyState
 from agentd.plugins.builtin._firing import FiringConfig
-from agentd.plugins.builtin._template import check_template, config_ident, render
+from agentd.plugins.builtin._template import check_template, config_ident, firing_key, render
 
 __all__ = ["SPEC", "Condition", "RulesConfig", "RulesPolicy"]
 
@@ -123,7 +123,7 @@ class RulesPolicy:
             params=render(params, obs, {"tick": obs.tick, "wall": obs.wall}),
             priority=c.priority,
             deadline=obs.wall + c.ttl if c.ttl else None,
-            key=f"{self.ident}:{name}:{obs.tick}:{int(obs.wall)}",
+            key=firing_key(self.ident, name, obs),
         )
 
 

@@ -12,7 +12,7 @@ from msgspec import Meta
 
 from agentd.model import Action, Observation
 from agentd.plugins.base import PluginSpec, PolicyState
-from agentd.plugins.builtin._template import config_ident
+from agentd.plugins.builtin._template import config_ident, firing_key
 
 __all__ = ["SPEC", "ThresholdConfig", "ThresholdPolicy"]
 
@@ -89,7 +89,7 @@ class ThresholdPolicy:
             name=name,
             params=params,
             priority=c.priority,
-            key=f"{self.ident}:{name}:{obs.tick}:{int(obs.wall)}",
+            key=firing_key(self.ident, name, obs),
         )
 
 
