@@ -129,6 +129,8 @@ class Daemon:
         self.control: Any = None
         #: agentd/telemetry.py; None when [telemetry] enabled = false
         self.telemetry: Any = None
+        #: sessions for plugins that require them when there is no store (lost at exit)
+        self._memory_sessions: MemorySessions | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def serve(self) -> int:
@@ -313,12 +315,10 @@ class Daemon:
         Sessions go to the store when it is open, else to memory (lost at exit)."""
         out: dict[str, Any] = {}
         if "sessions" in wanted:
-            store = getattr(self, "store", None)
-            sessions = getattr(store, "sessions", None)
-            if sessions is not None:
-                out["sessions"] = StoreSessions(sessions)
+            if self.store is not None:
+                out["sessions"] = StoreSessions(self.store.sessions)
             else:
-                if not isinstance(getattr(self, "_memory_sessions", None), MemorySessions):
+                if self._memory_sessions is None:
                     log.warning("no store: the session actuator keeps sessions in memory only")
                     self._memory_sessions = MemorySessions()
                 out["sessions"] = self._memory_sessions
