@@ -167,7 +167,8 @@ class PerceptionLoop:
 
     @property
     def next_deadline(self) -> float | None:
-        """Monotonic time the next scheduled tick is due (None before the first)."""
+        """Monotonic time the next scheduled tick is due (None before the first and while
+        paused)."""
         return None if self._paused else self._next
 
     @property
