@@ -26,7 +26,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, final
+from typing import TYPE_CHECKING, Any, Final, Protocol, final
 
 import psutil
 from opentelemetry import context as otel_context
@@ -63,8 +63,8 @@ from agentd.otel import (
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import SpanProcessor
 
-    from agentd.loop import PerceptionLoop
-    from agentd.plugins.handle import PluginHandle
+    from agentd.loop import TickSpan
+    from agentd.plugins.handle import PluginHandle, PolicyRunner
 
 __all__ = ["Telemetry", "TickRecorder", "metric_points"]
 
@@ -91,16 +91,32 @@ class TickRecorder:
         #: (kind, name, start, end, error) with monotonic times
         self.calls: list[tuple[str, str, float, float, str | None]] = []
         #: (name, handle, start, errors before): a policy's end is the next one's start
-        self.policies: list[tuple[str, PluginHandle, float, int]] = []
+        self.policies: list[tuple[str, PolicyRunner, float, int]] = []
 
     def call(self, kind: str, name: str, start: float, end: float, error: str | None) -> None:
         self.calls.append((kind, name, start, end, error))
 
-    def policy(self, name: str, handle: PluginHandle) -> None:
+    def policy(self, name: str, handle: PolicyRunner) -> None:
         self.policies.append((name, handle, time.monotonic(), handle.errors))
 
 
 ActionRun = Callable[[Action, "int | None"], Awaitable[ActionResult]]
+
+
+class LoopFigures(Protocol):
+    """The perception loop's counters the instruments read."""
+
+    @property
+    def ticks(self) -> int: ...
+
+    @property
+    def overruns(self) -> int: ...
+
+    @property
+    def skipped(self) -> int: ...
+
+    @property
+    def interval(self) -> float: ...
 
 
 @final
@@ -117,10 +133,9 @@ class Telemetry:
         metric_readers: Sequence[MetricReader] = (),
     ) -> None:
         self.config = config
-        self.loop: PerceptionLoop | None = None
-        #: the current plugin handles (the daemon replaces them on reload)
+        #: what `observe` hands in: the loop's counters, the plugins, the store's figures
+        self.loop: LoopFigures | None = None
         self.handles: Callable[[], Iterable[PluginHandle]] = tuple
-        #: the store's figures (`Store.health`), when there is a store
         self.store: Callable[[], Any] | None = None
         self.produced = Produced()
         self.recent: deque[tuple[float, float]] = deque(maxlen=10_000)
@@ -260,18 +275,14 @@ class Telemetry:
         self._err_seen: dict[tuple[str, str], tuple[int, int]] = {}
         self._err_base: dict[tuple[str, str], int] = {}
 
-    def _loop_value(self, name: str) -> Points:
-        loop = self.loop
-        return [(getattr(loop, name), {})] if loop is not None else []
-
     def _ticks(self) -> Points:
-        return self._loop_value("ticks")
+        return [(self.loop.ticks, {})] if self.loop is not None else []
 
     def _overruns(self) -> Points:
-        return self._loop_value("overruns")
+        return [(self.loop.overruns, {})] if self.loop is not None else []
 
     def _skipped(self) -> Points:
-        return self._loop_value("skipped")
+        return [(self.loop.skipped, {})] if self.loop is not None else []
 
     def _plugin_errors(self) -> Points:
         out: Points = []
@@ -319,11 +330,21 @@ class Telemetry:
         ]
         return out
 
-    def watch_store(self, store: Any) -> None:
-        """Read the store's figures (``store.health()``) and time its commits (its
-        ``on_commit`` hook: each successful commit's duration)."""
-        self.store = store.health
-        store.on_commit = self.produced.store_write.add
+    def observe(
+        self,
+        loop: LoopFigures,
+        plugins: Callable[[], Iterable[PluginHandle]],
+        store: Any = None,
+    ) -> None:
+        """What the observable instruments read: the loop's counters, the current plugin
+        handles (``plugins()``: the supervisor's, which a reload replaces) and, when there is
+        a store, its figures (``store.health()``); its commits are timed through its
+        ``on_commit`` hook (each successful commit's duration)."""
+        self.loop = loop
+        self.handles = plugins
+        if store is not None:
+            self.store = store.health
+            store.on_commit = self.produced.store_write.add
 
     def _proc(self) -> tuple[int, Any, int]:
         """One read of /proc/self shared by the process instruments of one collection."""
@@ -353,8 +374,8 @@ class Telemetry:
 
     # -- the loop's hooks ----------------------------------------------------------------------
     def begin_tick(self, tick: int) -> TickRecorder | None:
-        """Called as a tick starts. Returns None when nothing traces."""
-        if self.tracer is None:
+        """Called as a tick starts. Returns None when nothing traces (or after shutdown)."""
+        if self.tracer is None or self._closed:
             return None
         current = trace.get_current_span()
         if current.is_recording():  # a control request (`agentctl tick`): traced, in its trace
@@ -377,7 +398,7 @@ class Telemetry:
         return rec
 
     def end_tick(
-        self, report: TickReport, rec: TickRecorder | None, t0: float, t1: float, t2: float
+        self, report: TickReport, span: TickSpan | None, t0: float, t1: float, t2: float
     ) -> None:
         """Called after each tick (before the sinks): metrics, and spans when they are due."""
         timings = report.timings
@@ -390,8 +411,9 @@ class Telemetry:
         stages["decide"].add(timings.decide)
         stages["act"].add(timings.act)
         stages["tick"].add(timings.total)
-        if rec is None:
+        if not isinstance(span, TickRecorder):
             return
+        rec = span
         otel_context.detach(rec.token)  # type: ignore[arg-type]
         failed = bool(report.observation.errors) or any(r.status in _NOT_OK for r in report.results)
         if not failed:
@@ -494,6 +516,8 @@ class Telemetry:
     async def run_action(self, action: Action, tick: int | None, run: ActionRun) -> ActionResult:
         """The action runner's hook: counts every action; inside a traced request (e.g.
         `agentctl act`) the actuator call is a live child span."""
+        if self._closed:  # shut down: the providers are gone, the action still runs
+            return await run(action, tick)
         span = None
         token = None
         tracer = self.tracer
