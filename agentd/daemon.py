@@ -3,9 +3,8 @@
 Shutdown is the mirror of startup, in named stages with named timeouts (their sum must stay
 below the systemd unit's ``TimeoutStopSec``; a test checks it). Signal handlers only schedule
 work: the first SIGTERM/SIGINT asks for a graceful stop, a second one cuts the stage in
-progress and gives each remaining one at most ``FORCED_STAGE_TIMEOUT``. The handlers that were
-there before are put back at exit. Plugins are the supervisor's (agentd/plugins/supervisor.py,
-with its own ``START_PLUGIN_TIMEOUT``); the loop gets every collaborator when it is built.
+progress and gives each remaining one at most ``FORCED_STAGE_TIMEOUT``; the handlers that were
+there before are put back at exit. Plugins are the `PluginSupervisor`'s.
 """
 
 from __future__ import annotations
@@ -108,8 +107,7 @@ class Daemon:
         self.started_at = 0.0
         self.started_mono = 0.0
         self.exit_code = 0
-        #: what plugins that declare ``requires`` get (never the daemon itself)
-        self._grants = Grants()
+        self._grants = Grants()  # what a plugin's ``requires`` gets (never the daemon)
         #: the configured plugins: built, started, retried, rebuilt on reload, stopped
         self.supervisor = PluginSupervisor(
             self.registry, capabilities=self._grants, prepare=self._prepare_plugin
@@ -130,7 +128,6 @@ class Daemon:
         self._force_event = asyncio.Event()
         self._force = False
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._reload_lock = self.supervisor.lock
         self._stop_signal_at = 0.0
         #: the handlers our own replaced, restored at exit
         self._previous_handlers: dict[signal.Signals, Any] = {}
@@ -266,16 +263,21 @@ class Daemon:
     async def _stage(self, name: str, timeout: float, aw: Awaitable[Any]) -> None:
         """One shutdown stage, cancelled after ``timeout`` or, at once, by a second signal
         (uvicorn's ``_wait_tasks_to_complete`` watching ``force_exit``)."""
-        if self._force:
-            timeout = min(timeout, FORCED_STAGE_TIMEOUT)
         task = aw if isinstance(aw, asyncio.Future) else asyncio.ensure_future(aw)
-        force = asyncio.ensure_future(self._force_event.wait())
+        waits: set[asyncio.Future[Any]] = {task}
+        force: asyncio.Future[Any] | None = None
+        if self._force:  # forced before this stage began: it gets its short turn
+            timeout = min(timeout, FORCED_STAGE_TIMEOUT)
+        else:
+            force = asyncio.ensure_future(self._force_event.wait())
+            waits.add(force)
         try:
-            await asyncio.wait({task, force}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            force.cancel()
+            if force is not None:
+                force.cancel()
         if not task.done():
-            if self._force_event.is_set() and timeout > FORCED_STAGE_TIMEOUT:
+            if force is not None and self._force_event.is_set():
                 log.warning("%s: cut short by a second signal; cancelling", name)
             else:
                 log.warning("%s: still running after %gs; cancelling", name, timeout)
@@ -370,7 +372,7 @@ class Daemon:
         invalid config is logged in one line and the daemon keeps running on the old one. A
         valid one rebuilds only the plugins whose settings changed and keeps the tick phase
         and all state."""
-        async with self._reload_lock:
+        async with self.supervisor.lock:
             source = path or self.options.config_path
             try:
                 new = load(source, self.registry)
@@ -467,11 +469,9 @@ class Daemon:
     def _start_heartbeat(self) -> None:
         if self.config.log.heartbeat <= 0 or self.loop is None:
             return
-        every = self.config.log.heartbeat
-        beat = heartbeat(
-            self.loop.stats, self.supervisor.summary, lambda: self.config.log.heartbeat or every
-        )
-        self.spawn(beat, name="heartbeat")
+        every = self.config.log.heartbeat  # a reload to 0 keeps the old period
+        period = lambda: self.config.log.heartbeat or every  # noqa: E731
+        self.spawn(heartbeat(self.loop.stats, self.supervisor.summary, period), name="heartbeat")
 
     def uptime(self) -> float:
         return time.monotonic() - self.started_mono if self.started_mono else 0.0
