@@ -119,10 +119,11 @@ def _config_path(explicit: str | None) -> str | None:
 def _check_config(file: str | None) -> int:
     from agentd.config import load
     from agentd.errors import ConfigError
+    from agentd.plugins.registry import default_registry
 
     path = _config_path(file)
     try:
-        load(path)
+        load(path, default_registry)
     except ConfigError as exc:
         for line in exc.errors:
             print(line, file=sys.stderr)
@@ -180,11 +181,12 @@ def _run(args: argparse.Namespace) -> int:
     from agentd.daemon import DaemonOptions, run_daemon
     from agentd.errors import ConfigError
     from agentd.logs import setup_logging
+    from agentd.plugins.registry import default_registry
 
     path = _config_path(args.config)
     setup_logging(args.log_level or "info")
     try:
-        config = load(path)
+        config = load(path, default_registry)
     except ConfigError as exc:
         for line in exc.errors:
             print(f"agentd: bad config: {line}", file=sys.stderr)

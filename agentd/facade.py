@@ -84,9 +84,8 @@ class DaemonFacade:
         self._daemon = daemon
         self._subscribers: list[Subscriber] = []
         self._proc: Any = None
-        loop = self._loop
-        loop.sinks.append(self._on_tick)
-        loop.late_sinks.append(self._on_late_result)
+        # a TickObserver of the loop through the daemon's fan-out (agentd/fanout.py)
+        daemon.fanout.subscribe(self)
 
     # -- helpers -----------------------------------------------------------------------------
     @property
@@ -137,7 +136,7 @@ class DaemonFacade:
             loop=loop.stats(),
             dropped_actions=loop.dropped_actions,
             actions_in_flight=len(loop.actions.in_flight),
-            plugins=d.plugin_statuses(),
+            plugins=d.supervisor.statuses(),
             process=self.process(),
             store=store_health,
         )
@@ -165,18 +164,17 @@ class DaemonFacade:
 
     def plugins(self) -> list[PluginInfo]:
         out = []
-        for by in self._daemon.handles.values():
-            for h in by.values():
-                s, spec = h.status(), h.spec
-                out.append(
-                    PluginInfo(
-                        **msgspec.structs.asdict(s),
-                        origin=spec.origin,
-                        version=spec.version,
-                        description=spec.description,
-                        actions=sorted(spec.actions),
-                    )
+        for h in self._daemon.supervisor.all():
+            s, spec = h.status(), h.spec
+            out.append(
+                PluginInfo(
+                    **msgspec.structs.asdict(s),
+                    origin=spec.origin,
+                    version=spec.version,
+                    description=spec.description,
+                    actions=sorted(spec.actions),
                 )
+            )
         return out
 
     def plugin(self, name: str) -> dict[str, Any] | None:
@@ -184,9 +182,8 @@ class DaemonFacade:
         JSON Schema. None if neither exists."""
         from agentd.schema import plugin_schema
 
-        for by in self._daemon.handles.values():
-            h = by.get(name)
-            if h is not None:
+        for h in self._daemon.supervisor.all():
+            if h.name == name:
                 info = next(p for p in self.plugins() if p.name == name and p.kind == h.kind)
                 return {
                     "configured": True,
@@ -268,14 +265,14 @@ class DaemonFacade:
             except Exception:
                 log.exception("watch subscriber %r failed", fn)
 
-    def _on_tick(self, report: TickReport) -> None:
+    def on_tick(self, report: TickReport) -> None:
         if not self._subscribers:
             return
         self.publish("tick", report)
         for result in report.results:
             self.publish("action", result)
 
-    def _on_late_result(self, result: ActionResult) -> None:
+    def on_late_result(self, result: ActionResult) -> None:
         if self._subscribers:
             self.publish("action", result)
 
