@@ -323,7 +323,7 @@ def _show(out: Output, result: Any, human: Callable[[Any], None]) -> int:
 def _ping(client: Client, args: argparse.Namespace, out: Output) -> int:
     client.connect()
     t0 = time.perf_counter()
-    result = client.call("ping")
+    result = _rpc(client, "ping")
     rtt = time.perf_counter() - t0
     if out.json:
         out.dump({"result": result, "rtt": rtt})
@@ -353,12 +353,14 @@ def _hello(client: Client, args: argparse.Namespace, out: Output) -> int:
             ],
         )
 
-    return _show(out, client.hello(), human)
+    import msgspec
+
+    return _show(out, msgspec.to_builtins(client.hello()), human)
 
 
 @subcommand("status", "a summary of the running daemon, like systemctl status")
 def _status(client: Client, args: argparse.Namespace, out: Output) -> int:
-    return _show(out, client.call("status"), lambda r: _render_status(out, r))
+    return _show(out, _rpc(client, "status"), lambda r: _render_status(out, r))
 
 
 def _render_status(out: Output, r: dict[str, Any]) -> None:
@@ -458,7 +460,7 @@ def _plugin_table(out: Output, plugins: list[dict[str, Any]]) -> None:
 
 @subcommand("plugins", "the configured plugins with their state and error counts")
 def _plugins(client: Client, args: argparse.Namespace, out: Output) -> int:
-    return _show(out, client.call("plugins"), lambda r: _plugin_table(out, r))
+    return _show(out, _rpc(client, "plugins"), lambda r: _plugin_table(out, r))
 
 
 @subcommand(
@@ -487,7 +489,7 @@ def _plugin(client: Client, args: argparse.Namespace, out: Output) -> int:
         out.line("\nSchema:")
         out.line(json.dumps(r["schema"], indent=2, sort_keys=True))
 
-    return _show(out, client.call("plugin", {"name": args.name}), human)
+    return _show(out, _rpc(client, "plugin", {"name": args.name}), human)
 
 
 # -- sessions --------------------------------------------------------------------------------
@@ -512,8 +514,10 @@ def _sessions_args(p: argparse.ArgumentParser) -> None:
 @subcommand("sessions", "list, get, put or delete sessions", _sessions_args)
 def _sessions(client: Client, args: argparse.Namespace, out: Output) -> int:
     if args.op == "list":
-        rows = client.call(
-            "sessions.list", _drop_none(prefix=args.prefix, limit=args.limit, after=args.after)
+        rows = _rpc(
+            client,
+            "sessions.list",
+            _drop_none(prefix=args.prefix, limit=args.limit, after=args.after),
         )
         return _show(
             out,
@@ -533,7 +537,7 @@ def _sessions(client: Client, args: argparse.Namespace, out: Output) -> int:
             ),
         )
     if args.op == "get":
-        return _show(out, client.call("sessions.get", {"id": args.id}), lambda s: _session(out, s))
+        return _show(out, _rpc(client, "sessions.get", {"id": args.id}), lambda s: _session(out, s))
     if args.op == "put":
         put_args = _drop_none(
             id=args.id,
@@ -543,10 +547,10 @@ def _sessions(client: Client, args: argparse.Namespace, out: Output) -> int:
         )
         return _show(
             out,
-            client.call("sessions.put", put_args),
+            _rpc(client, "sessions.put", put_args),
             lambda s: out.line(f"stored session {s['id']} (version {s['version']})"),
         )
-    result = client.call("sessions.delete", {"id": args.id})
+    result = _rpc(client, "sessions.delete", {"id": args.id})
     return _show(out, result, lambda r: out.line(f"deleted session {r['deleted']}"))
 
 
@@ -573,7 +577,7 @@ def _journal(client: Client, args: argparse.Namespace, out: Output) -> int:
     query = _drop_none(since=args.since, until=args.until, limit=args.limit)
     if args.journal == "observations":
         query.update(_drop_none(tick_from=args.tick_from, tick_to=args.tick_to))
-        rows = client.call("journal.observations", query)
+        rows = _rpc(client, "journal.observations", query)
         return _show(
             out,
             rows,
@@ -591,7 +595,7 @@ def _journal(client: Client, args: argparse.Namespace, out: Output) -> int:
                 ],
             ),
         )
-    rows = client.call("journal.actions", query)
+    rows = _rpc(client, "journal.actions", query)
     return _show(out, rows, lambda r: _action_table(out, r))
 
 
@@ -640,24 +644,24 @@ def _tick(client: Client, args: argparse.Namespace, out: Output) -> int:
             out.line()
             _action_table(out, r["results"])
 
-    return _show(out, client.call("tick"), human)
+    return _show(out, _rpc(client, "tick"), human)
 
 
 @subcommand("pause", "pause the perception loop")
 def _pause(client: Client, args: argparse.Namespace, out: Output) -> int:
-    r = client.call("pause")
+    r = _rpc(client, "pause")
     return _show(out, r, lambda r: out.line("paused" if r["changed"] else "already paused"))
 
 
 @subcommand("resume", "resume the perception loop")
 def _resume(client: Client, args: argparse.Namespace, out: Output) -> int:
-    r = client.call("resume")
+    r = _rpc(client, "resume")
     return _show(out, r, lambda r: out.line("resumed" if r["changed"] else "already running"))
 
 
 @subcommand("reload", "re-read the config; fails (exit 1) with the errors if it is invalid")
 def _reload(client: Client, args: argparse.Namespace, out: Output) -> int:
-    r = client.call("reload")
+    r = _rpc(client, "reload")
     return _show(out, r, lambda r: out.line(f"reloaded (generation {r['generation']})"))
 
 
@@ -692,7 +696,7 @@ def _act(client: Client, args: argparse.Namespace, out: Output) -> int:
         priority=args.priority,
         key=args.key,
     )
-    r = client.call("act", request)
+    r = _rpc(client, "act", request)
     if out.json:
         out.dump(r)
     else:
@@ -728,10 +732,13 @@ def _watch(client: Client, args: argparse.Namespace, out: Output) -> int:
     for message in client.events():
         if message.id != rid or not isinstance(message.event, str):
             continue
+        import msgspec
+
+        data = None if message.data is msgspec.UNSET else msgspec.msgpack.decode(message.data)
         if out.json:
-            out.line(json.dumps({"event": message.event, "data": message.data}, default=str))
+            out.line(json.dumps({"event": message.event, "data": data}, default=str))
         else:
-            out.line(_event_line(message.event, message.data))
+            out.line(_event_line(message.event, data))
         sys.stdout.flush()
     return EXIT_OK
 
@@ -763,7 +770,7 @@ def _event_line(kind: str, d: Any) -> str:
 
 @subcommand("flush", "commit everything queued for the store now")
 def _flush(client: Client, args: argparse.Namespace, out: Output) -> int:
-    return _show(out, client.call("flush"), lambda r: out.line("flushed"))
+    return _show(out, _rpc(client, "flush"), lambda r: out.line("flushed"))
 
 
 def _call_args(p: argparse.ArgumentParser) -> None:
@@ -783,7 +790,7 @@ def _call(client: Client, args: argparse.Namespace, out: Output) -> int:
     if not isinstance(call_args, dict):
         print("agentctl call: ARGS must be a JSON object", file=sys.stderr)
         return EXIT_USAGE
-    out.dump(client.call(args.cmd, call_args))
+    out.dump(_rpc(client, args.cmd, call_args))
     return EXIT_OK
 
 
@@ -794,7 +801,7 @@ def _metrics_args(p: argparse.ArgumentParser) -> None:
 
 @subcommand("metrics", "agentd's own metrics, as they are now", _metrics_args)
 def _metrics(client: Client, args: argparse.Namespace, out: Output) -> int:
-    points = [m for m in client.call("metrics") if m["name"].startswith(args.prefix)]
+    points = [m for m in _rpc(client, "metrics") if m["name"].startswith(args.prefix)]
 
     def value(m: dict[str, Any]) -> str:
         if m["kind"] != "histogram":
@@ -831,7 +838,7 @@ HEALTH_EXIT = {"ok": 0, "degraded": 1, "failing": 2}
 
 @subcommand("health", "ok / degraded / failing with reasons; exit code 0 / 1 / 2")
 def _health(client: Client, args: argparse.Namespace, out: Output) -> int:
-    report = client.call("health")
+    report = _rpc(client, "health")
 
     def human(r: dict[str, Any]) -> None:
         out.line(r["status"])
@@ -843,6 +850,10 @@ def _health(client: Client, args: argparse.Namespace, out: Output) -> int:
 
 
 # -- helpers ---------------------------------------------------------------------------------
+def _rpc(client: Client, cmd: str, args: dict[str, Any] | None = None) -> Any:
+    return client.call(cmd, args)
+
+
 def _add(p: argparse.ArgumentParser, *names: str, **kw: Any) -> None:
     p.add_argument(*names, **kw)
 

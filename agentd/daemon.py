@@ -547,15 +547,9 @@ class Daemon:
         self.telemetry = telemetry
 
     def _serve_telemetry(self) -> None:
-        """`health` and `metrics` in the control table, a span per control request."""
-        if self.control is None:
-            return
-        from agentd.health import control_commands
-
-        for command in control_commands(self):
-            self.control.add_command(command)
-        if self.telemetry is not None:
-            self.control.hooks.append(self.telemetry.request_hook)
+        """A span per control request (``health`` and ``metrics`` are in the table already)."""
+        if self.control is not None and self.telemetry is not None:
+            self.control.add_hook(self.telemetry.request_hook)
 
     async def _stop_telemetry(self) -> None:
         telemetry, self.telemetry = self.telemetry, None
@@ -568,15 +562,42 @@ class Daemon:
 
     # -- the control plane (agentd/control/) ------------------------------------------------
     async def _start_control(self) -> None:
-        """Listen on the control socket (after the loop exists: the facade reads it)."""
+        """Listen on the control socket (after the loop exists: the API reads it)."""
         c = self.config.control
-        if not c.enabled:
+        if not c.enabled or self.loop is None:
             return
+        from agentd.control.api import ControlApi
         from agentd.control.server import ControlServer
-        from agentd.facade import DaemonFacade
 
+        daemon = self
+
+        class Plugins:
+            """`PluginsView` over the handles (until the PluginSupervisor provides it)."""
+
+            def statuses(self) -> list[PluginStatus]:
+                return daemon.plugin_statuses()
+
+            def summary(self) -> str:
+                return daemon.plugin_summary()
+
+            def get(self, kind: str, name: str) -> PluginHandle | None:
+                return daemon.handles.get(kind, {}).get(name)
+
+            def all(self) -> list[PluginHandle]:
+                return [h for by in daemon.handles.values() for h in by.values()]
+
+        api = ControlApi(
+            loop=self.loop,
+            plugins=Plugins(),
+            store=self.store,
+            telemetry=self.telemetry,
+            registry=self.registry,
+            lifecycle=self,
+        )
+        self.loop.sinks.append(api.on_tick)
+        self.loop.late_sinks.append(api.on_late_result)
         path = self.runtime_dir / (c.socket or "agentd.sock")  # an absolute socket wins
-        self.control = ControlServer(DaemonFacade(self), c, path)
+        self.control = ControlServer(api, c, path)
         await self.control.start()
 
     async def _stop_control(self) -> None:

@@ -1,29 +1,25 @@
 """Health: ok / degraded / failing, with every reason, from thresholds in ``[health]``.
 
-`evaluate` is a pure function of the facts; `check` gathers them from a running daemon. The
-control commands ``health`` and ``metrics`` live here too (`control_commands`): the control
-server's table is extended with them at startup (agentd/daemon.py). `agentctl health` exits
-0 / 1 / 2 for ok / degraded / failing, so systemd, cron or a fleet tool can act on it.
+`evaluate` is a pure function of the facts; `check` gathers them from a running daemon (the
+control command ``health`` gathers them through `ControlApi.health`). `agentctl health` exits
+0 / 1 / 2 for ok / degraded / failing (`EXIT_CODES`), so systemd, cron or a fleet tool can act
+on it.
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from agentd.config import HealthConfig
-from agentd.model import HealthReport, HealthStatus, MetricPoint, PluginStatus
+from agentd.model import HEALTH_EXIT_CODES as EXIT_CODES
+from agentd.model import HealthReport, HealthStatus, PluginStatus
 
 if TYPE_CHECKING:
-    from agentd.control.server import Command, RequestContext
     from agentd.daemon import Daemon
 
-__all__ = ["EXIT_CODES", "check", "control_commands", "evaluate"]
-
-#: `agentctl health` exit codes
-EXIT_CODES: dict[HealthStatus, int] = {"ok": 0, "degraded": 1, "failing": 2}
+__all__ = ["EXIT_CODES", "check", "evaluate"]
 _MIB = 1024 * 1024
 
 
@@ -107,36 +103,3 @@ def check(daemon: Daemon) -> HealthReport:
         store_error=store_error,
         rss=psutil.Process().memory_info().rss,
     )
-
-
-def control_commands(daemon: Daemon) -> list[Command]:
-    """``health`` and ``metrics`` for the control server's table (role ``read``)."""
-    from agentd.control.server import Command, CommandError
-
-    def health(ctx: RequestContext, args: None) -> HealthReport:
-        return check(daemon)
-
-    async def metrics(ctx: RequestContext, args: None) -> list[MetricPoint]:
-        telemetry: Any = getattr(daemon, "telemetry", None)
-        if telemetry is None:
-            raise CommandError("unavailable", "telemetry is off ([telemetry] enabled = false)")
-        # the observable callbacks read /proc (psutil): off the loop
-        points: list[MetricPoint] = await asyncio.to_thread(telemetry.collect)
-        return points
-
-    return [
-        Command(
-            "health",
-            health,
-            None,
-            "read",
-            "ok / degraded / failing with the reasons, from the [health] thresholds",
-        ),
-        Command(
-            "metrics",
-            metrics,
-            None,
-            "read",
-            "agentd's own metrics (OpenTelemetry names) as they are now",
-        ),
-    ]

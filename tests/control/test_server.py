@@ -276,4 +276,4 @@ def test_client_module_roundtrip(agent: Agent) -> None:
         with pytest.raises(RemoteError) as caught:
             c.call("plugin", {"name": "nope"})
         assert caught.value.code == "not_found"
-        assert c.hello()["protocol"] == 1
+        assert c.hello().protocol == 1
