@@ -568,6 +568,7 @@ class Daemon:
             return
         from agentd.control.api import ControlApi
         from agentd.control.server import ControlServer
+        from agentd.paths import socket_path
 
         daemon = self
 
@@ -596,8 +597,7 @@ class Daemon:
         )
         self.loop.sinks.append(api.on_tick)
         self.loop.late_sinks.append(api.on_late_result)
-        path = self.runtime_dir / (c.socket or "agentd.sock")  # an absolute socket wins
-        self.control = ControlServer(api, c, path)
+        self.control = ControlServer(api, c, socket_path(self.runtime_dir, c.socket))
         await self.control.start()
 
     async def _stop_control(self) -> None:
