@@ -97,7 +97,7 @@ class ActionResult(msgspec.Struct, frozen=True, kw_only=True):
     attempts: int = 0
     duration: float = 0.0
     error: str | None = None
-    output: Any = None
+    output: object = None
     tick: int | None = None
     finished_at: float = 0.0
 
@@ -131,7 +131,7 @@ class Session(msgspec.Struct, frozen=True, kw_only=True):
     stored as its msgpack form); ``version`` starts at 1 and grows by one per write."""
 
     id: str
-    state: Any
+    state: object
     version: int
     created_at: float
     updated_at: float
