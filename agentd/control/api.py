@@ -4,8 +4,9 @@ commands; it never hands out the loop or the plugin objects, and it never sees t
 It is built from the collaborators themselves: the loop, a `PluginsView` (the plugin
 supervisor), the store (or None), telemetry (or None, through `TelemetryView`), the registry
 and a `Lifecycle` (the daemon's config, state, uptime and reload). Every result is a Struct
-(agentd/model.py, agentd/control/protocol.py); the watch feed is `on_tick` / `on_late_result`,
-which the assembler wires to the loop like any other tick observer.
+(agentd/model.py, agentd/control/protocol.py). What ``watch`` streams is a `WatchFeed`
+(feed.py): pass one built before the loop (it is a tick observer), or let the API make its own
+and wire ``api.on_tick`` / ``api.on_late_result`` to the loop.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import TYPE_CHECKING, Protocol
 import msgspec
 
 from agentd import __version__
+from agentd.control.feed import Subscriber, WatchFeed
 from agentd.control.protocol import EventKind, StateEvent
 from agentd.model import (
     Action,
@@ -44,12 +46,9 @@ if TYPE_CHECKING:
     from agentd.plugins.registry import Registry
     from agentd.store import Store
 
-__all__ = ["ControlApi", "Lifecycle", "PluginsView", "Subscriber", "TelemetryView"]
+__all__ = ["ControlApi", "Lifecycle", "PluginsView", "TelemetryView"]
 
 log = logging.getLogger("agentd.control")
-
-#: a watch subscriber: called synchronously from the loop's observers; must not block
-Subscriber = Callable[[EventKind, msgspec.Struct], None]
 
 
 class PluginsView(Protocol):
@@ -114,6 +113,7 @@ class ControlApi:
         telemetry: TelemetryView | None,
         registry: Registry,
         lifecycle: Lifecycle,
+        feed: WatchFeed | None = None,
     ) -> None:
         self.loop = loop
         self.plugins_view = plugins
@@ -121,7 +121,7 @@ class ControlApi:
         self.telemetry = telemetry
         self.registry = registry
         self.lifecycle = lifecycle
-        self._subscribers: list[Subscriber] = []
+        self.feed = feed or WatchFeed()
         self._proc: psutil.Process | None = None
 
     # -- scheduling facts for the control server's tick guard -------------------------------
@@ -306,33 +306,18 @@ class ControlApi:
 
     # -- watch -------------------------------------------------------------------------------
     def subscribe(self, fn: Subscriber) -> Callable[[], None]:
-        self._subscribers.append(fn)
-
-        def unsubscribe() -> None:
-            if fn in self._subscribers:
-                self._subscribers.remove(fn)
-
-        return unsubscribe
+        return self.feed.subscribe(fn)
 
     def publish(self, kind: EventKind, data: msgspec.Struct) -> None:
-        for fn in list(self._subscribers):
-            try:
-                fn(kind, data)
-            except Exception:
-                log.exception("watch subscriber %r failed", fn)
+        self.feed.publish(kind, data)
 
     def on_tick(self, report: TickReport) -> None:
-        """A tick observer: each finished tick, then its action results, to the watchers."""
-        if not self._subscribers:
-            return
-        self.publish("tick", report)
-        for result in report.results:
-            self.publish("action", result)
+        """A tick observer (the feed's): each finished tick, then its results, to watchers."""
+        self.feed.on_tick(report)
 
     def on_late_result(self, result: ActionResult) -> None:
         """An action that finished after its tick (a slow actuator)."""
-        if self._subscribers:
-            self.publish("action", result)
+        self.feed.on_late_result(result)
 
 
 def _info(h: PluginHandle) -> PluginInfo:
