@@ -19,6 +19,7 @@ from typing import Annotated, Any, Literal, cast
 import msgspec
 from msgspec import Meta
 
+from agentd import paths
 from agentd.config_plugins import (
     ActuatorCommon,
     ActuatorInstance,
@@ -392,37 +393,11 @@ def _cross_check(
         errors.append("sensors: at least one enabled sensor must be configured")
 
 
-def _env_dir(var: str) -> Path | None:
-    # systemd may pass several colon-separated directories; the first is ours
-    value = os.environ.get(var, "").split(":")[0]
-    return Path(value) if value else None
-
-
 def resolve_state_dir(config: Config, override: str | None = None) -> Path:
-    """--state-dir, else config, else $STATE_DIRECTORY, else /var/lib/agentd (root),
-    else $XDG_STATE_HOME/agentd (~/.local/state/agentd)."""
-    chosen = override or config.paths.state_dir
-    if chosen:
-        return Path(chosen)
-    env = _env_dir("STATE_DIRECTORY")
-    if env:
-        return env
-    if os.geteuid() == 0:
-        return Path("/var/lib/agentd")
-    xdg = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(xdg) / "agentd"
+    """--state-dir, else config, else the rule in agentd/paths.py."""
+    return paths.state_dir(override or config.paths.state_dir)
 
 
 def resolve_runtime_dir(config: Config, override: str | None = None) -> Path:
-    """--runtime-dir, else config, else $RUNTIME_DIRECTORY, else /run/agentd (root),
-    else $XDG_RUNTIME_DIR/agentd (or /tmp/agentd-UID without a session)."""
-    chosen = override or config.paths.runtime_dir
-    if chosen:
-        return Path(chosen)
-    env = _env_dir("RUNTIME_DIRECTORY")
-    if env:
-        return env
-    if os.geteuid() == 0:
-        return Path("/run/agentd")
-    xdg = os.environ.get("XDG_RUNTIME_DIR")
-    return Path(xdg) / "agentd" if xdg else Path(f"/tmp/agentd-{os.geteuid()}")
+    """--runtime-dir, else config, else the rule in agentd/paths.py."""
+    return paths.runtime_dir(override or config.paths.runtime_dir)

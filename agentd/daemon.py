@@ -177,7 +177,6 @@ class Daemon:
         self._loop_task = asyncio.create_task(loop.run(), name="perception-loop")
         self._loop_task.add_done_callback(self._loop_done)
         await self._start_control()
-        self._serve_telemetry()
         self._start_heartbeat()
         self.state = DaemonState.RUNNING
         c = self.config
@@ -416,17 +415,6 @@ class Daemon:
 
         return Telemetry(self.config.telemetry, self.state_dir)
 
-    def _serve_telemetry(self) -> None:
-        """`health` and `metrics` in the control table, a span per control request."""
-        if self.control is None:
-            return
-        from agentd.health import control_commands
-
-        for command in control_commands(self):
-            self.control.add_command(command)
-        if self.telemetry is not None:
-            self.control.hooks.append(self.telemetry.request_hook)
-
     async def _stop_telemetry(self) -> None:
         telemetry, self.telemetry = self.telemetry, None
         if telemetry is not None:
@@ -434,15 +422,29 @@ class Daemon:
 
     # -- the control plane (agentd/control/) ------------------------------------------------
     async def _start_control(self) -> None:
-        """Listen on the control socket (after the loop exists: the facade reads it)."""
+        """Listen on the control socket (after the loop exists: the API reads it)."""
         c = self.config.control
-        if not c.enabled:
+        if not c.enabled or self.loop is None:
             return
+        from agentd.control.api import ControlApi
         from agentd.control.server import ControlServer
-        from agentd.facade import DaemonFacade
+        from agentd.paths import socket_path
 
-        path = self.runtime_dir / (c.socket or "agentd.sock")  # an absolute socket wins
-        self.control = ControlServer(DaemonFacade(self), c, path)
+        api = ControlApi(
+            loop=self.loop,
+            plugins=self.supervisor,
+            store=self.store,
+            telemetry=self.telemetry,
+            registry=self.registry,
+            lifecycle=self,
+        )
+        # `agentctl watch` hears ticks and late results through the fan-out the loop was
+        # built with; the control plane never touches the loop's own collaborators
+        self.fanout.subscribe(api)
+        # telemetry makes a span per request
+        hooks = [self.telemetry.request_hook] if self.telemetry is not None else []
+        path = socket_path(self.runtime_dir, c.socket)
+        self.control = ControlServer(api, c, path, hooks=hooks)
         await self.control.start()
 
     async def _stop_control(self) -> None:

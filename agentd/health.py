@@ -1,39 +1,22 @@
 """Health: ok / degraded / failing, with every reason, from thresholds in ``[health]``.
 
-`evaluate` is a pure function of the facts; `check` gathers them from the running rooms it is
-handed (the loop, the plugins' statuses, telemetry's lateness window, the store). The
-control commands ``health`` and ``metrics`` live here too (`control_commands`): the control
-server's table is extended with them at startup (agentd/daemon.py). `agentctl health` exits
-0 / 1 / 2 for ok / degraded / failing, so systemd, cron or a fleet tool can act on it.
+`evaluate` is a pure function of the facts; `ControlApi.health` (agentd/control/api.py)
+gathers them from the running daemon's parts for the control command ``health``. `agentctl
+health` exits 0 / 1 / 2 for ok / degraded / failing (`EXIT_CODES`), so systemd, cron or a
+fleet tool can act on it.
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Literal, Protocol
 
 from agentd.config import HealthConfig
-from agentd.model import HealthReport, HealthStatus, MetricPoint, PluginStatus, TickStats
+from agentd.model import HEALTH_EXIT_CODES as EXIT_CODES
+from agentd.model import HealthReport, HealthStatus, PluginStatus
 
-if TYPE_CHECKING:
-    from agentd.control.server import Command, RequestContext
-    from agentd.daemon import Daemon
+__all__ = ["EXIT_CODES", "evaluate"]
 
-__all__ = [
-    "EXIT_CODES",
-    "LatenessWindow",
-    "LoopHealth",
-    "StoreState",
-    "check",
-    "check_daemon",
-    "control_commands",
-    "evaluate",
-]
-
-#: `agentctl health` exit codes
-EXIT_CODES: dict[HealthStatus, int] = {"ok": 0, "degraded": 1, "failing": 2}
 _MIB = 1024 * 1024
 
 
@@ -84,113 +67,3 @@ def evaluate(
         reasons=failing + degraded,
         checked_at=time.time() if now is None else now,
     )
-
-
-class LoopHealth(Protocol):
-    """What health reads of the perception loop."""
-
-    @property
-    def interval(self) -> float: ...
-
-    @property
-    def paused(self) -> bool: ...
-
-    @property
-    def next_deadline(self) -> float | None: ...
-
-    @property
-    def ticks(self) -> int: ...
-
-    def stats(self) -> TickStats: ...
-
-
-class LatenessWindow(Protocol):
-    """Telemetry's recent tick lateness."""
-
-    def recent_lateness_p99(self, window: float) -> float | None: ...
-
-
-class StoreState(Protocol):
-    """What health reads of the store."""
-
-    @property
-    def state(self) -> Literal["closed", "ok", "degraded"]: ...
-
-    @property
-    def last_error(self) -> str | None: ...
-
-
-def check(
-    config: HealthConfig,
-    loop: LoopHealth | None,
-    plugins: Iterable[PluginStatus],
-    *,
-    telemetry: LatenessWindow | None = None,
-    store: StoreState | None = None,
-) -> HealthReport:
-    """The health of the running rooms (cheap: no I/O but one psutil read of this process)."""
-    import psutil
-
-    if loop is None:
-        return HealthReport(status="failing", reasons=["the loop is not running"])
-    if telemetry is not None:
-        p99 = telemetry.recent_lateness_p99(config.window)
-    else:
-        p99 = loop.stats().lateness_p99 if loop.ticks else None
-    deadline = loop.next_deadline
-    overdue = max(0.0, time.monotonic() - deadline) if deadline is not None else 0.0
-    return evaluate(
-        config,
-        interval=loop.interval,
-        paused=loop.paused,
-        overdue=overdue,
-        lateness_p99=p99,
-        plugins=plugins,
-        store_state=store.state if store is not None else None,
-        store_error=store.last_error if store is not None else None,
-        rss=psutil.Process().memory_info().rss,
-    )
-
-
-def check_daemon(daemon: Daemon) -> HealthReport:
-    """`check` over a running daemon's rooms (the running plugins' statuses)."""
-    return check(
-        daemon.config.health,
-        daemon.loop,
-        [h.status() for h in daemon.supervisor.all()],
-        telemetry=daemon.telemetry,
-        store=daemon.store,
-    )
-
-
-def control_commands(daemon: Daemon) -> list[Command]:
-    """``health`` and ``metrics`` for the control server's table (role ``read``)."""
-    from agentd.control.server import Command, CommandError
-
-    def health(ctx: RequestContext, args: None) -> HealthReport:
-        return check_daemon(daemon)
-
-    async def metrics(ctx: RequestContext, args: None) -> list[MetricPoint]:
-        telemetry = daemon.telemetry
-        if telemetry is None:
-            raise CommandError("unavailable", "telemetry is off ([telemetry] enabled = false)")
-        # the observable callbacks read /proc (psutil): off the loop
-        points: list[MetricPoint] = await asyncio.to_thread(telemetry.collect)
-        return points
-
-    return [
-        Command(
-            "health",
-            health,
-            None,
-            "read",
-            "ok / degraded / failing with the reasons, from the [health] thresholds",
-        ),
-        Command(
-            "metrics",
-            metrics,
-            None,
-            "read",
-            "agentd's own metrics (OpenTelemetry names) as they are now",
-        ),
-    ]

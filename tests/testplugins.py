@@ -105,6 +105,6 @@ TEST_PLUGINS = [
 BUILTINS.extend(p for p in TEST_PLUGINS if p not in BUILTINS)
 
 if __name__ == "__main__":
-    from agentd.cli import main
+    from agentd.cli.main import main
 
     sys.exit(main())

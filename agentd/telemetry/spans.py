@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from agentd.loop import TickSpan
     from agentd.plugins.handle import PolicyRunner
 
-__all__ = ["ActionRun", "LoopFigures", "TickRecorder", "TickSpans"]
+__all__ = ["ActionRun", "LoopFigures", "RequestLike", "TickRecorder", "TickSpans"]
 
 _NOT_OK: Final = frozenset({"failed", "timeout", "rejected"})
 
@@ -58,6 +58,22 @@ class TickRecorder:
 
 
 ActionRun = Callable[[Action, "int | None"], Awaitable[ActionResult]]
+
+
+class _Request(Protocol):
+    @property
+    def cmd(self) -> str: ...
+
+    @property
+    def traceparent(self) -> str | None: ...
+
+
+class RequestLike(Protocol):
+    """What a request hook reads of the control plane's request context (telemetry does not
+    import the control room)."""
+
+    @property
+    def request(self) -> _Request: ...
 
 
 class LoopFigures(Protocol):
@@ -269,8 +285,8 @@ class TickSpans:
         return result
 
     # -- the control plane's hook ------------------------------------------------------------
-    def request_hook(self, ctx: Any) -> Callable[[str | None], None]:
-        """`ControlServer.hooks` entry: runs in the request's own copied context, so the span
+    def request_hook(self, ctx: RequestLike) -> Callable[[str | None], None]:
+        """A `ControlServer` request hook: runs in the request's own copied context, so the span
         set current here is the parent of everything the request does (an `act`, a `tick`).
         The span continues the caller's W3C ``traceparent`` and is always sampled. Returns the
         finisher the server calls with the error code (None: ok) once the reply is sent."""
