@@ -4,32 +4,62 @@ No shell; a scrubbed environment (built from a fixed PATH, the variables the con
 when running from a PyInstaller one-file binary, the *original* loader path, not the bundle's);
 its own process group, killed whole on timeout; stdout/stderr captured and truncated; resource
 limits set in the child with ``resource.setrlimit`` before exec.
+
+Nothing a run starts outlives it. agentd makes itself a child subreaper
+(``prctl(PR_SET_CHILD_SUBREAPER)``), so what a command leaves behind (``setsid sleep 60 &``, a
+double fork) is re-parented to agentd rather than to init; each run's environment carries an
+``AGENTD_RUN`` token. When the program exits (or is killed on timeout) every process of its
+group or session, every adopted orphan carrying the token, and all their descendants are killed
+with SIGKILL and reaped, and counted in ``ProcResult.strays``. The output pipes are agentd's own
+and are closed on every path, so no call leaks a file descriptor. A process that clears its
+environment *and* leaves the session and the group before its parent exits can still escape.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import functools
+import itertools
 import os
 import resource
+import secrets
 import signal
 import sys
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Annotated
 
 import msgspec
 from msgspec import Meta
 
-__all__ = ["SAFE_PATH", "Limits", "ProcResult", "child_environ", "run_argv"]
+__all__ = [
+    "RUN_MARKER",
+    "SAFE_PATH",
+    "Limits",
+    "ProcResult",
+    "become_subreaper",
+    "child_environ",
+    "run_argv",
+]
 
 SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 #: variables PyInstaller's bootloader rewrites, saving the user's value as ``<NAME>_ORIG``
 _LOADER_VARS = ("LD_LIBRARY_PATH",)
+#: the environment variable that tells a run's processes apart from everything else
+RUN_MARKER = "AGENTD_RUN"
+_PR_SET_CHILD_SUBREAPER = 36  # <linux/prctl.h>
+_runs = itertools.count(1)
+#: seconds to wait for killed strays to be reaped (SIGKILL takes effect at once, unless a
+#: process is stuck in the kernel)
+_REAP_BUDGET = 2.0
 
 
 class Limits(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
     """Resource limits of the child (``setrlimit``); unset keys are inherited. Core dumps are
-    always off."""
+    always off. ``processes`` (RLIMIT_NPROC) counts all processes of the user and does not bind
+    root (or CAP_SYS_RESOURCE): run agentd as its own user, or use the unit's ``TasksMax=``."""
 
     cpu_seconds: Annotated[int, Meta(ge=1)] | None = None
     memory_mb: Annotated[int, Meta(ge=1)] | None = None
@@ -43,6 +73,8 @@ class ProcResult(msgspec.Struct, frozen=True, kw_only=True):
     stdout: str
     stderr: str
     truncated: bool = False
+    #: processes the run left behind, killed when its program ended
+    strays: int = 0
 
 
 def original_environ() -> dict[str, str]:
@@ -120,6 +152,17 @@ async def _read_capped(stream: asyncio.StreamReader | None, cap: int) -> tuple[b
     return bytes(kept), truncated
 
 
+@functools.cache
+def become_subreaper() -> bool:
+    """Make agentd the reaper of its orphaned descendants (once; False if the kernel says
+    no, e.g. not Linux)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return bool(libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0)
+    except (OSError, AttributeError):
+        return False
+
+
 async def run_argv(
     argv: Sequence[str],
     *,
@@ -131,45 +174,85 @@ async def run_argv(
     stdin: bytes | None = None,
 ) -> ProcResult:
     """Run ``argv`` (no shell) and wait at most ``timeout`` seconds; on timeout the whole
-    process group is killed and TimeoutError raised. OSError (no such program) propagates."""
-    proc = await asyncio.create_subprocess_exec(
-        *argv,
-        stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=dict(env),
-        cwd=cwd,
-        start_new_session=True,
-        preexec_fn=_preexec(limits or Limits()),
-        close_fds=True,
+    process group is killed and TimeoutError raised. OSError (no such program) propagates.
+    Whatever the program leaves running is killed when it exits (``ProcResult.strays``)."""
+    become_subreaper()
+    token = f"{os.getpid()}.{next(_runs)}.{secrets.token_hex(4)}"
+    loop = asyncio.get_running_loop()
+    pipes: list[asyncio.ReadTransport] = []
+    ends: list[int] = []
+    try:
+        readers = []
+        for _ in range(2):
+            r, w = os.pipe2(os.O_CLOEXEC)
+            ends.append(w)
+            reader = asyncio.StreamReader()
+            pipe, _ = await loop.connect_read_pipe(
+                lambda reader=reader: asyncio.StreamReaderProtocol(reader),  # type: ignore[misc]
+                os.fdopen(r, "rb", buffering=0),
+            )
+            pipes.append(pipe)
+            readers.append(reader)
+        proc = await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
+            stdout=ends[0],
+            stderr=ends[1],
+            env={**env, RUN_MARKER: token},
+            cwd=cwd,
+            start_new_session=True,
+            preexec_fn=_preexec(limits or Limits()),
+            close_fds=True,
+        )
+    except BaseException:
+        for pipe in pipes:
+            pipe.close()
+        raise
+    finally:
+        for fd in ends:  # the child has its copies; ours would keep the pipes from ending
+            os.close(fd)
+    output = asyncio.ensure_future(
+        asyncio.gather(_read_capped(readers[0], max_output), _read_capped(readers[1], max_output))
     )
     try:
-        async with asyncio.timeout(timeout):
-            if stdin is not None and proc.stdin is not None:
-                proc.stdin.write(stdin)
-                with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-                    await proc.stdin.drain()
-                proc.stdin.close()
-            (out, t1), (err, t2) = await asyncio.gather(
-                _read_capped(proc.stdout, max_output), _read_capped(proc.stderr, max_output)
-            )
-            code = await proc.wait()
+        try:
+            async with asyncio.timeout(timeout):
+                if stdin is not None and proc.stdin is not None:
+                    proc.stdin.write(stdin)
+                    with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                        await proc.stdin.drain()
+                    proc.stdin.close()
+                code = await proc.wait()
+        except BaseException:
+            _kill_group(proc)
+            # reap it so no zombie (and no ResourceWarning) is left behind
+            with contextlib.suppress(ProcessLookupError):
+                await asyncio.shield(proc.wait())
+            raise
+        finally:
+            # the program is gone: whatever still runs is a stray, and may hold the pipes
+            strays = await asyncio.shield(asyncio.to_thread(_kill_strays, proc.pid, token))
     except TimeoutError:
-        _kill_group(proc)
-        with contextlib.suppress(ProcessLookupError):
-            await asyncio.shield(proc.wait())
         raise TimeoutError(f"{argv[0]} still running after {timeout:g}s: killed") from None
-    except BaseException:
-        _kill_group(proc)
-        # reap it so no zombie (and no ResourceWarning) is left behind
-        with contextlib.suppress(ProcessLookupError):
-            await asyncio.shield(proc.wait())
-        raise
+    finally:
+        if not output.done():
+            # every writer is dead, so the readers are at EOF but for what is buffered
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(1.0):
+                    await asyncio.shield(output)
+        for pipe in pipes:
+            pipe.close()
+        if not output.done():
+            output.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await output
+    (out, t1), (err, t2) = output.result()
     return ProcResult(
         returncode=code,
         stdout=out.decode("utf-8", "replace"),
         stderr=err.decode("utf-8", "replace"),
         truncated=t1 or t2,
+        strays=strays,
     )
 
 
@@ -178,3 +261,80 @@ def _kill_group(proc: asyncio.subprocess.Process) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
     with contextlib.suppress(ProcessLookupError):
         proc.kill()
+
+
+def _procs() -> dict[int, tuple[int, int, int, str]]:
+    """pid -> (ppid, pgid, sid, state) of every process we can see."""
+    out: dict[int, tuple[int, int, int, str]] = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue  # gone meanwhile
+        fields = stat.rsplit(b")", 1)[-1].split()  # the command name may hold spaces and ')'
+        out[int(name)] = (int(fields[1]), int(fields[2]), int(fields[3]), fields[0].decode())
+    return out
+
+
+def _carries(pid: int, marker: bytes) -> bool:
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            return marker in b"\0" + f.read(1 << 20)
+    except OSError:
+        return False
+
+
+def _strays(leader: int, token: str) -> dict[int, str]:
+    """The processes of the run led by ``leader`` (itself excluded), with their state."""
+    me = os.getpid()
+    marker = f"\0{RUN_MARKER}={token}\0".encode()
+    procs = _procs()
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, *_) in procs.items():
+        children.setdefault(ppid, []).append(pid)
+    todo = [
+        pid
+        for pid, (ppid, pgid, sid, state) in procs.items()
+        if pid != leader
+        and (leader in (pgid, sid) or (ppid == me and state != "Z" and _carries(pid, marker)))
+    ]
+    found: dict[int, str] = {}
+    while todo:
+        pid = todo.pop()
+        if pid in found or pid in (leader, me):
+            continue
+        found[pid] = procs[pid][3]
+        todo.extend(children.get(pid, ()))
+    return found
+
+
+def _kill_strays(leader: int, token: str) -> int:
+    """Kill and reap what the run left behind; the number of live processes killed. Runs in
+    a worker thread (it reads /proc)."""
+    killed: set[int] = set()
+    pending: set[int] = set()
+    alive = 0
+    deadline = time.monotonic() + _REAP_BUDGET
+    while True:
+        for pid, state in _strays(leader, token).items():
+            if pid not in killed:
+                killed.add(pid)
+                pending.add(pid)
+                alive += state != "Z"
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        for pid in list(pending):
+            try:
+                done, _ = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:  # not ours (yet): its parent is a stray, or init
+                if not os.path.exists(f"/proc/{pid}"):
+                    pending.discard(pid)
+                continue
+            if done:
+                pending.discard(pid)
+        if not pending or time.monotonic() > deadline:
+            return alive
+        time.sleep(0.005)

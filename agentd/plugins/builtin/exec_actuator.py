@@ -140,6 +140,8 @@ class ExecActuator:
             "stdout": res.stdout,
             "stderr": res.stderr,
             "truncated": res.truncated,
+            # processes the command left running (daemonized), killed when it exited
+            "strays_killed": res.strays,
         }
         if res.returncode not in c.ok_codes:
             detail = " ".join((res.stderr or res.stdout).split())[:200]
