@@ -16,6 +16,7 @@ from msgspec import Meta
 from agentd.model import Value
 from agentd.plugins.base import PluginSpec
 from agentd.plugins.builtin._proc import Limits, child_environ, run_argv
+from agentd.secrets import SECRET
 
 __all__ = ["SPEC", "CommandConfig", "CommandSensor", "parse_output"]
 
@@ -35,7 +36,7 @@ class CommandConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     ok_codes: list[int] = msgspec.field(default_factory=lambda: [0])
     #: environment variables passed on from agentd's own environment; ``env`` adds fixed ones
     env_passthrough: list[str] = []
-    env: dict[str, str] = {}
+    env: Annotated[dict[str, str], SECRET] = {}  # values are secret (may hold a token)
     cwd: str | None = None
     limits: Limits = Limits()
 

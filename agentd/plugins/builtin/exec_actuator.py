@@ -24,6 +24,7 @@ from msgspec import Meta
 from agentd.model import Action
 from agentd.plugins.base import ActuatorReply, PluginSpec
 from agentd.plugins.builtin._proc import Limits, child_environ, run_argv
+from agentd.secrets import SECRET
 
 __all__ = ["DEFAULT_PARAM_PATTERN", "MAX_PARAM", "SPEC", "ExecActuator", "ExecConfig", "ExecParams"]
 
@@ -50,7 +51,8 @@ class ExecConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     max_output: Annotated[int, Meta(ge=0, le=16 * 1024 * 1024)] = 4096
     ok_codes: list[int] = msgspec.field(default_factory=lambda: [0])
     env_passthrough: list[str] = []
-    env: dict[str, str] = {}
+    #: fixed variables for the command; values are secret (hidden by agentd.secrets.redact)
+    env: Annotated[dict[str, str], SECRET] = {}
     cwd: str | None = "/"
     limits: Limits = Limits()
     #: each param value used in an argument must match this whole (the value, not the filled-in
