@@ -44,9 +44,9 @@ __all__ = [
 
 SecretKind = Literal["value", "url"]
 #: the whole value is secret (a string; every value of a table or list)
-SECRET = Meta(extra={"secret": "value"})
+SECRET = Meta(extra={"secret": "value"}, extra_json_schema={"writeOnly": True})
 #: a URL whose ``user:password@`` part is secret
-SECRET_URL = Meta(extra={"secret": "url"})
+SECRET_URL = Meta(extra={"secret": "url"}, extra_json_schema={"writeOnly": True})
 #: what a redacted value is shown as
 REDACTED = "<redacted>"
 #: bytes a secret file may hold
