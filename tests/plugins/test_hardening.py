@@ -233,6 +233,36 @@ async def test_exec_that_daemonizes_is_reaped_and_leaks_nothing() -> None:
     assert _zombie_children() - zombies == set()
 
 
+async def test_a_runs_stray_sweep_leaves_a_concurrent_run_alone() -> None:
+    """Run B's background job (its own session, adopted by us as soon as its subshell exits) is
+    B's: A's sweep, which runs while B is still going, must not touch it. It exits on its own
+    before B ends, a zombie whose environment can no longer be read: still reaped."""
+    secs = f"64.{uuid.uuid4().int % 10**6}"
+    zombies = _zombie_children()
+    r, _ = actuator(
+        exec_actuator,
+        commands={
+            "a": ["/bin/sh", "-c", f"setsid sleep {secs} &"],
+            "b": [
+                "/bin/sh",
+                "-c",
+                "(setsid sh -c 'sleep 0.6; echo b-child' &); sleep 1.2; echo b-parent",
+            ],
+        },
+    )
+    b = asyncio.ensure_future(r.run(Action(actuator="a", name="b")))
+    await asyncio.sleep(0.2)
+    a = await r.run(Action(actuator="a", name="a"))
+    assert (a.status, a.output["strays_killed"]) == ("ok", 1), a.error
+    res = await b
+    assert res.status == "ok", res.error
+    # B's orphan lived through A's sweep and printed into B's output
+    assert res.output["stdout"] == "b-child\nb-parent\n"
+    assert res.output["strays_killed"] == 0
+    assert _procs_with(secs) == []
+    assert _zombie_children() - zombies == set()
+
+
 async def test_exec_timeout_kills_strays_in_other_sessions() -> None:
     secs = f"62.{uuid.uuid4().int % 10**6}"
     zombies = _zombie_children()

@@ -13,47 +13,40 @@ group or session, every adopted orphan carrying the token, and all their descend
 with SIGKILL and reaped, and counted in ``ProcResult.strays``. The output pipes are agentd's own
 and are closed on every path, so no call leaks a file descriptor. A process that clears its
 environment *and* leaves the session and the group before its parent exits can still escape.
+How strays are found and reaped (and the zombies nobody can attribute) is ``_reaper``'s.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
-import functools
 import itertools
 import os
 import resource
 import secrets
 import signal
 import sys
-import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Annotated
 
 import msgspec
 from msgspec import Meta
 
-__all__ = [
-    "RUN_MARKER",
-    "SAFE_PATH",
-    "Limits",
-    "ProcResult",
-    "become_subreaper",
-    "child_environ",
-    "run_argv",
-]
+from agentd.plugins.builtin._reaper import (
+    RUN_MARKER,
+    RUNS,
+    become_subreaper,
+    boot_ticks,
+    reap_orphans,
+    sweep,
+)
+
+__all__ = ["RUN_MARKER", "SAFE_PATH", "Limits", "ProcResult", "child_environ", "run_argv"]
 
 SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 #: variables PyInstaller's bootloader rewrites, saving the user's value as ``<NAME>_ORIG``
 _LOADER_VARS = ("LD_LIBRARY_PATH",)
-#: the environment variable that tells a run's processes apart from everything else
-RUN_MARKER = "AGENTD_RUN"
-_PR_SET_CHILD_SUBREAPER = 36  # <linux/prctl.h>
 _runs = itertools.count(1)
-#: seconds to wait for killed strays to be reaped (SIGKILL takes effect at once, unless a
-#: process is stuck in the kernel)
-_REAP_BUDGET = 2.0
 
 
 class Limits(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
@@ -152,17 +145,6 @@ async def _read_capped(stream: asyncio.StreamReader | None, cap: int) -> tuple[b
     return bytes(kept), truncated
 
 
-@functools.cache
-def become_subreaper() -> bool:
-    """Make agentd the reaper of its orphaned descendants (once; False if the kernel says
-    no, e.g. not Linux)."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        return bool(libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0)
-    except (OSError, AttributeError):
-        return False
-
-
 async def run_argv(
     argv: Sequence[str],
     *,
@@ -178,6 +160,7 @@ async def run_argv(
     Whatever the program leaves running is killed when it exits (``ProcResult.strays``)."""
     become_subreaper()
     token = f"{os.getpid()}.{next(_runs)}.{secrets.token_hex(4)}"
+    since = boot_ticks()
     loop = asyncio.get_running_loop()
     pipes: list[asyncio.ReadTransport] = []
     ends: list[int] = []
@@ -193,17 +176,22 @@ async def run_argv(
             )
             pipes.append(pipe)
             readers.append(reader)
-        proc = await asyncio.create_subprocess_exec(
-            *argv,
-            stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
-            stdout=ends[0],
-            stderr=ends[1],
-            env={**env, RUN_MARKER: token},
-            cwd=cwd,
-            start_new_session=True,
-            preexec_fn=_preexec(limits or Limits()),
-            close_fds=True,
-        )
+        RUNS.spawning += 1
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
+                stdout=ends[0],
+                stderr=ends[1],
+                env={**env, RUN_MARKER: token},
+                cwd=cwd,
+                start_new_session=True,
+                preexec_fn=_preexec(limits or Limits()),
+                close_fds=True,
+            )
+            RUNS.leaders.add(proc.pid)
+        finally:
+            RUNS.spawning -= 1
     except BaseException:
         for pipe in pipes:
             pipe.close()
@@ -230,8 +218,13 @@ async def run_argv(
                 await asyncio.shield(proc.wait())
             raise
         finally:
+            RUNS.leaders.discard(proc.pid)
             # the program is gone: whatever still runs is a stray, and may hold the pipes
-            strays = await asyncio.shield(asyncio.to_thread(_kill_strays, proc.pid, token))
+            swept = await asyncio.shield(
+                asyncio.to_thread(sweep, proc.pid, token, since, frozenset(RUNS.leaders))
+            )
+            reap_orphans(swept.orphans)
+            strays = swept.killed
     except TimeoutError:
         raise TimeoutError(f"{argv[0]} still running after {timeout:g}s: killed") from None
     finally:
@@ -261,84 +254,3 @@ def _kill_group(proc: asyncio.subprocess.Process) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
     with contextlib.suppress(ProcessLookupError):
         proc.kill()
-
-
-def _procs() -> dict[int, tuple[int, int, int, str]]:
-    """pid -> (ppid, pgid, sid, state) of every process we can see."""
-    out: dict[int, tuple[int, int, int, str]] = {}
-    try:
-        names = os.listdir("/proc")
-    except OSError:
-        return out  # no procfs (a strange container): the process group kill still applies
-    for name in names:
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue  # gone meanwhile
-        fields = stat.rsplit(b")", 1)[-1].split()  # the command name may hold spaces and ')'
-        out[int(name)] = (int(fields[1]), int(fields[2]), int(fields[3]), fields[0].decode())
-    return out
-
-
-def _carries(pid: int, marker: bytes) -> bool:
-    try:
-        with open(f"/proc/{pid}/environ", "rb") as f:
-            return marker in b"\0" + f.read(1 << 20)
-    except OSError:
-        return False
-
-
-def _strays(leader: int, token: str) -> dict[int, str]:
-    """The processes of the run led by ``leader`` (itself excluded), with their state."""
-    me = os.getpid()
-    marker = f"\0{RUN_MARKER}={token}\0".encode()
-    procs = _procs()
-    children: dict[int, list[int]] = {}
-    for pid, (ppid, *_) in procs.items():
-        children.setdefault(ppid, []).append(pid)
-    todo = [
-        pid
-        for pid, (ppid, pgid, sid, state) in procs.items()
-        if pid != leader
-        and (leader in (pgid, sid) or (ppid == me and state != "Z" and _carries(pid, marker)))
-    ]
-    found: dict[int, str] = {}
-    while todo:
-        pid = todo.pop()
-        if pid in found or pid in (leader, me):
-            continue
-        found[pid] = procs[pid][3]
-        todo.extend(children.get(pid, ()))
-    return found
-
-
-def _kill_strays(leader: int, token: str) -> int:
-    """Kill and reap what the run left behind; the number of live processes killed. Runs in
-    a worker thread (it reads /proc)."""
-    killed: set[int] = set()
-    pending: set[int] = set()
-    alive = 0
-    deadline = time.monotonic() + _REAP_BUDGET
-    while True:
-        for pid, state in _strays(leader, token).items():
-            if pid not in killed:
-                killed.add(pid)
-                pending.add(pid)
-                alive += state != "Z"
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signal.SIGKILL)
-        for pid in list(pending):
-            try:
-                done, _ = os.waitpid(pid, os.WNOHANG)
-            except ChildProcessError:  # not ours (yet): its parent is a stray, or init
-                if not os.path.exists(f"/proc/{pid}"):
-                    pending.discard(pid)
-                continue
-            if done:
-                pending.discard(pid)
-        if not pending or time.monotonic() > deadline:
-            return alive
-        time.sleep(0.005)
