@@ -491,6 +491,17 @@ async def test_webhook_error_never_quotes_the_secret() -> None:
     assert token not in str(res.output)
 
 
+async def test_exec_error_line_never_carries_an_env_secret() -> None:
+    r, _ = actuator(
+        exec_actuator,
+        commands={"leak": ["/bin/sh", "-c", 'echo "token is $API_TOKEN" >&2; exit 3']},
+        env={"API_TOKEN": "tok-0123456789abcdef"},
+    )
+    res = await r.run(Action(actuator="a", name="leak"))
+    assert res.status == "failed"
+    assert res.error == "RuntimeError: /bin/sh exited with status 3: token is <redacted>"
+
+
 def test_redact_hides_secret_fields() -> None:
     from agentd import secrets
 

@@ -24,7 +24,7 @@ from msgspec import Meta
 from agentd.model import Action
 from agentd.plugins.base import ActuatorReply, PluginSpec
 from agentd.plugins.builtin._proc import Limits, child_environ, run_argv
-from agentd.secrets import SECRET
+from agentd.secrets import SECRET, redact_text
 
 __all__ = ["DEFAULT_PARAM_PATTERN", "MAX_PARAM", "SPEC", "ExecActuator", "ExecConfig", "ExecParams"]
 
@@ -146,7 +146,8 @@ class ExecActuator:
             "strays_killed": res.strays,
         }
         if res.returncode not in c.ok_codes:
-            detail = " ".join((res.stderr or res.stdout).split())[:200]
+            # a command may echo its environment: the error line never carries `env` values
+            detail = redact_text(" ".join((res.stderr or res.stdout).split()), c)[:200]
             raise RuntimeError(f"{argv[0]} exited with status {res.returncode}: {detail}")
         return ActuatorReply(output=output)
 
