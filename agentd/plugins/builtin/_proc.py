@@ -228,17 +228,11 @@ async def run_argv(
     except TimeoutError:
         raise TimeoutError(f"{argv[0]} still running after {timeout:g}s: killed") from None
     finally:
-        if not output.done():
-            # every writer is dead, so the readers are at EOF but for what is buffered
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(1.0):
-                    await asyncio.shield(output)
-        for pipe in pipes:
-            pipe.close()
-        if not output.done():
-            output.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await output
+        # every writer we know of is dead, so the readers reach EOF once the buffer is read;
+        # closing our ends gives EOF (and a writer that escaped, SIGPIPE) in any case
+        await _settle(output, pipes)
+    if output.cancelled():
+        raise RuntimeError(f"{argv[0]}: its output pipes did not close")
     (out, t1), (err, t2) = output.result()
     return ProcResult(
         returncode=code,
@@ -247,6 +241,24 @@ async def run_argv(
         truncated=t1 or t2,
         strays=strays,
     )
+
+
+_Captured = tuple[tuple[bytes, bool], tuple[bytes, bool]]
+
+
+async def _settle(output: asyncio.Future[_Captured], pipes: list[asyncio.ReadTransport]) -> None:
+    for close in (False, True):
+        if close:
+            for pipe in pipes:
+                pipe.close()
+        if not output.done():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(1.0):
+                    await asyncio.shield(output)
+    if not output.done():  # cannot happen once the pipes are closed: never hang on it
+        output.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await output
 
 
 def _kill_group(proc: asyncio.subprocess.Process) -> None:

@@ -154,10 +154,12 @@ def sweep(leader: int, token: str, since: int, leaders: frozenset[int]) -> Sweep
     deadline = time.monotonic() + _REAP_BUDGET
     while True:
         procs = _procs()
+        fresh = False
         for pid, state in _strays(leader, token, procs).items():
             if pid in leaders:
                 continue
             if pid not in killed:
+                fresh = True
                 killed.add(pid)
                 pending.add(pid)
                 alive += state != "Z"
@@ -172,7 +174,9 @@ def sweep(leader: int, token: str, since: int, leaders: frozenset[int]) -> Sweep
                 continue
             if done:
                 pending.discard(pid)
-        if not pending or time.monotonic() > deadline:
+        # done when every kill is reaped and a scan after them found no one new (a stray may
+        # have forked just before its SIGKILL)
+        if (not pending and not fresh) or time.monotonic() > deadline:
             break
         time.sleep(0.005)
     orphans = [
