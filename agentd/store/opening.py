@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +14,7 @@ from pathlib import Path
 from agentd.config import StoreConfig
 from agentd.errors import StoreError
 from agentd.store.journal import Journal, Stream, used_keys
-from agentd.store.recovery import describe, is_corruption, move_aside
+from agentd.store.recovery import Salvaged, describe, is_corruption, move_aside, salvage
 from agentd.store.schema import LATEST, migrate, user_version
 from agentd.store.streams import load_holds
 from agentd.store.thread import DatabaseThread
@@ -49,6 +50,8 @@ class Opened:
     epoch: str
     #: retention holds (uplink, stream) -> keep_after, as last committed
     holds: dict[tuple[str, Stream], int]
+    #: what was copied from the corrupt database this one replaces
+    salvaged: Salvaged | None = None
 
 
 async def open_database(
@@ -58,13 +61,17 @@ async def open_database(
     untouched) and Unavailable when it cannot be opened; a corrupt file is moved aside (logged
     in one line) and a fresh database takes its place."""
     journals = list(journals)
+    moved: Path | None = None
     for attempt in (1, 2):
         db: DatabaseThread | None = None
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             db = DatabaseThread()
             await db.connect(lambda: sqlite3.connect(path, isolation_level=None))
-            return db, await db.call(_prepare, path, config, journals)
+            opened = await db.call(_prepare, path, config, journals, moved)
+            if opened.salvaged is not None:
+                log.warning("store: from %s: %s", moved, opened.salvaged.summary())
+            return db, opened
         except _Newer as exc:
             await close_quietly(db)
             raise StoreError(
@@ -99,8 +106,10 @@ def _prepare(
     path: Path,
     config: StoreConfig,
     journals: list[Journal],
+    salvage_from: Path | None,
 ) -> Opened:
-    """On the database thread: check, configure and migrate. Reads only until the version is
+    """On the database thread: check, configure and migrate, then copy what can be read from
+    ``salvage_from`` (the corrupt file this one replaces). Reads only until the version is
     known to be ours."""
     conn.execute(f"PRAGMA busy_timeout = {int(config.busy_timeout * 1000):d}")
     version = user_version(conn)
@@ -119,6 +128,7 @@ def _prepare(
         log.debug("store: created %s (schema version %d)", path, applied[-1])
     elif applied:
         log.info("store: %s schema upgraded to version %d", path, applied[-1])
+    salvaged = None if salvage_from is None else salvage(conn, salvage_from, time.time())
     for j in journals:
         j.load(conn)
     epoch = conn.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()
@@ -128,6 +138,7 @@ def _prepare(
         keys=used_keys(conn, KEY_MEMORY),
         epoch=str(epoch[0]),
         holds=load_holds(conn),
+        salvaged=salvaged,
     )
 
 

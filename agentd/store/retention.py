@@ -176,7 +176,7 @@ def log_range(
     """Record that ids ``first..last`` of ``stream`` are gone; a range that continues the
     previous one for the same reason extends it (steady retention at a bound is one row)."""
     prev = conn.execute(
-        "SELECT id, last, reason FROM dropped_ranges WHERE stream = ? ORDER BY id DESC LIMIT 1",
+        "SELECT id, last, reason FROM dropped_ranges WHERE stream = ? ORDER BY last DESC LIMIT 1",
         (stream,),
     ).fetchone()
     if prev is not None and prev[2] == reason and int(prev[1]) + 1 == first:
@@ -188,7 +188,8 @@ def log_range(
     )
     if (cursor.lastrowid or 0) % 1000 == 0:  # the bound is checked now and then, not per row
         conn.execute(
-            "DELETE FROM dropped_ranges WHERE stream = ? AND id <= ("
-            "SELECT id FROM dropped_ranges WHERE stream = ? ORDER BY id DESC LIMIT 1 OFFSET ?)",
+            "DELETE FROM dropped_ranges WHERE stream = ? AND last <= ("
+            "SELECT last FROM dropped_ranges WHERE stream = ? ORDER BY last DESC "
+            "LIMIT 1 OFFSET ?)",
             (stream, stream, DROP_LOG_MAX),
         )
