@@ -260,7 +260,20 @@ class Store(GroupCommit):
         """Committed rows of ``stream`` with ids above ``after``, in id order: at most ``limit``
         rows and (past the first) ``max_bytes`` of data. A missing id is a row retention (or
         corruption) removed: `stream_drops` says which and why."""
-        return await self.read(st.rows, _stream(stream), after, limit, max_bytes)
+        name = _stream(stream)
+        rows, corrupt = await self.read(st.rows, name, after, limit, max_bytes)
+        if corrupt:
+            log.error(
+                "store: %d rows of the %s journal in %s are corrupt (their checksums do not "
+                "match); removed and logged as dropped: ids %s",
+                len(corrupt),
+                name,
+                self.path,
+                ", ".join(map(str, corrupt[:10])),
+            )
+            with contextlib.suppress(StoreError):  # degraded: reported again next time
+                await self.write("corrupt", name, corrupt)
+        return rows
 
     async def stream_drops(self, stream: Stream, first: int, last: int) -> list[DroppedRange]:
         """The logged removals of ``stream`` that overlap ids ``first..last``, in id order."""
@@ -388,6 +401,9 @@ class Store(GroupCommit):
                 j.dropped += gone.rows
                 j.dropped_total += gone.rows
             j.head = max(j.head, done.heads.get(name, 0))
+        for name, gone in done.corrupt.items():
+            self.journals[name].rows -= gone.rows
+            self.journals[name].size -= gone.size
 
     def _failed_batch(self, batch: list[Op]) -> None:
         for op in batch:

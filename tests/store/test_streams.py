@@ -13,7 +13,7 @@ import pytest
 
 from agentd.model import Action, ActionResult, Observation
 from agentd.store import Event, Store
-from agentd.store.schema import migrate
+from agentd.store.schema import LATEST, migrate
 from tests.store.conftest import Opener, config
 
 YEAR_1970 = 86400.0 * 3  # 4 Jan 1970: a Pi before its first NTP sync
@@ -115,7 +115,7 @@ async def test_migration_4_keeps_every_row_and_id_and_never_reuses_one(tmp_path:
     actions_before = table(path, "SELECT * FROM actions ORDER BY id")
     store = await open_with(path)
     try:
-        assert store.schema_version == 4
+        assert store.schema_version == LATEST
         after = table(path, "SELECT id, tick, wall, size, data FROM observations ORDER BY id")
         assert after == before
         assert (
