@@ -5,15 +5,20 @@ through. Retention runs in the same transaction as the inserts it bounds (docs/s
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import functools
 import logging
 import os
 import sqlite3
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal, TypeVar
+
+import msgspec
 
 from agentd.config import StoreConfig
 from agentd.errors import StoreError
@@ -23,6 +28,7 @@ from agentd.store import sessions as ss
 from agentd.store import streams as st
 from agentd.store.batch import ARGS, KIND, Committed, Mark, Op, apply_batch
 from agentd.store.clock import Clock, SystemClock
+from agentd.store.integrity import IntegrityReport, check_file, index_only
 from agentd.store.journal import STREAMS, Stream
 from agentd.store.opening import KEY_MEMORY, Unavailable, close_quietly, open_database
 from agentd.store.recovery import describe
@@ -64,6 +70,8 @@ class Store(GroupCommit):
         self._marks: dict[Mark, int | None] = {}
         #: marks with a write queued that has not been taken into a batch yet
         self._marks_queued: set[Mark] = set()
+        self._check_task: asyncio.Task[None] | None = None
+        self._checker: ThreadPoolExecutor | None = None
         self._init_writer()
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -76,13 +84,24 @@ class Store(GroupCommit):
             raise RuntimeError("the store is already open")
         await self._connect()
         self._start_writer()
+        if self.config.check_interval is not None:
+            self._check_task = asyncio.create_task(
+                self._check_loop(self.config.check_interval), name="store-check"
+            )
 
     async def close(self) -> None:
         """Commit everything queued, then close the connection."""
+        task, self._check_task = self._check_task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
         try:
             await self._stop_writer()
         finally:
             await self._disconnect()
+            checker, self._checker = self._checker, None
+            if checker is not None:  # a check still running is waited for, off the loop
+                await asyncio.to_thread(checker.shutdown, wait=True, cancel_futures=True)
         self.state = "closed"
 
     async def _connect(self) -> None:
@@ -333,6 +352,50 @@ class Store(GroupCommit):
                 out[stream] = min(value, out.get(stream, value))
         return out
 
+    # -- integrity -----------------------------------------------------------------------------
+    async def check(self, *, full: bool = True, repair: bool = True) -> IntegrityReport:
+        """Check the database (``integrity_check`` and every row's checksum; ``full=False``:
+        ``quick_check`` only) on a connection and thread of its own, so commits go on
+        meanwhile. Damage confined to indexes is repaired in place (``REINDEX``) unless
+        ``repair=False``. The result is logged in one line and returned."""
+        if self._db is None:
+            raise StoreError(f"store unavailable: {self.last_error or 'not open'}")
+        report = await self._check_file(full)
+        if repair and index_only(report.problems):
+            names = sorted({p.rsplit(" ", 1)[-1] for p in report.problems})
+            await self.read(_reindex, names)
+            again = await self._check_file(full)
+            report = msgspec.structs.replace(again, repaired=[f"index {n}" for n in names])
+        if not report.ok:
+            log.error("store: integrity check: %s", report.summary())
+        elif report.repaired:
+            log.warning("store: integrity check found damaged indexes: %s", report.summary())
+        else:
+            log.info("store: integrity check: %s (%.1f s)", report.summary(), report.seconds)
+        return report
+
+    async def _check_file(self, full: bool) -> IntegrityReport:
+        if self._checker is None:
+            self._checker = ThreadPoolExecutor(1, thread_name_prefix="agentd-store-check")
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(
+                self._checker, functools.partial(check_file, self.path, full=full)
+            )
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot check {self.path}: {describe(exc)}") from None
+
+    async def _check_loop(self, interval: float) -> None:
+        """The background check, at a low rate; a failure to run it is logged, not raised."""
+        while True:
+            await asyncio.sleep(interval)
+            if self._db is None:
+                continue
+            try:
+                await self.check()
+            except StoreError as exc:
+                log.warning("store: background integrity check skipped: %s", exc)
+
     async def query_events(
         self,
         since: float | None = None,
@@ -409,6 +472,12 @@ class Store(GroupCommit):
         for op in batch:
             if op[KIND] == "mark":
                 self._marks_queued.add(op[ARGS])
+
+
+def _reindex(conn: sqlite3.Connection, names: list[str]) -> None:
+    for name in names:
+        # the names come from integrity_check's own messages; quoted as identifiers
+        conn.execute(f'REINDEX "{name.replace(chr(34), chr(34) * 2)}"')
 
 
 def _stream(stream: str) -> Stream:
