@@ -9,16 +9,22 @@ other damage is reported, and the salvage at the next open copies what can be re
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import re
 import sqlite3
 import time
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Final
 
 import msgspec
 
-__all__ = ["CHECKED_TABLES", "IntegrityReport", "check_file", "index_only"]
+from agentd.errors import StoreError
+from agentd.store.recovery import describe
+
+__all__ = ["CHECKED_TABLES", "Checker", "IntegrityReport", "check_file", "index_only", "reindex"]
 
 #: tables whose rows carry a checksum, and the column it covers
 CHECKED_TABLES: Final = (
@@ -58,6 +64,38 @@ class IntegrityReport(msgspec.Struct, frozen=True, kw_only=True):
             tables = ", ".join(f"{t} {len(v)}" for t, v in self.corrupt_rows.items())
             parts.append(f"{bad} rows with a wrong checksum ({tables})")
         return f"{self.path}: corrupt: {'; '.join(parts)}"
+
+
+class Checker:
+    """Runs `check_file` on a thread of its own (a full check of a large database takes
+    seconds: never on the event loop, the writer's thread or the sensors' executor)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._pool: ThreadPoolExecutor | None = None
+
+    async def run(self, full: bool) -> IntegrityReport:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="agentd-store-check")
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(
+                self._pool, functools.partial(check_file, self.path, full=full)
+            )
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot check {self.path}: {describe(exc)}") from None
+
+    async def close(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:  # a check still running is waited for, off the loop
+            await asyncio.to_thread(pool.shutdown, wait=True, cancel_futures=True)
+
+
+def reindex(conn: sqlite3.Connection, names: list[str]) -> None:
+    """Rebuild the named indexes from their tables (on the store's database thread)."""
+    for name in names:
+        # the names come from integrity_check's own messages; quoted as identifiers
+        conn.execute(f'REINDEX "{name.replace(chr(34), chr(34) * 2)}"')
 
 
 def index_only(problems: list[str]) -> bool:

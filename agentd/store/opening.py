@@ -4,6 +4,7 @@ replaced, a newer schema is refused untouched, anything else that stops us is `U
 
 from __future__ import annotations
 
+import functools
 import logging
 import sqlite3
 import time
@@ -52,6 +53,8 @@ class Opened:
     holds: dict[tuple[str, Stream], int]
     #: what was copied from the corrupt database this one replaces
     salvaged: Salvaged | None = None
+    #: set when the database could only be opened read-only: why, in one line
+    read_only: str | None = None
 
 
 async def open_database(
@@ -80,6 +83,8 @@ async def open_database(
             ) from None
         except (_Corrupt, sqlite3.DatabaseError) as exc:
             await close_quietly(db)
+            if attempt == 1 and not (isinstance(exc, _Corrupt) or is_corruption(exc)):
+                return await _read_only(path, config, journals, describe(exc))
             if attempt == 2 or not (isinstance(exc, _Corrupt) or is_corruption(exc)):
                 raise Unavailable(f"cannot open {path}: {describe(exc)}") from None
             try:
@@ -97,8 +102,63 @@ async def open_database(
             )
         except (sqlite3.Error, OSError) as exc:
             await close_quietly(db)
+            if attempt == 1:
+                return await _read_only(path, config, journals, describe(exc))
             raise Unavailable(f"cannot open {path}: {describe(exc)}") from None
     raise AssertionError("unreachable: the second attempt returns or raises")
+
+
+async def _read_only(
+    path: Path, config: StoreConfig, journals: list[Journal], why: str
+) -> tuple[DatabaseThread, Opened]:
+    """The database cannot be opened for writing (a read-only file system, say): open it
+    read-only so what it holds can still be read. ``immutable`` (no -shm needed, which a
+    read-only directory cannot hold) only when no WAL holds commits the file lacks. Raises
+    Unavailable (with ``why``) when that cannot be done either."""
+    for uri in _read_only_uris(path):
+        db = DatabaseThread()
+        try:
+            await db.connect(
+                functools.partial(sqlite3.connect, uri, uri=True, isolation_level=None)
+            )
+            opened = await db.call(_prepare_read_only, config, journals)
+        except _Newer as exc:
+            await close_quietly(db)
+            raise StoreError(
+                f"{path} was written by a newer agentd (schema version {exc.version}; "
+                f"this agentd knows up to {LATEST}); refusing to use or modify it"
+            ) from None
+        except (_Corrupt, sqlite3.Error, OSError):
+            await close_quietly(db)
+            continue
+        opened.read_only = f"{path} cannot be written ({why}); opened it read-only"
+        return db, opened
+    raise Unavailable(f"cannot open {path}: {why}")
+
+
+def _read_only_uris(path: Path) -> list[str]:
+    if not path.is_file():
+        return []
+    base = path.absolute().as_uri()
+    wal = path.with_name(path.name + "-wal")
+    if wal.exists() and wal.stat().st_size > 0:
+        return [f"{base}?mode=ro"]
+    return [f"{base}?mode=ro", f"{base}?mode=ro&immutable=1"]
+
+
+def _prepare_read_only(
+    conn: sqlite3.Connection, config: StoreConfig, journals: list[Journal]
+) -> Opened:
+    conn.execute(f"PRAGMA busy_timeout = {int(config.busy_timeout * 1000):d}")
+    version = user_version(conn)
+    if version > LATEST:
+        raise _Newer(version)
+    if version < LATEST:  # the queries need the current schema, and it cannot be migrated
+        raise _Corrupt(f"schema version {version} needs an upgrade")
+    check = [row[0] for row in conn.execute("PRAGMA quick_check").fetchall()]
+    if check != ["ok"]:
+        raise _Corrupt(f"quick_check: {check[0]}")
+    return _loaded(conn, journals, "read-only", None)
 
 
 def _prepare(
@@ -129,6 +189,12 @@ def _prepare(
     elif applied:
         log.info("store: %s schema upgraded to version %d", path, applied[-1])
     salvaged = None if salvage_from is None else salvage(conn, salvage_from, time.time())
+    return _loaded(conn, journals, mode, salvaged)
+
+
+def _loaded(
+    conn: sqlite3.Connection, journals: list[Journal], mode: str, salvaged: Salvaged | None
+) -> Opened:
     for j in journals:
         j.load(conn)
     epoch = conn.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()

@@ -7,14 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import os
 import sqlite3
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -28,7 +26,7 @@ from agentd.store import sessions as ss
 from agentd.store import streams as st
 from agentd.store.batch import ARGS, KIND, Committed, Mark, Op, apply_batch
 from agentd.store.clock import Clock, SystemClock
-from agentd.store.integrity import IntegrityReport, check_file, index_only
+from agentd.store.integrity import Checker, IntegrityReport, index_only, reindex
 from agentd.store.journal import STREAMS, Stream
 from agentd.store.opening import KEY_MEMORY, Unavailable, close_quietly, open_database
 from agentd.store.recovery import describe
@@ -71,7 +69,7 @@ class Store(GroupCommit):
         #: marks with a write queued that has not been taken into a batch yet
         self._marks_queued: set[Mark] = set()
         self._check_task: asyncio.Task[None] | None = None
-        self._checker: ThreadPoolExecutor | None = None
+        self._checker = Checker(self.path)
         self._init_writer()
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -99,18 +97,21 @@ class Store(GroupCommit):
             await self._stop_writer()
         finally:
             await self._disconnect()
-            checker, self._checker = self._checker, None
-            if checker is not None:  # a check still running is waited for, off the loop
-                await asyncio.to_thread(checker.shutdown, wait=True, cancel_futures=True)
+            await self._checker.close()
         self.state = "closed"
 
     async def _connect(self) -> None:
+        if self._db is not None and self.read_only:
+            if not _writable(self.path):
+                return  # still read-only: keep serving reads
+            await self._disconnect()  # reopen it for writing
         try:
             db, opened = await open_database(self.path, self.config, self.journals.values())
         except Unavailable as exc:
             self._degrade(str(exc))
             return
         self._db = db
+        self.read_only = opened.read_only is not None
         self.schema_version = opened.schema_version
         self.journal_mode = opened.journal_mode
         self._epoch = opened.epoch
@@ -118,6 +119,9 @@ class Store(GroupCommit):
             self._keys[key] = None
         for (uplink, stream), keep_after in opened.holds.items():
             self._marks.setdefault(("hold", uplink, stream), keep_after)
+        if opened.read_only is not None:
+            self._degrade(f"{opened.read_only}; reads are served, writes wait")
+            return
         recovered = self.state == "degraded"
         self.state = "ok"
         self.last_error = None
@@ -360,11 +364,11 @@ class Store(GroupCommit):
         ``repair=False``. The result is logged in one line and returned."""
         if self._db is None:
             raise StoreError(f"store unavailable: {self.last_error or 'not open'}")
-        report = await self._check_file(full)
+        report = await self._checker.run(full)
         if repair and index_only(report.problems):
             names = sorted({p.rsplit(" ", 1)[-1] for p in report.problems})
-            await self.read(_reindex, names)
-            again = await self._check_file(full)
+            await self.read(reindex, names)
+            again = await self._checker.run(full)
             report = msgspec.structs.replace(again, repaired=[f"index {n}" for n in names])
         if not report.ok:
             log.error("store: integrity check: %s", report.summary())
@@ -373,17 +377,6 @@ class Store(GroupCommit):
         else:
             log.info("store: integrity check: %s (%.1f s)", report.summary(), report.seconds)
         return report
-
-    async def _check_file(self, full: bool) -> IntegrityReport:
-        if self._checker is None:
-            self._checker = ThreadPoolExecutor(1, thread_name_prefix="agentd-store-check")
-        loop = asyncio.get_running_loop()
-        try:
-            return await loop.run_in_executor(
-                self._checker, functools.partial(check_file, self.path, full=full)
-            )
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot check {self.path}: {describe(exc)}") from None
 
     async def _check_loop(self, interval: float) -> None:
         """The background check, at a low rate; a failure to run it is logged, not raised."""
@@ -474,10 +467,9 @@ class Store(GroupCommit):
                 self._marks_queued.add(op[ARGS])
 
 
-def _reindex(conn: sqlite3.Connection, names: list[str]) -> None:
-    for name in names:
-        # the names come from integrity_check's own messages; quoted as identifiers
-        conn.execute(f'REINDEX "{name.replace(chr(34), chr(34) * 2)}"')
+def _writable(path: Path) -> bool:
+    # access(2) answers EROFS for a read-only file system, even to root
+    return os.access(path, os.W_OK) and os.access(path.parent, os.W_OK)
 
 
 def _stream(stream: str) -> Stream:

@@ -50,6 +50,8 @@ class GroupCommit:
     last_error: str | None
 
     def _init_writer(self) -> None:
+        #: the database could only be opened read-only: reads are served, writes wait
+        self.read_only = False
         self.last_commit: float | None = None
         self.commits = 0
         self.back_pressure = 0
@@ -95,7 +97,7 @@ class GroupCommit:
         target = self._seq
         if target <= self._committed:
             return
-        if self._writer is None or self._db is None:
+        if self._writer is None or self._db is None or self.read_only:
             raise StoreError(f"store unavailable: {self.last_error or 'not open'}")
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._flushes.append((target, fut))
@@ -113,7 +115,7 @@ class GroupCommit:
         """Queue a session write and wait until it is committed; returns its result."""
         if self._writer is None:
             raise StoreError(f"store unavailable: {self.last_error or 'not open'}")
-        if self._db is None:
+        if self._db is None or self.read_only:
             raise StoreError(f"store unavailable: {self.last_error}")
         while self._full():
             self.back_pressure += 1
@@ -132,7 +134,11 @@ class GroupCommit:
     def write_nowait(self, sid: str, data: bytes, expires: float | None) -> bool:
         # the batched path's hot loop: _enqueue inlined
         queue = self._queue
-        if self._writer is None or len(queue) + self._inflight >= self.config.queue_size:
+        if (
+            self._writer is None
+            or self.read_only
+            or len(queue) + self._inflight >= self.config.queue_size
+        ):
             self.back_pressure += 1
             return False
         seq = self._seq = self._seq + 1
@@ -199,9 +205,10 @@ class GroupCommit:
                 if delay > 0:
                     await _wait(self._kick, delay)
             self._kick.clear()
-            if self._db is None:
+            if self._db is None or self.read_only:
                 await self._connect()
-            error = await self._commit_batch() if self._db is not None else self.last_error
+            writable = self._db is not None and not self.read_only
+            error = await self._commit_batch() if writable else self.last_error
             if error is None:
                 retry = 0.0
                 continue
