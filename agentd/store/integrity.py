@@ -74,13 +74,13 @@ class Checker:
         self.path = path
         self._pool: ThreadPoolExecutor | None = None
 
-    async def run(self, full: bool) -> IntegrityReport:
+    async def run(self, full: bool, *, live: bool = True) -> IntegrityReport:
         if self._pool is None:
             self._pool = ThreadPoolExecutor(1, thread_name_prefix="agentd-store-check")
         loop = asyncio.get_running_loop()
         try:
             return await loop.run_in_executor(
-                self._pool, functools.partial(check_file, self.path, full=full)
+                self._pool, functools.partial(check_file, self.path, full=full, live=live)
             )
         except sqlite3.Error as exc:
             raise StoreError(f"cannot check {self.path}: {describe(exc)}") from None
@@ -103,13 +103,14 @@ def index_only(problems: list[str]) -> bool:
     return bool(problems) and all(_INDEX_PROBLEM.match(p) for p in problems)
 
 
-def check_file(path: Path, *, full: bool = True) -> IntegrityReport:
+def check_file(path: Path, *, full: bool = True, live: bool = False) -> IntegrityReport:
     """Check ``path`` read-only (nothing is written, not even beside it when it has no WAL).
-    ``full=False`` runs quick_check and skips the checksums. Raises sqlite3.Error when the file
-    cannot be read at all."""
+    ``full=False`` runs quick_check and skips the checksums; ``live``: another connection may
+    be writing it (never read it as immutable then). Raises sqlite3.Error when the file cannot
+    be read at all."""
     started = time.perf_counter()
     wal = path.with_name(path.name + "-wal")
-    flags = "mode=ro" if wal.exists() else "mode=ro&immutable=1"
+    flags = "mode=ro" if live or wal.exists() else "mode=ro&immutable=1"
     conn = sqlite3.connect(f"{path.absolute().as_uri()}?{flags}", uri=True)
     try:
         pragma = "integrity_check" if full else "quick_check"

@@ -364,11 +364,13 @@ class Store(GroupCommit):
         ``repair=False``. The result is logged in one line and returned."""
         if self._db is None:
             raise StoreError(f"store unavailable: {self.last_error or 'not open'}")
-        report = await self._checker.run(full)
-        if repair and index_only(report.problems):
+        # opened read-only, nothing can write it: it may be read as immutable (no -shm needed)
+        live = not self.read_only
+        report = await self._checker.run(full, live=live)
+        if repair and live and index_only(report.problems):
             names = sorted({p.rsplit(" ", 1)[-1] for p in report.problems})
             await self.read(reindex, names)
-            again = await self._checker.run(full)
+            again = await self._checker.run(full, live=live)
             report = msgspec.structs.replace(again, repaired=[f"index {n}" for n in names])
         if not report.ok:
             log.error("store: integrity check: %s", report.summary())

@@ -425,3 +425,30 @@ async def test_hold_keeps_rows_until_released_or_the_hard_cap(tmp_path: Path) ->
     finally:
         await store.close()
     assert table(path, "SELECT hold FROM uplink_cursors") == [(None,)]
+
+
+def test_the_dropped_range_log_merges_and_is_bounded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from agentd.store import retention
+
+    monkeypatch.setattr(retention, "DROP_LOG_MAX", 5)
+    monkeypatch.setattr(retention, "TRIM_EVERY", 10)
+    conn = sqlite3.connect(tmp_path / "x.db", isolation_level=None)
+    migrate(conn)
+    for first in range(1, 101, 10):  # contiguous, one reason: one range
+        retention.log_range(conn, "observations", first, first + 9, "retention.rows", 0.0)
+    assert conn.execute("SELECT first, last, reason FROM dropped_ranges").fetchall() == [
+        (1, 100, "retention.rows")
+    ]
+    for i in range(200):  # holes between them: one range each, trimmed now and then
+        retention.log_range(conn, "actions", 3 * i + 1, 3 * i + 1, "corrupt", 0.0)
+        n = conn.execute("SELECT count(*) FROM dropped_ranges WHERE stream = 'actions'").fetchone()
+        assert n[0] <= 5 + 10
+    kept = [r[0] for r in conn.execute("SELECT first FROM dropped_ranges WHERE stream='actions'")]
+    assert kept == sorted(kept)
+    assert kept[-1] == 3 * 199 + 1  # the newest are kept
+    assert conn.execute(
+        "SELECT count(*) FROM dropped_ranges WHERE stream = 'observations'"
+    ).fetchone() == (1,)
+    conn.close()
