@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from agentd.config import StoreConfig
 from agentd.errors import StoreError
@@ -30,9 +31,11 @@ from agentd.store.recovery import describe
 if TYPE_CHECKING:
     from agentd.store.thread import DatabaseThread
 
-__all__ = ["MAX_RETRY", "GroupCommit"]
+__all__ = ["MAX_RETRY", "GroupCommit", "wait_event"]
 
 log = logging.getLogger("agentd.store")
+
+T = TypeVar("T")
 
 #: longest wait between retries of a failing commit
 MAX_RETRY: Final = 30.0
@@ -167,6 +170,16 @@ class GroupCommit:
             self._kick.set()
         return op
 
+    async def read(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run ``fn(conn, *args, **kwargs)`` on the database thread (reads only)."""
+        db = self._db
+        if db is None:
+            raise StoreError(f"store unavailable: {self.last_error or 'not open'}")
+        try:
+            return await db.call(fn, *args, **kwargs)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot read {self.path}: {describe(exc)}") from None
+
     # -- the writer task ---------------------------------------------------------------------
     def _start_writer(self) -> None:
         self._closing = False
@@ -203,7 +216,7 @@ class GroupCommit:
                 # unless someone awaits a write, the batch fills up or we are closing
                 delay = self._first_at + self.config.flush_interval - time.monotonic()
                 if delay > 0:
-                    await _wait(self._kick, delay)
+                    await wait_event(self._kick, delay)
             self._kick.clear()
             if self._db is None or self.read_only:
                 await self._connect()
@@ -216,7 +229,7 @@ class GroupCommit:
                 self._give_up(error or "store unavailable")
                 return
             retry = min(MAX_RETRY, max(self.config.flush_interval, retry * 2))
-            await _wait(self._kick, retry)
+            await wait_event(self._kick, retry)
 
     async def _commit_batch(self) -> str | None:
         """Commit the next batch; None on success, else the error line (the store is then
@@ -314,7 +327,7 @@ class GroupCommit:
         self._flushes = keep
 
 
-async def _wait(event: asyncio.Event, timeout: float) -> bool:
+async def wait_event(event: asyncio.Event, timeout: float) -> bool:
     """Wait for ``event`` at most ``timeout`` seconds; True if it was set."""
     if event.is_set():
         return True

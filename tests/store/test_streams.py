@@ -452,3 +452,20 @@ def test_the_dropped_range_log_merges_and_is_bounded(
         "SELECT count(*) FROM dropped_ranges WHERE stream = 'observations'"
     ).fetchone() == (1,)
     conn.close()
+
+
+async def test_wait_head_wakes_on_the_commit_not_a_poll(open_store: Opener) -> None:
+    import asyncio
+
+    store = await open_store(flush_interval=0.05)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    assert await store.wait_head("events", 0, 0.1) == 0  # nothing came: the timeout
+    assert loop.time() - started >= 0.1
+    waiter = asyncio.create_task(store.wait_head("observations", 0, 30.0))
+    await asyncio.sleep(0.1)
+    assert not waiter.done()
+    store.journal_observation(obs(1))
+    store.journal_observation(obs(2))
+    assert await asyncio.wait_for(waiter, 10.0) == 2
+    assert await store.wait_head("observations", 1, 30.0) == 2  # already above: at once
