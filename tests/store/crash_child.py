@@ -8,6 +8,11 @@ reported as committed (the parent SIGKILLs it at a random moment):
 - ``O <first> <last>``: observations with ticks first..last were journaled, then flush() returned
 - ``A <first> <last>``: likewise for action results (tick numbers)
 - ``B <id> <n>``: a batched ``put_nowait`` followed by flush() returned
+- ``U <stream> <acked>``: ``save_cursor("fleet", stream, acked)`` followed by flush() returned
+  (the cursor is the stream's head: what an uplink would save after a PUBACK)
+- ``E <n> <id>``: ``journal_event("loop", {"n": n})`` followed by flush() returned; ``id`` is
+  its row id. The events journal keeps 40 rows: retention removes the rest as it goes, and
+  each removal must be logged with it, kill or no kill
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ async def main(path: Path, run: int, synchronous: str) -> None:
         batch_size=64,
         observations=NO_RETENTION,
         actions=NO_RETENTION,
+        events=JournalConfig(max_age=None, max_rows=40),
     )
     store = Store(path, config)
     await store.open()
@@ -74,10 +80,19 @@ async def main(path: Path, run: int, synchronous: str) -> None:
                 )
             )
         store.sessions.put_nowait(f"batched:{run}", {"n": n})
+        store.journal_event("loop", {"run": run, "n": n})
         await store.flush()
         report(f"O {first} {tick}")
         report(f"A {first} {tick}")
         report(f"B batched:{run} {n}")
+        report(f"E {run * 1_000_000 + n} {store.stream_head('events')}")
+        # cursor saves ride the group commit like the rows; several coalesce into one write
+        for stream in ("observations", "actions"):
+            store.save_cursor("fleet", stream, store.stream_head(stream) - rng.randrange(0, 3))
+            store.save_cursor("fleet", stream, store.stream_head(stream))
+        await store.flush()
+        report(f"U observations {store.stream_head('observations')}")
+        report(f"U actions {store.stream_head('actions')}")
 
 
 if __name__ == "__main__":
