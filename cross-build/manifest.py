@@ -50,7 +50,9 @@ def read_toc(data: bytes) -> tuple[int, list[tuple[str, str, int, int, bool]]]:
     """(archive start, [(name, type code, offset, length, compressed)]) of a one-file binary."""
     pos = _cookie_offset(data)
     size = struct.calcsize(COOKIE)
-    _magic, pkg_len, toc_off, toc_len, _pyver, _pylib = struct.unpack(COOKIE, data[pos : pos + size])
+    _magic, pkg_len, toc_off, toc_len, _pyver, _pylib = struct.unpack(
+        COOKIE, data[pos : pos + size]
+    )
     start = pos + size - pkg_len
     toc = data[start + toc_off : start + toc_off + toc_len]
     head = struct.calcsize(ENTRY)
@@ -110,7 +112,9 @@ def _venv_dists(venv: str) -> list[tuple[str, str]]:
         name = re.search(r"^Name: (.+)$", head, re.M)
         version = re.search(r"^Version: (.+)$", head, re.M)
         if name and version:
-            found.append((re.sub(r"[-_.]+", "-", name.group(1).strip()).lower(), version.group(1).strip()))
+            found.append(
+                (re.sub(r"[-_.]+", "-", name.group(1).strip()).lower(), version.group(1).strip())
+            )
     return sorted(found)
 
 
@@ -131,7 +135,9 @@ def packages(artifact: str, venv: str | None, root: str) -> str:
             debs.setdefault(package, set()).add(os.path.basename(name))
     lines = [f"# {os.path.basename(artifact)}: what it bundles (cross-build/manifest.py packages)"]
     for package in sorted(debs):
-        lines.append(f"deb {package} {versions.get(package, '?')} {' '.join(sorted(debs[package]))}")
+        lines.append(
+            f"deb {package} {versions.get(package, '?')} {' '.join(sorted(debs[package]))}"
+        )
     lines.extend(f"lib {name} (not from a Debian package)" for name in sorted(other))
     if venv:
         lines.extend(f"py {name} {version}" for name, version in _venv_dists(venv))
@@ -140,11 +146,11 @@ def packages(artifact: str, venv: str | None, root: str) -> str:
 
 # --- versions ------------------------------------------------------------------------------------
 
-# Py_GetVersion() is assembled at run time: the parts lie apart in libpython's rodata, the
-# build date and time (which tell two builds of one upstream version apart) after the format
-# string of Py_GetBuildInfo().
+# Py_GetVersion() is assembled at run time: its parts lie apart in libpython's rodata, among
+# them __TIME__ and __DATE__ of the build (which tell two builds of one upstream version apart),
+# NUL-padded as the architecture aligns them.
 PY_VERSION = re.compile(rb"\x00(3\.\d+\.\d+(?:[abc]\d+|rc\d+)?\+?)\x00")
-PY_BUILT = re.compile(rb"%\.9s\x00([\d:]{8})\x00([A-Z][a-z]{2} [ \d]\d \d{4})\x00")
+PY_BUILT = re.compile(rb"\x00([0-2]\d:[0-5]\d:[0-5]\d)\x00+([A-Z][a-z]{2} [ \d]\d \d{4})\x00")
 OPENSSL = re.compile(rb"OpenSSL (\d+\.\d+\.\d+[a-z]?)\s+(\d{1,2} [A-Z][a-z]{2} \d{4})")
 
 
@@ -158,7 +164,11 @@ def bundled_versions(data: bytes) -> dict[str, str]:
             built = PY_BUILT.search(blob)
             found["libpython"] = " ".join(
                 [base, version.group(1).decode() if version else "?"]
-                + ([f"(built {built.group(2).decode()} {built.group(1).decode()})"] if built else [])
+                + (
+                    [f"(built {built.group(2).decode()} {built.group(1).decode()})"]
+                    if built
+                    else []
+                )
             )
         elif base.startswith(("libssl.so", "libcrypto.so")) and "libssl" not in found:
             m = OPENSSL.search(blob)
@@ -175,7 +185,9 @@ def _pem_bodies(path: str) -> list[bytes]:
         text = f.read()
     return [
         base64.b64decode("".join(body.split()))
-        for body in re.findall(r"-----BEGIN CERTIFICATE-----(.*?)-----END CERTIFICATE-----", text, re.S)
+        for body in re.findall(
+            r"-----BEGIN CERTIFICATE-----(.*?)-----END CERTIFICATE-----", text, re.S
+        )
     ]
 
 
