@@ -213,3 +213,38 @@ def test_manifest_cli_reports_a_missing_archive(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert "not a PyInstaller one-file executable" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+# --- the root cache's age -------------------------------------------------------------------------
+
+
+def root_tarball(cache: Path, max_days: str) -> str:
+    """lib.sh's root_tarball with make_root replaced by a stand-in (debootstrap takes minutes)."""
+    script = (
+        ". cross-build/lib.sh\n"
+        'make_root() { echo "made $1 $2" >&2; mkdir -p "$(dirname "$4")"; echo root >"$4"; }\n'
+        'root_tarball build arm64 && echo "$ROOT_TARBALL"\n'
+    )
+    env = {**os.environ, "AGENTD_CROSS_CACHE": str(cache), "AGENTD_CROSS_ROOT_MAX_DAYS": max_days}
+    proc = subprocess.run(
+        ["bash", "-c", script],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return proc.stderr
+
+
+def test_a_cached_root_older_than_max_days_is_made_again(tmp_path: Path) -> None:
+    assert "made build arm64" in root_tarball(tmp_path, "7")
+    assert "made build" not in root_tarball(tmp_path, "7")  # fresh: the cache answers
+    (tarball,) = (tmp_path / "roots").glob("build-bookworm-arm64-*.tar.zst")
+    eight_days = 8 * 86400
+    os.utime(tarball, (tarball.stat().st_atime - eight_days, tarball.stat().st_mtime - eight_days))
+    assert "made build" not in root_tarball(tmp_path, "0")  # 0: kept forever
+    out = root_tarball(tmp_path, "7")
+    assert "older than 7 days" in out
+    assert "made build arm64" in out
