@@ -14,7 +14,7 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/.." && pwd)
 
-dist=$repo/dist restart=1 target= ssh_opts=()
+dist=$repo/dist restart=1 target='' ssh_opts=()
 while [ $# -gt 0 ]; do
   case "$1" in
   --dist) dist=${2:?}; shift ;;
@@ -64,6 +64,7 @@ tar -C "$stage" -czf - . | remote "set -e
   sudo bash \"\$d/packaging/install.sh\" --binary \"\$d/agentd\" $start_opt"
 if [ "$restart" = 1 ]; then
   # bounded: a daemon that does not come up is reported, not waited on forever
+  # shellcheck disable=SC2016 # expanded on the board
   remote 'for i in $(seq 1 30); do systemctl is-active --quiet agentd && break; sleep 1; done
     systemctl is-active agentd && sudo agentctl status' || {
     say "agentd is not active on $target: ssh $target journalctl -u agentd -n 50"

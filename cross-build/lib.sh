@@ -8,10 +8,15 @@
 
 SUITE=${AGENTD_CROSS_SUITE:-bookworm}
 MIRROR=${AGENTD_CROSS_MIRROR:-http://deb.debian.org/debian}
+SECURITY_MIRROR=${AGENTD_CROSS_SECURITY_MIRROR:-http://deb.debian.org/debian-security}
 CACHE_DIR=${AGENTD_CROSS_CACHE:-${HOME:-/root}/.cache/agentd-cross}
 WORK_DIR=${AGENTD_CROSS_WORK:-/var/tmp/agentd-cross}
 # Bump when the way a root is made changes (not its package list: that is hashed already).
-ROOT_RECIPE=2
+# 3: the root also takes <suite>-updates and <suite>-security, as Debian's official images do.
+ROOT_RECIPE=3
+# A cached root older than this many days is made again, so security updates published since
+# reach the next artifact (0: keep it forever, frozen at the patch levels of its first day).
+ROOT_MAX_DAYS=${AGENTD_CROSS_ROOT_MAX_DAYS:-7}
 
 # The build root: Debian's python3.11 (PGO/LTO) and what PyInstaller needs (libpython3.11 for
 # the bundle, binutils for objdump/strip).
@@ -96,11 +101,17 @@ root_tarball() {
   key=$(printf '%s\n' "recipe=$ROOT_RECIPE" "suite=$SUITE" "arch=$arch" "variant=minbase" \
     "packages=$packages" | sha256sum | cut -c1-16)
   tarball=$CACHE_DIR/roots/$kind-$SUITE-$arch-$key.tar.zst
+  if [ -s "$tarball" ] && [ "$ROOT_MAX_DAYS" != 0 ] &&
+    [ -n "$(find "$tarball" -mmin "+$((ROOT_MAX_DAYS * 1440))" 2>/dev/null)" ]; then
+    log "cached $kind root is older than $ROOT_MAX_DAYS days (AGENTD_CROSS_ROOT_MAX_DAYS): making it again"
+    rm -f "$tarball"
+  fi
   if [ -s "$tarball" ]; then
     log "cached $kind root: $tarball"
   else
     make_root "$kind" "$arch" "$packages" "$tarball"
   fi
+  # shellcheck disable=SC2034 # read by the scripts that source this file
   ROOT_TARBALL=$tarball
 }
 
@@ -119,6 +130,7 @@ make_root() {
     [ -f "$dir/debootstrap/debootstrap.log" ] && tail -n 20 "$dir/debootstrap/debootstrap.log" >&2
     die "debootstrap failed (log: $dir.log)"
   fi
+  upgrade_root "$dir" "$arch"
   rm -rf "$dir"/var/cache/apt/archives/*.deb "$dir"/var/lib/apt/lists/*_Packages
   chmod 0755 "$dir" # mktemp made it 0700: services running as a user could not even chdir to /
   if [ "$kind" = boot ]; then prepare_boot_root "$dir"; fi
@@ -127,6 +139,35 @@ make_root() {
   log "$kind root for $arch made in $(($(date +%s) - t0))s: $tarball ($(du -h "$tarball" | cut -f1))"
   remove_dir "$dir"
   rm -f "$dir.log"
+}
+
+# debootstrap installs from <suite> alone; Debian's official images (the docker builder's base)
+# also have <suite>-updates and <suite>-security. Same sources, same patch levels of what the
+# artifact bundles (libpython3.11, libssl3, ...).
+upgrade_root() {
+  local dir=$1 arch=$2 t0 rc=0 n
+  if [ -z "$dir" ] || [ "$dir" = / ] || [ ! -x "$dir/usr/bin/apt-get" ]; then
+    die "upgrade_root: '$dir' is not a root made by debootstrap"
+  fi
+  t0=$(date +%s)
+  rm -f "$dir/etc/apt/sources.list"
+  printf '%s\n' "Types: deb" "URIs: $MIRROR" "Suites: $SUITE $SUITE-updates" "Components: main" \
+    "Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg" "" \
+    "Types: deb" "URIs: $SECURITY_MIRROR" "Suites: $SUITE-security" "Components: main" \
+    "Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg" \
+    >"$dir/etc/apt/sources.list.d/debian.sources"
+  mount -t proc proc "$dir/proc"
+  chroot "$dir" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin DEBIAN_FRONTEND=noninteractive \
+    /bin/sh -c 'apt-get update -qq && apt-get upgrade -y -qq --no-install-recommends && apt-get clean' \
+    >"$dir.upgrade.log" 2>&1 || rc=$?
+  umount "$dir/proc" || umount -l "$dir/proc"
+  if [ "$rc" != 0 ]; then
+    tail -n 20 "$dir.upgrade.log" >&2
+    die "apt-get upgrade from $SUITE-updates and $SUITE-security failed in the $arch root (log: $dir.upgrade.log)"
+  fi
+  n=$(grep -c '^Setting up' "$dir.upgrade.log" || true)
+  log "$arch root: $n packages upgraded from $SUITE-updates/-security in $(($(date +%s) - t0))s"
+  rm -f "$dir.upgrade.log"
 }
 
 # Settings that make a minbase root boot cleanly and fast in systemd-nspawn.
@@ -153,6 +194,7 @@ unpack_root() {
 
 TRACKED_MOUNTS=()
 TRACKED_DIRS=()
+TRACKED_FILES=()
 track_dir() { TRACKED_DIRS+=("$1"); }
 
 bind_mount() { # SRC DST [ro]
@@ -215,6 +257,7 @@ cleanup() {
   # a chroot'd daemon or a container left by an error path goes before its mounts do
   for d in "${TRACKED_DIRS[@]}"; do kill_root_processes "$d"; done
   unmount_all
+  rm -f "${TRACKED_FILES[@]}"
   if [ -z "${AGENTD_CROSS_KEEP:-}" ]; then
     for d in "${TRACKED_DIRS[@]}"; do remove_dir "$d"; done
   else
@@ -235,15 +278,50 @@ chroot_env() {
   done
 }
 
+# The CA certificates pip trusts on this machine, which a TLS-intercepting proxy's CA must be
+# among for pip to work here at all: PIP_CERT, else pip's `cert` setting (its config files, the
+# last one wins as in pip), else REQUESTS_CA_BUNDLE or SSL_CERT_FILE, else the local CAs Debian's
+# update-ca-certificates adds (/usr/local/share/ca-certificates). Sets CA_FILE ("" if none).
+find_ca_file() {
+  local f c cert='' local_cas=()
+  for f in /etc/xdg/pip/pip.conf /etc/pip.conf "${HOME:-/root}/.pip/pip.conf" \
+    "${XDG_CONFIG_HOME:-${HOME:-/root}/.config}/pip/pip.conf" "${VIRTUAL_ENV:-/nonexistent}/pip.conf" \
+    "${PIP_CONFIG_FILE:-/nonexistent}"; do
+    [ -f "$f" ] || continue
+    c=$(sed -n 's/^[[:space:]]*cert[[:space:]]*=[[:space:]]*//p' "$f" | tail -n 1)
+    if [ -n "$c" ]; then cert=$c; fi
+  done
+  for f in "${PIP_CERT:-}" "$cert" "${REQUESTS_CA_BUNDLE:-}" "${SSL_CERT_FILE:-}"; do
+    if [ -n "$f" ] && [ -s "$f" ] && grep -q 'BEGIN CERTIFICATE' "$f"; then
+      CA_FILE=$(readlink -f "$f")
+      return 0
+    fi
+  done
+  CA_FILE=
+  for f in /usr/local/share/ca-certificates/*.crt /usr/local/share/ca-certificates/*/*.crt; do
+    [ -s "$f" ] && local_cas+=("$f")
+  done
+  [ ${#local_cas[@]} -gt 0 ] || return 0
+  mkdir -p "$WORK_DIR"
+  CA_FILE=$(mktemp "$WORK_DIR/extra-ca.XXXXXX")
+  TRACKED_FILES+=("$CA_FILE")
+  cat "${local_cas[@]}" >"$CA_FILE"
+}
+
 # What the root needs to reach the package index: the host's CA bundle (it may hold a proxy's
-# CA) and its system-wide pip config, minus anything that points at host-only paths
-# (find-links directories, file:// indexes). The user's ~/.config/pip is not copied.
+# CA) plus the extra CA file (CA_FILE, build.sh's --ca-file), and its system-wide pip config,
+# minus anything that points at host-only paths (find-links directories, file:// indexes). The
+# user's ~/.config/pip is not copied.
 copy_network_config() {
-  local root=$1 f
+  local root=$1 ca=${2:-} f bundle=/etc/ssl/certs/ca-certificates.crt
   cp -L /etc/resolv.conf "$root/etc/resolv.conf" 2>/dev/null || true
-  if [ -s /etc/ssl/certs/ca-certificates.crt ]; then
+  if [ -s "$bundle" ]; then
     mkdir -p "$root/etc/ssl/certs"
-    cp -L /etc/ssl/certs/ca-certificates.crt "$root/etc/ssl/certs/ca-certificates.crt"
+    cp -L "$bundle" "$root$bundle"
+  fi
+  if [ -n "$ca" ] && ! cmp -s "$ca" "$bundle"; then
+    mkdir -p "$root/etc/ssl/certs"
+    cat "$ca" >>"$root$bundle"
   fi
   for f in /etc/pip.conf /etc/xdg/pip/*; do
     [ -f "$f" ] || continue

@@ -4,7 +4,8 @@
 #   cross-build/verify.sh dist/agentd-linux-arm64 [--only elf|user|boot] [--results DIR]
 #
 #   elf   the file is an ELF 64-bit little-endian executable for the expected architecture
-#         (from the name agentd-linux-<arch>, else --arch);
+#         (from the name agentd-linux-<arch>, else --arch), and the libpython and libssl it
+#         bundles (their versions printed, checked against <artifact>.packages if present);
 #   user  in a Debian bookworm root of that architecture with no Python (run through
 #         qemu-user via binfmt_misc when foreign): `agentd version`, `check-config` (good and
 #         bad file), `plugins`, the daemon for some ticks with temporary state/runtime dirs,
@@ -25,7 +26,7 @@ repo=$(cd "$here/.." && pwd)
 . "$here/lib.sh"
 LOG_TAG=verify
 
-artifact= only= arch= results=
+artifact='' only='' arch='' results=''
 while [ $# -gt 0 ]; do
   case "$1" in
   --only) only=${2:?}; shift ;;
@@ -34,7 +35,7 @@ while [ $# -gt 0 ]; do
   --arch=*) arch=${1#*=} ;;
   --results) results=${2:?}; shift ;;
   --results=*) results=${1#*=} ;;
-  -h | --help) sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+  -h | --help) sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
   -*) die "unknown option $1" ;;
   *) artifact=$1 ;;
   esac
@@ -91,6 +92,52 @@ check_elf() {
     pass "elf: ELF 64-bit LSB executable, $arch${FILE_DESC:+ ($(file -b "$artifact" | cut -d, -f1-2))}"
   fi
   figure "artifact_bytes=$(stat -c %s "$artifact")"
+}
+
+# --- bundle: what libpython and libssl the artifact carries ----------------------------------------
+
+# The versions the bundled libraries announce in their own bytes, and the Debian packages the
+# build's manifest (<artifact>.packages) says they came from: printed, so a builder that lags
+# behind on security updates shows, and checked against each other.
+upstream() { # a Debian version without epoch and revision: 1:1.2.13.dfsg-1+deb12u1 -> 1.2.13.dfsg
+  local v=${1#*:}
+  echo "${v%-*}"
+}
+
+check_bundle() {
+  local versions py ssl manifest deb_py='' deb_ssl='' ok=1
+  if ! command -v python3 >/dev/null; then
+    skip "bundle: no python3 on this machine to read the artifact's archive"
+    return
+  fi
+  if ! versions=$(python3 "$here/manifest.py" versions "$artifact" 2>&1); then
+    fail "bundle: cannot read the bundled libraries: $versions"
+    return
+  fi
+  py=$(sed -n 's/^libpython: //p' <<<"$versions")
+  ssl=$(sed -n 's/^libssl: //p' <<<"$versions")
+  figure "bundled_libpython=${py:-none}"
+  figure "bundled_libssl=${ssl:-none}"
+  manifest=$artifact.packages
+  if [ -f "$manifest" ]; then
+    deb_py=$(awk '$1 == "deb" && $2 ~ /^libpython3\.[0-9]+$/ { print $3 }' "$manifest")
+    deb_ssl=$(awk '$1 == "deb" && $2 ~ /^libssl[0-9]/ { print $3 }' "$manifest")
+    figure "manifest_libpython=${deb_py:-none}"
+    figure "manifest_libssl=${deb_ssl:-none}"
+    # the manifest must describe this artifact: its upstream versions are the ones inside
+    if [ -n "$deb_py" ] && [[ " $py " != *" $(upstream "$deb_py") "* ]]; then ok=0; fi
+    if [ -n "$deb_ssl" ] && [[ "$ssl" != *"OpenSSL $(upstream "$deb_ssl") "* ]]; then ok=0; fi
+    if [ -z "$deb_py" ] || [ -z "$deb_ssl" ]; then ok=0; fi
+  fi
+  if [ -z "$py" ] || [ -z "$ssl" ]; then
+    fail "bundle: libpython (${py:-missing}) or libssl/libcrypto (${ssl:-missing}) not found in the archive"
+  elif [ "$ok" = 0 ]; then
+    fail "bundle: $(basename "$manifest") says libpython ${deb_py:-?}, libssl ${deb_ssl:-?}, but the artifact holds $py; $ssl"
+  elif [ -n "$deb_py" ]; then
+    pass "bundle: libpython $deb_py ($py), libssl $deb_ssl ($ssl)"
+  else
+    pass "bundle: $py; $ssl (no $(basename "$manifest") beside it to name the Debian packages)"
+  fi
 }
 
 # --- user: the artifact in a bare root, through binfmt --------------------------------------------
@@ -200,6 +247,7 @@ check_user() {
   remove_dir "$root"
 }
 
+# shellcheck disable=SC2317 # called through wait_for
 not_running() { ! kill -0 "$1" 2>/dev/null; }
 
 # --- boot: systemd in nspawn -----------------------------------------------------------------------
@@ -302,7 +350,10 @@ command -v file >/dev/null && FILE_DESC=1
 log "verifying $artifact ($arch); results in $results"
 : >"$results/summary"
 : >"$results/figures"
-if [ -z "$only" ] || [ "$only" = elf ]; then check_elf; fi
+if [ -z "$only" ] || [ "$only" = elf ]; then
+  check_elf
+  if [ "$FAILED" = 0 ]; then check_bundle; fi
+fi
 if [ "$FAILED" = 0 ] && { [ -z "$only" ] || [ "$only" != elf ]; }; then
   [ "$(id -u)" = 0 ] || die "the user and boot stages need root (chroot, mounts, nspawn)"
   ensure_host_tools "$arch"

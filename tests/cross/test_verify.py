@@ -10,6 +10,7 @@ builds ``dist/agentd-linux-arm64`` with ``cross-build/build.sh arm64 --builder r
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -65,6 +66,10 @@ def as_root() -> None:
 def test_elf_header_is_aarch64(artifact: Path, tmp_path: Path) -> None:
     lines = verify(artifact, "elf", tmp_path, timeout=60)
     assert passed(lines, "elf: ELF 64-bit LSB executable, arm64"), lines["report"][0]
+    # the build's manifest names the Debian packages, and agrees with the bundled bytes
+    assert passed(lines, "bundle: libpython 3.11.2-"), lines["report"][0]
+    figures = (tmp_path / "figures").read_text()
+    assert re.search(r"^bundled_libssl=lib(crypto|ssl)\.so\.3 OpenSSL 3\.", figures, re.M), figures
 
 
 def test_elf_check_rejects_a_host_binary(tmp_path: Path) -> None:
