@@ -33,6 +33,7 @@ from agentd.config_plugins import (
     SensorInstance,
     decode_instance,
 )
+from agentd.config_refs import did_you_mean
 from agentd.errors import ConfigError
 from agentd.validation import format_validation_error, show
 
@@ -386,8 +387,8 @@ def _cross_check(
         if isinstance(target, str) and target not in actuators:
             known = ", ".join(sorted(actuators)) or "none"
             errors.append(
-                f"policies.{name}.actuator: no actuator named {target!r} is configured "
-                f"(configured: {known})"
+                f"policies.{name}.actuator: no actuator named {target!r} is configured"
+                f"{did_you_mean(target, actuators)} (configured: {known})"
             )
     if not any(i.enabled for i in instances.get("sensors", {}).values()):
         errors.append("sensors: at least one enabled sensor must be configured")

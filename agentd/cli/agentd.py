@@ -7,9 +7,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
 
 from agentd import __version__
+
+if TYPE_CHECKING:
+    from agentd.plugins.registry import Registry
 
 __all__ = ["main"]
 
@@ -92,18 +96,34 @@ def _config_path(explicit: str | None) -> str | None:
 
 
 def _check_config(file: str | None) -> int:
+    """Shapes (`config.load`), then what can never work (agentd/config_refs.py). With no file
+    argument it says which config it checked."""
     from agentd.config import load
+    from agentd.config_refs import check_host, check_references
     from agentd.errors import ConfigError
     from agentd.plugins.registry import default_registry
 
     path = _config_path(file)
+    registry = None
+
+    def catalog(blocked: Iterable[str]) -> Registry:
+        nonlocal registry
+        registry = default_registry(blocked)
+        return registry
+
     try:
-        load(path, default_registry)
+        config = load(path, catalog)
     except ConfigError as exc:
         for line in exc.errors:
             print(line, file=sys.stderr)
         return EXIT_ERROR
-    print("ok")
+    assert registry is not None
+    problems = check_references(config, registry) + check_host(config)
+    for line in problems:
+        print(line, file=sys.stderr)
+    if problems:
+        return EXIT_ERROR
+    print("ok" if file else f"ok: {path or 'embedded default'}")
     return EXIT_OK
 
 
