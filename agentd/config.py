@@ -166,6 +166,12 @@ class TelemetryConfig(_Section, frozen=True):
     resource: dict[str, str] = {}
     file: TelemetryFileConfig = TelemetryFileConfig()
     otlp: TelemetryOtlpConfig = TelemetryOtlpConfig()
+    #: serve /metrics for Prometheus on this address (``"127.0.0.1:9464"``; a bare port is
+    #: loopback); off by default
+    prometheus: (
+        Annotated[str, Meta(pattern=r"^((\[[0-9A-Fa-f:.]+\]|[0-9.]+|localhost):)?[0-9]{1,5}$")]
+        | None
+    ) = None
 
 
 class HealthConfig(_Section, frozen=True):
