@@ -184,6 +184,8 @@ class HealthConfig(_Section, frozen=True):
     max_rss_mb: Annotated[float, Meta(gt=0)] = 256.0
     #: failing when no tick started for this many intervals (and the loop is not paused)
     stalled_after: Annotated[float, Meta(ge=2)] = 10.0
+    #: failing when the loop has been paused for more than this many intervals
+    paused_after: Annotated[float, Meta(ge=1)] = 300.0
 
 
 class PluginsSection(_Section, frozen=True):

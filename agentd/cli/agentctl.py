@@ -110,7 +110,7 @@ COMMANDS: Final[dict[str, CommandSpec]] = {
         _DAEMON, "send any protocol command with JSON arguments; prints the JSON result"
     ),
     "metrics": CommandSpec(_TELEMETRY, "agentd's own metrics, as they are now"),
-    "health": CommandSpec(_TELEMETRY, "ok / degraded / failing with reasons; exit code 0 / 1 / 2"),
+    "health": CommandSpec(_TELEMETRY, "ok / degraded / failing with reasons; exit code 0 / 5 / 6"),
 }
 
 
