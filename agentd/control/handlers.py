@@ -338,7 +338,9 @@ def watch(ctx: RequestContext, args: WatchArgs) -> WatchStarted:
     unknown = sorted(set(args.events) - EVENT_KINDS)
     if unknown:
         raise CommandError(
-            "bad_args", f"watch: unknown event kinds {unknown} (known: {sorted(EVENT_KINDS)})"
+            "bad_args",
+            f"watch: unknown event kind {', '.join(unknown)} "
+            f"(known: {', '.join(sorted(EVENT_KINDS))})",
         )
     kinds = frozenset(args.events)
     ctx.conn.add_watch(ctx.request.id, kinds)
