@@ -23,7 +23,6 @@ from typing import Any, TextIO
 import msgspec
 
 from agentd.config import Config, PluginInstance
-from agentd.config_refs import declared_metrics
 from agentd.loop import LoopSettings, PerceptionLoop
 from agentd.model import Action, ActionResult, TickReport, Value
 from agentd.plugins.registry import Registry
@@ -195,7 +194,7 @@ async def dry_run(
         o.units = {
             name: units
             for name, h in sensors.items()
-            if (units := declared_metrics(h.instance.config)) is not None
+            if (units := h.spec.metrics(h.instance.config)) is not None
         }
         loop = PerceptionLoop(settings, sensors, supervisor.policies(), supervisor.actuators())
         if not act:
