@@ -175,8 +175,10 @@ async def dry_run(
     act: bool = False,
     out: TextIO,
     problems: Sequence[str] = (),
-) -> int:
-    """Build, start and tick the config's plugins ``ticks`` times; 0 if nothing failed."""
+) -> tuple[int, bool]:
+    """Build, start and tick the config's plugins ``ticks`` times. Returns the exit status (0
+    if nothing failed) and whether a sensor call is still stuck (in a worker thread, which the
+    caller must not wait for)."""
     o = _Out(out)
     for problem in problems:
         o.fail(problem)
@@ -205,10 +207,11 @@ async def dry_run(
             _report(o, await loop.tick_now(), loop, act)
         if loop.actions.in_flight:
             await asyncio.wait(loop.actions.in_flight, timeout=settings.interval)
+        stuck = any(h.pending is not None and not h.pending.done() for h in sensors.values())
     finally:
         await supervisor.stop_all(_STOP_TIMEOUT)
     o.line(
         f"{'ok' if not o.failures else 'FAILED'}: {ticks} tick{'s' if ticks != 1 else ''}"
         + (f", {o.failures} problem{'s' if o.failures != 1 else ''}" if o.failures else "")
     )
-    return 1 if o.failures else 0
+    return (1 if o.failures else 0), stuck

@@ -185,3 +185,22 @@ def test_a_bad_config_is_one_line_and_exit_1(tmp_path: Path) -> None:
     assert (out.returncode, out.stdout) == (1, "")
     assert out.stderr == "sensors.system.interval: expected a number >= 0.01, got -1\n"
     assert written == []
+
+
+def test_a_read_hung_in_a_thread_is_reported_and_does_not_hold_the_exit(tmp_path: Path) -> None:
+    (tmp_path / "block").touch()  # stays: the read never returns
+    conf = tmp_path / "agentd.toml"
+    conf.write_text(
+        f"[agent]\ninterval = 0.2\n[sensors.system]\n"
+        f"[sensors.probe]\nplugin = 'switch'\nblock_file = '{tmp_path}/block'\ntimeout = 0.5\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-m", "tests.testplugins", "test", "--config", str(conf)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "  sensor 'probe' failed to read: timed out after 0.5s" in out.stdout.splitlines()
+    assert out.stdout.splitlines()[-1] == "FAILED: 1 tick, 1 problem"

@@ -167,6 +167,7 @@ def _check_config(file: str | None) -> int:
 def _test(file: str | None, ticks: int, act: bool) -> int:
     import asyncio
     import logging
+    import os
 
     from agentd.config import load
     from agentd.config_refs import check_host, check_references
@@ -196,17 +197,28 @@ def _test(file: str | None, ticks: int, act: bool) -> int:
         print("--act: the actuators really run: their side effects happen", flush=True)
     # the report says what failed, once; the plugins' own log lines would repeat it
     logging.getLogger("agentd").setLevel(logging.CRITICAL)
-    return asyncio.run(
-        dry_run(
-            config,
-            registry,
-            loop_settings(config),
-            ticks=ticks,
-            act=act,
-            out=sys.stdout,
-            problems=problems,
-        )
+    run = dry_run(
+        config,
+        registry,
+        loop_settings(config),
+        ticks=ticks,
+        act=act,
+        out=sys.stdout,
+        problems=problems,
     )
+    # not asyncio.run: it waits for the executor's threads, and a sensor call that timed out
+    # may be blocked in one for good (a hung sysfs read). The report is out by then: leave.
+    loop = asyncio.new_event_loop()
+    try:
+        code, stuck = loop.run_until_complete(run)
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    if stuck:
+        os._exit(code)
+    loop.run_until_complete(loop.shutdown_default_executor())
+    loop.close()
+    return code
 
 
 def _plugins(as_json: bool) -> int:
