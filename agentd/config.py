@@ -11,6 +11,7 @@ the key path: ``sensors.cpu.interval: expected a number >= 0.01, got -1``.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -150,6 +151,10 @@ class TelemetryOtlpConfig(_Section, frozen=True):
     compression: Literal["none", "gzip"] = "gzip"
 
 
+#: ``[telemetry] prometheus``: an IPv4 or [IPv6] address (or localhost) and a port, or a port
+_LISTEN = re.compile(r"((\[[0-9A-Fa-f:.]+\]|[0-9.]+|localhost):)?[0-9]{1,5}")
+
+
 class TelemetryConfig(_Section, frozen=True):
     """Self-monitoring (docs/telemetry.md)."""
 
@@ -168,10 +173,14 @@ class TelemetryConfig(_Section, frozen=True):
     otlp: TelemetryOtlpConfig = TelemetryOtlpConfig()
     #: serve /metrics for Prometheus on this address (``"127.0.0.1:9464"``; a bare port is
     #: loopback); off by default
-    prometheus: (
-        Annotated[str, Meta(pattern=r"^((\[[0-9A-Fa-f:.]+\]|[0-9.]+|localhost):)?[0-9]{1,5}$")]
-        | None
-    ) = None
+    prometheus: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.prometheus is not None and not _LISTEN.fullmatch(self.prometheus):
+            raise ValueError(
+                f"`prometheus`: {self.prometheus!r} is not an address to listen on: write "
+                'HOST:PORT with an IP address ("127.0.0.1:9464", "[::1]:9464") or a bare port'
+            )
 
 
 class HealthConfig(_Section, frozen=True):

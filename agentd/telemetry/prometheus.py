@@ -268,7 +268,8 @@ class PrometheusEndpoint:
         )
         self._thread.start()
         host, port = self.address
-        log.info("prometheus: serving /metrics on %s:%d", host, port)
+        shown = f"[{host}]" if ":" in host else host
+        log.info("prometheus: serving /metrics on %s:%d", shown, port)
 
     def close(self) -> None:
         if self._thread is not None:
