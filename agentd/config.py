@@ -393,6 +393,8 @@ def _cross_check(
     telemetry = sections.get("telemetry")
     if telemetry is not None and telemetry.exporter == "otlp" and not _otlp_installed():
         errors.append(OTLP_MISSING)
+    if telemetry is not None and telemetry.prometheus and not telemetry.enabled:
+        errors.append("telemetry.prometheus: needs [telemetry] enabled = true (it serves it)")
     blocked = set(sections.get("plugins", PluginsSection()).blocked)
     for section, by_name in instances.items():
         for name, inst in by_name.items():
