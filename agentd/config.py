@@ -11,6 +11,7 @@ the key path: ``sensors.cpu.interval: expected a number >= 0.01, got -1``.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -33,6 +34,7 @@ from agentd.config_plugins import (
     SensorInstance,
     decode_instance,
 )
+from agentd.config_refs import did_you_mean
 from agentd.errors import ConfigError
 from agentd.validation import format_validation_error, show
 
@@ -153,6 +155,10 @@ class TelemetryOtlpConfig(_Section, frozen=True):
     compression: Literal["none", "gzip"] = "gzip"
 
 
+#: ``[telemetry] prometheus``: an IPv4 or [IPv6] address (or localhost) and a port, or a port
+_LISTEN = re.compile(r"((\[[0-9A-Fa-f:.]+\]|[0-9.]+|localhost):)?[0-9]{1,5}")
+
+
 class TelemetryConfig(_Section, frozen=True):
     """Self-monitoring (docs/telemetry.md)."""
 
@@ -169,6 +175,16 @@ class TelemetryConfig(_Section, frozen=True):
     resource: dict[str, str] = {}
     file: TelemetryFileConfig = TelemetryFileConfig()
     otlp: TelemetryOtlpConfig = TelemetryOtlpConfig()
+    #: serve /metrics for Prometheus on this address (``"127.0.0.1:9464"``; a bare port is
+    #: loopback); off by default
+    prometheus: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.prometheus is not None and not _LISTEN.fullmatch(self.prometheus):
+            raise ValueError(
+                f"`prometheus`: {self.prometheus!r} is not an address to listen on: write "
+                'HOST:PORT with an IP address ("127.0.0.1:9464", "[::1]:9464") or a bare port'
+            )
 
 
 class HealthConfig(_Section, frozen=True):
@@ -181,6 +197,8 @@ class HealthConfig(_Section, frozen=True):
     max_rss_mb: Annotated[float, Meta(gt=0)] = 256.0
     #: failing when no tick started for this many intervals (and the loop is not paused)
     stalled_after: Annotated[float, Meta(ge=2)] = 10.0
+    #: failing when the loop has been paused for more than this many intervals
+    paused_after: Annotated[float, Meta(ge=1)] = 300.0
 
 
 class PluginsSection(_Section, frozen=True):
@@ -379,6 +397,8 @@ def _cross_check(
     telemetry = sections.get("telemetry")
     if telemetry is not None and telemetry.exporter == "otlp" and not _otlp_installed():
         errors.append(OTLP_MISSING)
+    if telemetry is not None and telemetry.prometheus and not telemetry.enabled:
+        errors.append("telemetry.prometheus: needs [telemetry] enabled = true (it serves it)")
     blocked = set(sections.get("plugins", PluginsSection()).blocked)
     for section, by_name in instances.items():
         for name, inst in by_name.items():
@@ -390,8 +410,8 @@ def _cross_check(
         if isinstance(target, str) and target not in actuators:
             known = ", ".join(sorted(actuators)) or "none"
             errors.append(
-                f"policies.{name}.actuator: no actuator named {target!r} is configured "
-                f"(configured: {known})"
+                f"policies.{name}.actuator: no actuator named {target!r} is configured"
+                f"{did_you_mean(target, actuators)} (configured: {known})"
             )
     if not any(i.enabled for i in instances.get("sensors", {}).values()):
         errors.append("sensors: at least one enabled sensor must be configured")

@@ -51,7 +51,11 @@ class PluginCommon(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, fro
 
 
 class SensorCommon(PluginCommon, frozen=True):
+    #: seconds between two reads (rounded to a whole number of loop intervals; default: every
+    #: tick)
     interval: Annotated[float, Meta(ge=0.01)] | None = None
+    #: serve its latest readings as gauges on the Prometheus endpoint ([telemetry] prometheus)
+    export: bool = False
 
 
 class PolicyCommon(PluginCommon, frozen=True):

@@ -55,9 +55,9 @@ class VersionConflict(StoreError):
         self.session_id = session_id
         self.expected = expected
         self.current = current
-        super().__init__(
-            f"session {session_id!r}: expected version {expected}, current version is {current}"
-        )
+        wanted = "it not to exist" if not expected else f"version {expected}"
+        found = "it does not exist" if current is None else f"current version is {current}"
+        super().__init__(f"session {session_id!r}: expected {wanted}, {found}")
 
 
 class ProtocolError(AgentdError):

@@ -2,8 +2,8 @@
 
 `evaluate` is a pure function of the facts; `ControlApi.health` (agentd/control/api.py)
 gathers them from the running daemon's parts for the control command ``health``. `agentctl
-health` exits 0 / 1 / 2 for ok / degraded / failing (`EXIT_CODES`), so systemd, cron or a
-fleet tool can act on it.
+health` exits 0 / 5 / 6 for ok / degraded / failing (`EXIT_CODES`: apart from agentctl's 1
+error, 2 usage, 3 not running, 4 forbidden), so systemd, cron or a fleet tool can act on it.
 """
 
 from __future__ import annotations
@@ -32,11 +32,18 @@ def evaluate(
     store_error: str | None = None,
     rss: int = 0,
     now: float | None = None,
+    paused_for: float = 0.0,
 ) -> HealthReport:
     """``overdue``: seconds since the next tick was due without it having started (0 if the
-    loop is on time)."""
+    loop is on time); ``paused_for``: seconds the loop has been paused (0 when it is not)."""
     failing: list[str] = []
     degraded: list[str] = []
+    if paused and paused_for > config.paused_after * interval:
+        # a pause is deliberate, but one that is forgotten stops the agent as surely as a hang
+        failing.append(
+            f"the loop is paused: for {paused_for:.1f}s ({paused_for / interval:.0f} intervals, "
+            f"more than {config.paused_after:g})"
+        )
     if not paused and overdue > config.stalled_after * interval:
         failing.append(
             f"the loop is stalled: no tick started for {overdue:.1f}s "

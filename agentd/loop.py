@@ -137,6 +137,8 @@ class PerceptionLoop:
         self._running = False
         self._stopping = False
         self._paused = False
+        #: monotonic time of the pause in force (agentctl health: a forgotten pause fails)
+        self.paused_since: float | None = None
         self._resume = asyncio.Event()
         self._resume.set()
         self._wakeup: asyncio.Future[None] | None = None
@@ -204,11 +206,14 @@ class PerceptionLoop:
         self._wake()
 
     def pause(self) -> None:
+        if not self._paused:
+            self.paused_since = time.monotonic()
         self._paused = True
         self._resume.clear()
 
     def resume(self) -> None:
         self._paused = False
+        self.paused_since = None
         self._resume.set()
         self._wake()
 

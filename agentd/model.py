@@ -205,8 +205,9 @@ class HealthReport(msgspec.Struct, frozen=True, kw_only=True):
     checked_at: float = 0.0
 
 
-#: `agentctl health` exit codes: ok, degraded, failing (for ExecStartPost, cron, fleet tools)
-HEALTH_EXIT_CODES: dict[HealthStatus, int] = {"ok": 0, "degraded": 1, "failing": 2}
+#: `agentctl health` exit codes: ok, degraded, failing (for ExecStartPost, cron, fleet tools);
+#: apart from agentctl's own (1 error, 2 usage, 3 not running, 4 forbidden)
+HEALTH_EXIT_CODES: dict[HealthStatus, int] = {"ok": 0, "degraded": 5, "failing": 6}
 
 
 class MetricPoint(msgspec.Struct, frozen=True, kw_only=True):

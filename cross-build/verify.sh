@@ -171,7 +171,7 @@ check_user() {
   fi
 
   if out=$(timeout 120 chroot "$root" "${CHROOT_ENV[@]}" /usr/local/bin/agentd check-config 2>&1) &&
-    [ "$out" = ok ]; then
+    [ "$out" = "ok: embedded default" ]; then
     pass "user: agentd check-config (embedded default) -> ok"
   else
     fail "user: agentd check-config -> $out"

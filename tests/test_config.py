@@ -57,6 +57,14 @@ BROKEN = {
     "only_comments": ("# nothing here\n\n", "sensors: at least one enabled sensor"),
     "not_toml": ("this is = = not toml", "not valid TOML: Expected '=' after a key"),
     "section_not_table": ("sensors = 3\n", "sensors: expected a table of named sensors, got 3"),
+    "prometheus_without_telemetry": (
+        "[telemetry]\nenabled = false\nprometheus = '9464'\n[sensors.system]\n",
+        "telemetry.prometheus: needs [telemetry] enabled = true",
+    ),
+    "prometheus_not_an_address": (
+        "[telemetry]\nprometheus = 'localhost'\n[sensors.system]\n",
+        "telemetry: `prometheus`: 'localhost' is not an address to listen on: write HOST:PORT",
+    ),
 }
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
+import time
 from pathlib import Path
 
 import msgspec
@@ -41,6 +42,13 @@ class SwitchConfig(msgspec.Struct, forbid_unknown_fields=True):
     #: while this file exists the sensor raises; while ``hang_file`` exists it hangs
     fail_file: str = ""
     hang_file: str = ""
+    #: while this file exists a read blocks in a worker thread (a hung sysfs read)
+    block_file: str = ""
+
+
+def _block_while(path: Path) -> None:
+    while path.exists():
+        time.sleep(0.01)
 
 
 class SwitchSensor:
@@ -54,6 +62,8 @@ class SwitchSensor:
             raise OSError(f"switched off by {c.fail_file}")
         while c.hang_file and Path(c.hang_file).exists():
             await asyncio.sleep(0.01)
+        if c.block_file:
+            await asyncio.to_thread(_block_while, Path(c.block_file))
         self.n += 1
         return {"n": float(self.n)}
 

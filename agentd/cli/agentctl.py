@@ -110,7 +110,7 @@ COMMANDS: Final[dict[str, CommandSpec]] = {
         _DAEMON, "send any protocol command with JSON arguments; prints the JSON result"
     ),
     "metrics": CommandSpec(_TELEMETRY, "agentd's own metrics, as they are now"),
-    "health": CommandSpec(_TELEMETRY, "ok / degraded / failing with reasons; exit code 0 / 1 / 2"),
+    "health": CommandSpec(_TELEMETRY, "ok / degraded / failing with reasons; exit code 0 / 5 / 6"),
 }
 
 
@@ -149,6 +149,22 @@ def default_socket() -> str:
 
 
 # -- the parser ------------------------------------------------------------------------------
+#: the longest --timeout (a day): an answer that takes longer is not coming
+MAX_TIMEOUT: Final = 86_400.0
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 < value <= MAX_TIMEOUT:  # NaN fails this too
+        raise argparse.ArgumentTypeError(
+            f"must be more than 0 and at most {MAX_TIMEOUT:g} seconds, got {text}"
+        )
+    return value
+
+
 def common_options() -> argparse.ArgumentParser:
     """--json, --socket and --timeout, accepted before or after the subcommand (a nested
     subcommand's parser takes them as a parent too)."""
@@ -164,7 +180,7 @@ def common_options() -> argparse.ArgumentParser:
     )
     common.add_argument(
         "--timeout",
-        type=float,
+        type=_seconds,
         metavar="SECONDS",
         default=argparse.SUPPRESS,
         help="give up waiting for an answer after this long (default 30)",
@@ -238,7 +254,7 @@ def _fail(
         out.dump({"error": {"code": code, "message": message, "details": details or []}})
     print(f"agentctl: {message}", file=sys.stderr)
     for line in details or []:
-        if line != message:
+        if line not in message:  # each problem once: the message may quote the first
             print(f"  {line}", file=sys.stderr)
     return exit_code
 

@@ -1,4 +1,4 @@
-"""``agentd run|check-config|print-default-config|plugins|schema|version`` (``agentd ctl`` and
+"""``agentd run|check-config|test|print-default-config|plugins|schema|version`` (``agentd ctl`` and
 the name ``agentctl`` are dispatched to agentctl by agentd/cli/main.py). Heavy imports
 (uvloop, the store, OpenTelemetry) are deferred so ``agentd version`` answers fast.
 """
@@ -7,9 +7,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
 
 from agentd import __version__
+
+if TYPE_CHECKING:
+    from agentd.plugins.registry import Registry
 
 __all__ = ["main"]
 
@@ -43,6 +47,27 @@ def _parser() -> argparse.ArgumentParser:
         "file", nargs="?", metavar="FILE", help="config file (default: the one `run` would use)"
     )
 
+    test = sub.add_parser(
+        "test",
+        help="try a config: run N ticks and print readings and the actions it would take",
+        description="Build the config's plugins and run N ticks without the store, the control "
+        "socket or the actuators' side effects (nothing is written under the state or runtime "
+        "directory); print each reading, each action the policies would take with its "
+        "validated params, and each plugin that failed. Exit 0, or 1 if anything failed.",
+    )
+    test.add_argument(
+        "-c",
+        "--config",
+        metavar="FILE",
+        help="config file (default: the one `run` would use)",
+    )
+    test.add_argument(
+        "--ticks", type=_tick_count, default=1, metavar="N", help="ticks to run (default 1)"
+    )
+    test.add_argument(
+        "--act", action="store_true", help="really call the actuators (their side effects happen)"
+    )
+
     sub.add_parser("print-default-config", help="print the embedded default config")
     sub.add_parser("version", help="print the version")
 
@@ -54,6 +79,20 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("ctl", help="the control CLI (same as agentctl)", add_help=False)
     return p
+
+
+#: the most ticks `agentd test` runs (a dry run is for trying, not for running)
+MAX_TEST_TICKS = 10_000
+
+
+def _tick_count(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if not 1 <= n <= MAX_TEST_TICKS:
+        raise argparse.ArgumentTypeError(f"must be between 1 and {MAX_TEST_TICKS}, got {n}")
+    return n
 
 
 def main(argv: Sequence[str]) -> int:  # noqa: RET503 - parser.error exits
@@ -73,6 +112,8 @@ def main(argv: Sequence[str]) -> int:  # noqa: RET503 - parser.error exits
         return EXIT_OK
     if args.command == "check-config":
         return _check_config(args.file)
+    if args.command == "test":
+        return _test(args.config, args.ticks, args.act)
     if args.command == "plugins":
         return _plugins(args.json)
     if args.command == "schema":
@@ -92,19 +133,92 @@ def _config_path(explicit: str | None) -> str | None:
 
 
 def _check_config(file: str | None) -> int:
+    """Shapes (`config.load`), then what can never work (agentd/config_refs.py). With no file
+    argument it says which config it checked."""
     from agentd.config import load
+    from agentd.config_refs import check_host, check_references
     from agentd.errors import ConfigError
     from agentd.plugins.registry import default_registry
 
     path = _config_path(file)
+    registry = None
+
+    def catalog(blocked: Iterable[str]) -> Registry:
+        nonlocal registry
+        registry = default_registry(blocked)
+        return registry
+
     try:
-        load(path, default_registry)
+        config = load(path, catalog)
     except ConfigError as exc:
         for line in exc.errors:
             print(line, file=sys.stderr)
         return EXIT_ERROR
-    print("ok")
+    assert registry is not None
+    problems = check_references(config, registry) + check_host(config)
+    for line in problems:
+        print(line, file=sys.stderr)
+    if problems:
+        return EXIT_ERROR
+    print("ok" if file else f"ok: {path or 'embedded default'}")
     return EXIT_OK
+
+
+def _test(file: str | None, ticks: int, act: bool) -> int:
+    import asyncio
+    import logging
+    import os
+
+    from agentd.config import load
+    from agentd.config_refs import check_host, check_references
+    from agentd.daemon import loop_settings
+    from agentd.dryrun import dry_run
+    from agentd.errors import ConfigError
+    from agentd.plugins.registry import default_registry
+
+    path = _config_path(file)
+    registry = None
+
+    def catalog(blocked: Iterable[str]) -> Registry:
+        nonlocal registry
+        registry = default_registry(blocked)
+        return registry
+
+    try:
+        config = load(path, catalog)
+    except ConfigError as exc:
+        for line in exc.errors:
+            print(line, file=sys.stderr)
+        return EXIT_ERROR
+    assert registry is not None
+    problems = check_references(config, registry) + check_host(config)
+    print(f"testing {path or 'the embedded default config'}: {ticks} tick{'s' * (ticks != 1)}")
+    if act:
+        print("--act: the actuators really run: their side effects happen", flush=True)
+    # the report says what failed, once; the plugins' own log lines would repeat it
+    logging.getLogger("agentd").setLevel(logging.CRITICAL)
+    run = dry_run(
+        config,
+        registry,
+        loop_settings(config),
+        ticks=ticks,
+        act=act,
+        out=sys.stdout,
+        problems=problems,
+    )
+    # not asyncio.run: it waits for the executor's threads, and a sensor call that timed out
+    # may be blocked in one for good (a hung sysfs read). The report is out by then: leave.
+    loop = asyncio.new_event_loop()
+    try:
+        code, stuck = loop.run_until_complete(run)
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    if stuck:
+        os._exit(code)
+    loop.run_until_complete(loop.shutdown_default_executor())
+    loop.close()
+    return code
 
 
 def _plugins(as_json: bool) -> int:

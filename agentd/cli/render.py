@@ -22,6 +22,7 @@ from agentd.model import (
     PluginStatus,
     Session,
     StatusReport,
+    StoreHealth,
     TickReport,
     Value,
 )
@@ -119,6 +120,10 @@ def ms(seconds: float | None) -> str:
     return f"{seconds * 1e3:.2f} ms"
 
 
+def attempts(n: int) -> str:
+    return "1 attempt" if n == 1 else f"{n} attempts"
+
+
 def size(n: float) -> str:
     for unit in ("B", "K", "M", "G"):
         if abs(n) < 1024 or unit == "G":
@@ -206,7 +211,7 @@ def status(out: Output, r: StatusReport) -> None:
         ),
         ("Actions", f"{r.actions_in_flight} in flight, {r.dropped_actions} dropped"),
         ("Plugins", f"{ok}/{len(plugins)} ok"),
-        ("Store", _summary(r.store, "disabled")),
+        ("Store", "disabled" if r.store is None else store_line(r.store)),
         (
             "Process",
             f"RSS {size(proc.rss)}, CPU {proc.cpu_user + proc.cpu_system:.2f}s "
@@ -230,12 +235,60 @@ def status(out: Output, r: StatusReport) -> None:
         plugin_table(out, plugins)
 
 
+def _kib(n: float) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+#: StoreHealth fields `store_line` words itself; any other scalar one follows as `key value`
+_STORE_WORDED = frozenset(
+    {
+        "state",
+        "path",
+        "size_bytes",
+        "schema_version",
+        "synchronous",
+        "queue_depth",
+        "queue_capacity",
+        "back_pressure",
+        "commits",
+        "last_error",
+        "last_commit",
+    }
+)
+
+
+def store_line(h: StoreHealth) -> str:
+    """``ok, /var/lib/agentd/agentd.db, size 305.8 KiB, queue 0 of 10000, ...``: the store's
+    health in words (a field added to StoreHealth later still shows, as ``key value``)."""
+    parts = [h.state, h.path, f"size {_kib(h.size_bytes)}"]
+    parts.append(f"queue {h.queue_depth} of {h.queue_capacity}")
+    if h.back_pressure:
+        parts.append(f"{h.back_pressure} writers waited for room")
+    parts.append(f"schema {h.schema_version}, synchronous {h.synchronous}")
+    commits = f"{h.commits} commit{'s' * (h.commits != 1)}"
+    if h.last_commit is not None:
+        commits += f", the last at {when(h.last_commit)}"
+    parts.append(commits)
+    if h.last_error:
+        parts.append(f"last error: {h.last_error}")
+    extra = {k: v for k, v in msgspec.structs.asdict(h).items() if k not in _STORE_WORDED}
+    tail = _fields(extra)
+    return ", ".join(parts + ([tail] if tail else []))
+
+
 def _summary(value: msgspec.Struct | None, none: str) -> str:
     """A one-line form of a Struct, every scalar field (``state`` first), so a field added
     to the store's health shows up without a change here."""
     if value is None:
         return none
-    fields = msgspec.structs.asdict(value)
+    return _fields(msgspec.structs.asdict(value))
+
+
+def _fields(fields: dict[str, object]) -> str:
     first = [k for k in ("state", "status") if k in fields]
     keys = first + [k for k in fields if k not in first]
     parts = []
@@ -375,7 +428,7 @@ def tick_report(out: Output, r: TickReport) -> None:
 
 def action_line(r: ActionResult) -> str:
     a = r.action
-    line = f"{r.status}: {a.actuator}.{a.name} ({r.attempts} attempts, {ms(r.duration)})"
+    line = f"{r.status}: {a.actuator}.{a.name} ({attempts(r.attempts)}, {ms(r.duration)})"
     if r.output is not None:
         line += f": {cell(r.output)}"
     return line
@@ -401,7 +454,7 @@ def event_line(kind: str, data: msgspec.Raw) -> str:
         src = f" from {a.source}" if a.source else ""
         return (
             f"{clock(r.finished_at or time.time())} action {a.actuator}.{a.name} "
-            f"{r.status} ({r.attempts} attempts, {ms(r.duration)}){src}{tail}"
+            f"{r.status} ({attempts(r.attempts)}, {ms(r.duration)}){src}{tail}"
         )
     if kind == "state":
         e = msgspec.msgpack.decode(data, type=StateEvent)
@@ -415,9 +468,10 @@ def metrics_table(out: Output, points: Sequence[MetricPoint]) -> None:
         if m.kind != "histogram":
             v = m.value if m.value is not None else 0.0
             return size(v) if m.unit == "By" else f"{v:g}"
+        # p50/p99 are the upper bounds of the buckets holding them, not the quantiles
         if m.unit == "s":
-            return f"n={m.count} p50={_seconds(m.p50)} p99={_seconds(m.p99)}"
-        return f"n={m.count} p50={_g(m.p50)} p99={_g(m.p99)}"
+            return f"n={m.count} p50<={_seconds(m.p50)} p99<={_seconds(m.p99)}"
+        return f"n={m.count} p50<={_g(m.p50)} p99<={_g(m.p99)}"
 
     out.table(
         ["METRIC", "ATTRIBUTES", "VALUE", "UNIT"],

@@ -240,6 +240,7 @@ class ControlApi:
             config,
             interval=loop.interval,
             paused=loop.paused,
+            paused_for=time.monotonic() - (loop.paused_since or time.monotonic()),
             overdue=overdue,
             lateness_p99=p99,
             plugins=[h.status() for h in self.plugins_view.all()],

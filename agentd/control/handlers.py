@@ -50,6 +50,7 @@ __all__ = ["COMMANDS", "EVENT_KINDS", "command"]
 COMMANDS: dict[str, Command] = {}
 
 H = TypeVar("H", bound=Handler)
+T = TypeVar("T")
 
 
 def command(
@@ -198,6 +199,15 @@ class JournalArgs(_Args, frozen=True):
     since: float | None = None
     until: float | None = None
     limit: Annotated[int, Meta(ge=1, le=10_000)] = 100
+    #: the newest ``limit`` rows of the range (as ``journalctl -n``), else the oldest
+    newest: bool = False
+    #: newest first (else oldest first), whichever rows were picked
+    reverse: bool = False
+
+
+def _ordered(rows: list[T], args: JournalArgs) -> list[T]:
+    """The store gives the newest rows newest first: flip them unless asked to reverse."""
+    return rows[::-1] if args.newest != args.reverse else rows
 
 
 class ObservationsArgs(JournalArgs, frozen=True):
@@ -208,19 +218,24 @@ class ObservationsArgs(JournalArgs, frozen=True):
 @command("journal.observations", ObservationsArgs)
 async def journal_observations(ctx: RequestContext, args: ObservationsArgs) -> list[Observation]:
     """Journaled observations, by time range or tick range."""
-    return await _store(ctx).query_observations(
+    rows = await _store(ctx).query_observations(
         since=args.since,
         until=args.until,
         tick_from=args.tick_from,
         tick_to=args.tick_to,
         limit=args.limit,
+        newest_first=args.newest,
     )
+    return _ordered(rows, args)
 
 
 @command("journal.actions", JournalArgs)
 async def journal_actions(ctx: RequestContext, args: JournalArgs) -> list[ActionResult]:
     """The action journal: what the agent did, with results."""
-    return await _store(ctx).query_actions(since=args.since, until=args.until, limit=args.limit)
+    rows = await _store(ctx).query_actions(
+        since=args.since, until=args.until, limit=args.limit, newest_first=args.newest
+    )
+    return _ordered(rows, args)
 
 
 @command("flush", role="admin")
@@ -323,7 +338,9 @@ def watch(ctx: RequestContext, args: WatchArgs) -> WatchStarted:
     unknown = sorted(set(args.events) - EVENT_KINDS)
     if unknown:
         raise CommandError(
-            "bad_args", f"watch: unknown event kinds {unknown} (known: {sorted(EVENT_KINDS)})"
+            "bad_args",
+            f"watch: unknown event kind {', '.join(unknown)} "
+            f"(known: {', '.join(sorted(EVENT_KINDS))})",
         )
     kinds = frozenset(args.events)
     ctx.conn.add_watch(ctx.request.id, kinds)

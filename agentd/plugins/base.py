@@ -121,6 +121,11 @@ class PluginSpec:
     the action path refuse to run the same idempotency key twice, even across a restart.
     An actuator object may also have ``validate(action) -> str | None`` for checks that depend
     on its config (an unknown command, a path not in the allowlist): a non-None reason rejects.
+
+    What ``check-config`` checks references against is declared on the config Struct with
+    optional methods (agentd/config_refs.py): a sensor's ``produces()`` (its metric names and
+    units, `metrics` below), an actuator's ``offers()`` and ``needs(action)``, and
+    ``host_problems()`` for what the host must have.
     """
 
     name: str
@@ -133,3 +138,10 @@ class PluginSpec:
     actions: Mapping[str, type[msgspec.Struct]] = field(default_factory=dict)
     idempotent: bool = True
     requires: tuple[str, ...] = ()
+
+    def metrics(self, config: msgspec.Struct) -> Mapping[str, str] | None:
+        """A sensor's metric names (-> unit) for this config, when they are known without
+        reading (``produces()`` on its config Struct; ``"prefix.*"`` stands for any under it)."""
+        from agentd.config_refs import declared_metrics
+
+        return declared_metrics(config) if self.kind == "sensor" else None

@@ -64,7 +64,10 @@ from agentd.telemetry.spans import LoopFigures, TickRecorder, TickSpans
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import SpanProcessor
 
+    from agentd.loop import TickSpan
+    from agentd.model import TickReport
     from agentd.plugins.handle import PluginHandle
+    from agentd.telemetry.prometheus import PrometheusEndpoint
 
 __all__ = ["LoopFigures", "Telemetry", "TickRecorder", "metric_points"]
 
@@ -131,6 +134,13 @@ class Telemetry(TickSpans):
 
         self.reader = InProcessReader(self.produced)
         readers: list[MetricReader] = [self.reader, *metric_readers]
+        #: [telemetry] prometheus: /metrics (agentd/telemetry/prometheus.py), bound here
+        self.prometheus: PrometheusEndpoint | None = None
+        if config.prometheus:
+            from agentd.telemetry.prometheus import PrometheusEndpoint
+
+            self.prometheus = PrometheusEndpoint(config.prometheus, self.produced)
+            readers.append(self.prometheus.reader)
         #: the periodic exporting reader (file, otlp), if any
         self.exporting: MetricReader | None = None
         if metric_exporter is not None:
@@ -299,6 +309,23 @@ class Telemetry(TickSpans):
         if store is not None:
             self.store = store.health
             store.on_commit = self.produced.store_write.add
+        if self.prometheus is not None:
+            self.prometheus.readings.exported = self._exported_sensors
+            self.prometheus.start()
+
+    def _exported_sensors(self) -> list[str]:
+        return [
+            h.name
+            for h in list(self.handles())
+            if h.kind == "sensor" and getattr(h.config, "export", False)
+        ]
+
+    def end_tick(
+        self, report: TickReport, span: TickSpan | None, t0: float, t1: float, t2: float
+    ) -> None:
+        super().end_tick(report, span, t0, t1, t2)
+        if self.prometheus is not None:
+            self.prometheus.readings.update(report.observation)
 
     def _proc(self) -> tuple[int, Any, int]:
         """One read of /proc/self shared by the process instruments of one collection."""
@@ -357,6 +384,8 @@ class Telemetry(TickSpans):
         if self._closed:
             return True
         self._closed = True
+        if self.prometheus is not None:
+            self.prometheus.close()  # first: no scrape collects while the providers stop
         deadline = time.monotonic() + timeout
         closers: list[Callable[[], object]] = [
             lambda: self.meter_provider.shutdown(timeout_millis=timeout * 1e3)

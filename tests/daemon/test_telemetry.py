@@ -29,6 +29,7 @@ tick_sample_ratio = 0.0
 [health]
 # this test is about plugins: a loaded CI machine must not make it about lateness
 lateness_p99 = 5.0
+paused_after = 20.0     # intervals: 1 s
 [sensors.system]
 [sensors.switch]
 fail_file = "{base}/fail"
@@ -56,6 +57,24 @@ def _ready(agent: AgentProcess) -> None:
     wait_for(lambda: _ctl(agent, "ping").returncode == 0, 15, what="the control socket")
 
 
+def test_a_forgotten_pause_is_failing(short_tmp: Path) -> None:
+    with _agent(short_tmp) as agent:
+        _ready(agent)
+        assert _ctl(agent, "pause").returncode == 0
+        assert _ctl(agent, "health").returncode == 0  # a pause is deliberate ...
+        failing = wait_for(
+            lambda: (p := _ctl(agent, "health")).returncode == 6 and p,
+            15,
+            what="health to turn failing",
+        )
+        # ... until it lasts longer than paused_after intervals
+        assert failing.stdout.splitlines()[0] == "failing"
+        assert failing.stdout.splitlines()[1].startswith("  the loop is paused: for ")
+        assert _ctl(agent, "resume").returncode == 0
+        wait_for(lambda: _ctl(agent, "health").returncode == 0, 15, what="health back to ok")
+        assert agent.stop() == 0
+
+
 def test_health_follows_a_failing_sensor_and_back(short_tmp: Path) -> None:
     with _agent(short_tmp) as agent:
         _ready(agent)
@@ -63,7 +82,7 @@ def test_health_follows_a_failing_sensor_and_back(short_tmp: Path) -> None:
         assert (first.returncode, first.stdout.strip()) == (0, "ok"), first
         (short_tmp / "fail").touch()
         degraded = wait_for(
-            lambda: (p := _ctl(agent, "health")).returncode == 1 and p,
+            lambda: (p := _ctl(agent, "health")).returncode == 5 and p,
             15,
             what="health to turn degraded",
         )
@@ -71,7 +90,7 @@ def test_health_follows_a_failing_sensor_and_back(short_tmp: Path) -> None:
         assert lines[0] == "degraded"
         assert "sensor 'switch' is degraded: OSError: switched off by" in lines[1]
         as_json = _ctl(agent, "health", "--json")
-        assert as_json.returncode == 1
+        assert as_json.returncode == 5
         report = json.loads(as_json.stdout)
         assert report["status"] == "degraded"
         assert any("'switch'" in r for r in report["reasons"])

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -34,3 +37,73 @@ def test_every_builtin_has_a_section_and_an_example() -> None:
         assert f"### `{spec.name}`" in doc, spec.name
         tables = [b for b in BLOCKS if re.search(rf'plugin = "{spec.name}"|\.{spec.name}\]', b)]
         assert tables, f"no config example for {spec.kind} {spec.name!r}"
+
+
+#: stand-ins for the devices and programs the examples name, which this host does not have:
+#: path -> (contents, executable)
+FAKES = {
+    "/sys/class/thermal/thermal_zone0/temp": ("48750\n", False),
+    "/sys/bus/w1/devices/28-0000075e3b14/w1_slave": (
+        "72 01 4b 46 7f ff 0e 10 57 : crc=57 YES\n72 01 4b 46 7f ff 0e 10 57 t=23125\n",
+        False,
+    ),
+    "/usr/bin/mmcli": (
+        '#!/bin/sh\necho \'{"modem": {"signal": 80, "state": "connected"}}\'\n',
+        True,
+    ),
+    "/usr/local/bin/queue-depth": ("#!/bin/sh\necho 3\n", True),
+    "/usr/local/bin/blink": ("#!/bin/sh\nexit 0\n", True),
+}
+
+
+def _doc_config(tmp: Path) -> tuple[Path, dict[str, str]]:
+    """Every example of docs/plugins.md in one config (their names are distinct, and the
+    policies refer to the sensors and actuators of the other examples), with the devices and
+    programs it names replaced by stand-ins under ``tmp``."""
+    text = "\n".join(BLOCKS)
+    for path, (contents, executable) in FAKES.items():
+        assert f'"{path}"' in text, f"{path} is no longer in docs/plugins.md: drop its fake"
+        fake = tmp / "root" / path.lstrip("/")
+        fake.parent.mkdir(parents=True, exist_ok=True)
+        fake.write_text(contents)
+        fake.chmod(0o755 if executable else 0o644)
+        text = text.replace(f'"{path}"', f'"{fake}"')
+    creds = tmp / "credentials"
+    creds.mkdir()
+    (creds / "ops-token").write_text("Bearer t0ken\n")
+    (creds / "ops-token").chmod(0o600)
+    conf = tmp / "plugins-doc.toml"
+    conf.write_text(text)
+    env = {**os.environ, "CREDENTIALS_DIRECTORY": str(creds)}
+    return conf, env
+
+
+def test_every_example_passes_check_config_and_agentd_test(tmp_path: Path) -> None:
+    conf, env = _doc_config(tmp_path)
+    check = subprocess.run(
+        [sys.executable, "-m", "agentd", "check-config", str(conf)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        check=False,
+    )
+    assert (check.returncode, check.stdout, check.stderr) == (0, "ok\n", "")
+    out = subprocess.run(
+        [sys.executable, "-m", "agentd", "test", "--config", str(conf), "--ticks", "2"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        check=False,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert out.stdout.rstrip().endswith("ok: 2 ticks")
+    rows = {tuple(line.split()[:3]) for line in out.stdout.splitlines() if line.startswith("  ")}
+    # the stand-ins were read and parsed as the examples say
+    assert ("soc_temp", "celsius", "48.75") in rows
+    assert ("tank", "value", "23.125") in rows
+    assert ("queue", "depth", "3") in rows
+    assert ("modem", "modem.signal", "80") in rows
+    conf_sensors = set(re.findall(r"\[sensors\.([\w-]+)\]", "\n".join(BLOCKS)))
+    assert conf_sensors == {r[0] for r in rows if r[0] not in ("SENSOR", "would", "ran")}

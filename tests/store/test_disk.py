@@ -90,6 +90,7 @@ async def test_full_disk_degrades_then_recovers(open_store: Opener, short_tmp: P
         assert store.health().state == "ok"
         kept = await store.query_observations(limit=10_000)
         assert [o.tick for o in kept] == list(range(1, tick + 1))
+        await store.close()  # before the unmount: its file is not held open past it
 
 
 async def test_read_only_disk_at_open_degrades(open_store: Opener, short_tmp: Path) -> None:
@@ -102,6 +103,9 @@ async def test_read_only_disk_at_open_degrades(open_store: Opener, short_tmp: Pa
         assert h.last_error.startswith(f"cannot open {disk}/agentd.db: ")
         store.journal_observation(obs(1))  # no exception: counted instead
         assert store.health().queue_depth == 1
+        # closed while the disk is still mounted: a close after the unmount would retry the
+        # queued write on the path, now the bare mount point, and leave agentd.db in /tmp
+        await store.close()
 
 
 def test_daemon_keeps_ticking_while_its_disk_is_full(short_tmp: Path) -> None:

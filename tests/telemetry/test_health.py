@@ -58,7 +58,7 @@ def test_each_threshold_degrades_with_its_reason() -> None:
         assert report.status == "degraded", name
         assert len(report.reasons) == 1, name
         assert report.reasons[0].startswith(reason), (name, report.reasons)
-        assert EXIT_CODES[report.status] == 1
+        assert EXIT_CODES[report.status] == 5
 
 
 def test_failing_beats_degraded_and_keeps_every_reason() -> None:
@@ -66,7 +66,7 @@ def test_failing_beats_degraded_and_keeps_every_reason() -> None:
         overdue=12.0, plugins=[_plugin("a", "degraded"), _plugin("b", "degraded")], rss=200 * MIB
     )
     assert report.status == "failing"
-    assert EXIT_CODES[report.status] == 2
+    assert EXIT_CODES[report.status] == 6
     assert report.reasons[0].startswith("the loop is stalled: no tick started for 12.0s")
     assert "every sensor is degraded" in report.reasons
     assert sum("is degraded: OSError" in r for r in report.reasons) == 2
@@ -80,3 +80,22 @@ def test_a_paused_loop_is_not_stalled_and_a_degraded_policy_is_not_a_sensor() ->
     assert report.status == "degraded"
     assert report.reasons == ["policy 'rule' is degraded: OSError: gone"]
     assert _check(lateness_p99=None).status == "ok"  # no ticks in the window yet
+
+
+def test_a_pause_longer_than_paused_after_intervals_is_failing() -> None:
+    # CONFIG: paused_after is the default, 300 intervals (1 s here)
+    assert _check(paused=True, paused_for=299.0).status == "ok"
+    report = _check(paused=True, paused_for=301.0, overdue=301.0)
+    assert report.status == "failing"
+    assert report.reasons == ["the loop is paused: for 301.0s (301 intervals, more than 300)"]
+    assert EXIT_CODES[report.status] == 6
+    # paused_for only counts while paused
+    assert _check(paused=False, paused_for=500.0).status == "ok"
+
+
+def test_exit_codes_are_apart_from_agentctls_own() -> None:
+    from agentd.cli.agentctl import EXIT_ERROR, EXIT_FORBIDDEN, EXIT_NOT_RUNNING, EXIT_USAGE
+
+    assert EXIT_CODES["ok"] == 0
+    own = {EXIT_ERROR, EXIT_FORBIDDEN, EXIT_NOT_RUNNING, EXIT_USAGE}
+    assert len({EXIT_CODES["degraded"], EXIT_CODES["failing"], *own}) == 2 + len(own)

@@ -83,16 +83,32 @@ def _act(client: Client, args: argparse.Namespace, out: Output) -> int:
     return EXIT_OK
 
 
+#: the event kinds `watch` streams (the daemon checks too: EVENT_KINDS in control/handlers.py)
+EVENT_KINDS = ("tick", "action", "state")
+
+
+def _event_kinds(text: str) -> list[str]:
+    kinds = [k.strip() for k in text.split(",") if k.strip()]
+    unknown = [k for k in kinds if k not in EVENT_KINDS]
+    if unknown or not kinds:
+        shown = ", ".join(unknown) if unknown else "none"
+        raise argparse.ArgumentTypeError(
+            f"unknown event kind {shown} (known: {', '.join(EVENT_KINDS)})"
+        )
+    return kinds
+
+
 def _watch_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--events",
-        default="tick,action,state",
+        type=_event_kinds,
+        default=list(EVENT_KINDS),
         help="comma-separated kinds: tick, action, state (default: all)",
     )
 
 
 def _watch(client: Client, args: argparse.Namespace, out: Output) -> int:
-    kinds = [k.strip() for k in args.events.split(",") if k.strip()]
+    kinds: list[str] = args.events
     rid = client.send("watch", {"events": kinds})
     # raises on a refusal; the reply itself says nothing a person needs
     msgspec.msgpack.decode(client.result_raw(client.wait(rid)), type=WatchStarted)

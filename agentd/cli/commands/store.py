@@ -97,16 +97,44 @@ def _sessions(client: Client, args: argparse.Namespace, out: Output) -> int:
 
 # -- journals --------------------------------------------------------------------------------
 def _journal_args(p: argparse.ArgumentParser) -> None:
+    p.description = (
+        "The newest rows, oldest of them first (as `journalctl -n`); with --since (or "
+        "--tick-from) the oldest rows from there on; --reverse shows newest first."
+    )
     p.add_argument("journal", choices=["actions", "observations"])
-    p.add_argument("--since", type=time_arg, help="Unix time, ISO time, or an age: 10m, 2h, 1d")
-    p.add_argument("--until", type=time_arg, help="same forms as --since")
-    p.add_argument("--limit", type=int, default=100, help="at most this many rows (default 100)")
+    p.add_argument(
+        "--since",
+        type=time_arg,
+        help="from this time on, oldest first: Unix time, ISO time, or an age: 10m, 2h, 1d",
+    )
+    p.add_argument("--until", type=time_arg, help="before this time (same forms as --since)")
+    p.add_argument(
+        "-n", "--limit", type=_limit, default=100, help="at most this many rows (default 100)"
+    )
+    p.add_argument("-r", "--reverse", action="store_true", help="newest first")
     p.add_argument("--tick-from", type=int, help="observations: first tick")
     p.add_argument("--tick-to", type=int, help="observations: last tick")
 
 
+#: what the daemon answers at most per request (JournalArgs.limit)
+MAX_ROWS = 10_000
+
+
+def _limit(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if not 1 <= n <= MAX_ROWS:
+        raise argparse.ArgumentTypeError(f"must be between 1 and {MAX_ROWS}, got {n}")
+    return n
+
+
 def _journal(client: Client, args: argparse.Namespace, out: Output) -> int:
+    # like journalctl: the newest rows unless told where to start
+    newest = args.since is None and getattr(args, "tick_from", None) is None
     query = drop_none(since=args.since, until=args.until, limit=args.limit)
+    query.update(newest=newest, reverse=args.reverse)
     if args.journal == "observations":
         query.update(drop_none(tick_from=args.tick_from, tick_to=args.tick_to))
         raw = client.call_raw("journal.observations", query)

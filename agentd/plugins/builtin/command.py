@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 from typing import Annotated, Literal
 
 import msgspec
 from msgspec import Meta
 
+from agentd.config_refs import executable_problem
 from agentd.model import Value
 from agentd.plugins.base import PluginSpec
 from agentd.plugins.builtin._proc import Limits, child_environ, run_argv
@@ -43,6 +45,17 @@ class CommandConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     def __post_init__(self) -> None:
         if not self.argv[0].strip():
             raise ValueError("`argv[0]` is empty: name the program to run")
+
+    def produces(self) -> dict[str, str] | None:
+        """Metric -> unit (agentd/config_refs.py); json and lines output name their own."""
+        return {self.metric: ""} if self.parse == "number" else None
+
+    def host_problems(self) -> list[str]:
+        """An absolute argv[0] must be an executable file (a bare name is looked up on PATH)."""
+        if not os.path.isabs(self.argv[0]):
+            return []
+        problem = executable_problem(self.argv[0])
+        return [f"argv[0]: {problem}"] if problem else []
 
 
 _NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")

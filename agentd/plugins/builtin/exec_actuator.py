@@ -21,6 +21,7 @@ from typing import Annotated, Any
 import msgspec
 from msgspec import Meta
 
+from agentd.config_refs import executable_problem
 from agentd.model import Action
 from agentd.plugins.base import ActuatorReply, PluginSpec
 from agentd.plugins.builtin._proc import Limits, child_environ, run_argv
@@ -67,6 +68,24 @@ class ExecConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
             re.compile(self.param_pattern)
         except re.error as exc:
             raise ValueError(f"`param_pattern` is not a valid regex: {exc}") from None
+
+    # -- declarations for check-config (agentd/config_refs.py) --------------------------------
+    def offers(self) -> list[str]:
+        """The action names: the allowlisted commands."""
+        return list(self.commands)
+
+    def needs(self, action: str) -> set[str]:
+        """The params ``action``'s argv has placeholders for."""
+        return {p for arg in self.commands.get(action, [])[1:] for p in _PLACEHOLDER.findall(arg)}
+
+    def host_problems(self) -> list[str]:
+        """Every program must be an executable file, named by its absolute path."""
+        out = []
+        for name, argv in self.commands.items():
+            problem = executable_problem(argv[0])
+            if problem:
+                out.append(f"commands.{name}[0]: {problem}")
+        return out
 
 
 class ExecParams(msgspec.Struct, kw_only=True):

@@ -46,6 +46,10 @@ class FileSensorConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True)
             except re.error as exc:
                 raise ValueError(f"`regex` is not a valid regular expression: {exc}") from None
 
+    def produces(self) -> dict[str, str]:
+        """Metric -> unit (agentd/config_refs.py): the one reading, ``metric``."""
+        return {self.metric: ""}
+
 
 class FileSensor:
     def __init__(self, config: FileSensorConfig) -> None:

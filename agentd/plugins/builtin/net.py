@@ -39,6 +39,25 @@ class NetConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     #: an interface in ``interfaces`` that does not exist: error (true) or left out (false)
     require: bool = True
 
+    def produces(self) -> dict[str, str] | None:
+        """Metric -> unit (agentd/config_refs.py) for the listed interfaces (None: every
+        interface the host has, known only when it reads)."""
+        if not self.interfaces:
+            return None
+        out: dict[str, str] = {}
+        for name in self.interfaces:
+            label = _label(name)
+            if self.link:
+                out[f"{label}.up"] = ""
+            if self.counters:
+                out |= {f"{label}.{f}": "" for f in _FIELDS}
+            if self.rates:
+                out |= {
+                    f"{label}.{f}_per_s": "bytes/s" if f.startswith("bytes") else "packets/s"
+                    for f in ("bytes_sent", "bytes_recv", "packets_sent", "packets_recv")
+                }
+        return out
+
 
 def _label(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_]+", "_", text).strip("_") or "x"

@@ -43,6 +43,17 @@ class ProcessConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
                     except re.error as exc:
                         raise ValueError(f"`processes.{label}.cmdline`: bad regex: {exc}") from None
 
+    def produces(self) -> dict[str, str]:
+        """Metric -> unit (agentd/config_refs.py)."""
+        out: dict[str, str] = {}
+        for label in self.processes:
+            out |= {f"{label}.alive": "", f"{label}.count": ""}
+            if self.cpu:
+                out[f"{label}.cpu_percent"] = "%"
+            if self.memory:
+                out[f"{label}.rss"] = "bytes"
+        return out
+
 
 class ProcessSensor:
     def __init__(self, config: ProcessConfig) -> None:

@@ -6,7 +6,7 @@ policy state (bounded), so a restart with the store on keeps the window."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 
 from msgspec import Meta
 
@@ -23,6 +23,9 @@ MAX_SAMPLES = 4096
 
 class RateConfig(FiringConfig, kw_only=True):
     """Params are templated like `rules` params, plus ``{rate}``."""
+
+    #: params every action carries besides ``params`` (agentd/config_refs.py checks them)
+    EXTRA_PARAMS: ClassVar[tuple[str, ...]] = ("metric", "rate")
 
     metric: str
     #: seconds of history the rate is computed over

@@ -25,6 +25,21 @@ class SystemConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     mounts: dict[str, str] = msgspec.field(default_factory=lambda: {"root": "/"})
     temperatures: bool = True
 
+    def produces(self) -> dict[str, str]:
+        """Metric -> unit (agentd/config_refs.py); temperatures depend on the board."""
+        out: dict[str, str] = {}
+        if self.cpu:
+            out["cpu.percent"] = "%"
+        if self.load:
+            out |= {"load.1m": "", "load.5m": "", "load.15m": ""}
+        if self.memory:
+            out |= {"memory.percent": "%", "memory.available": "bytes"}
+        for name in self.mounts:
+            out |= {f"disk.{name}.percent": "%", f"disk.{name}.free": "bytes"}
+        if self.temperatures:
+            out["temp.*"] = "°C"
+        return out
+
 
 def _label(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_]+", "_", text).strip("_").lower() or "x"

@@ -5,7 +5,7 @@ restart when the store is on."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 
 import msgspec
 from msgspec import Meta
@@ -18,6 +18,8 @@ __all__ = ["SPEC", "ThresholdConfig", "ThresholdPolicy"]
 
 
 class ThresholdConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    #: params every action carries besides ``params`` (agentd/config_refs.py checks them)
+    EXTRA_PARAMS: ClassVar[tuple[str, ...]] = ("metric", "value", "threshold")
     #: ``"<sensor>.<metric>"``, e.g. ``"system.cpu.percent"``
     metric: str
     above: float | None = None
