@@ -1,0 +1,134 @@
+"""The mqtt transport alone against a real mosquitto: PUBACK reason codes, refused connects,
+TLS and mutual TLS, the will, a lost link failing what is pending."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from pathlib import Path
+
+import pytest
+
+from agentd.uplink.base import Message, TransportError
+from agentd.uplink.config import MqttConfig
+from agentd.uplink.mqtt import MqttTransport
+from tests.uplink.broker import Certs, Collector, Mosquitto
+
+WILL = Message(topic="t/gw/status", payload=b"offline", retain=True)
+
+
+def _ignore(_topic: str, _payload: bytes) -> None:
+    pass
+
+
+async def test_publish_is_acknowledged_with_success(broker: Mosquitto) -> None:
+    t = MqttTransport(MqttConfig(url=broker.url))
+    link = await t.connect("gw-a", WILL, _ignore)
+    assert link.protocol == "mqtt5"
+    assert link.receive_maximum == 20  # the broker's max_inflight_messages
+    got = await asyncio.gather(
+        *[t.send(Message(topic="t/gw/x", payload=b"%d" % i)) for i in range(50)]
+    )
+    assert all(d.ok for d in got)
+    await t.close(1.0)
+
+
+async def test_acl_denial_is_a_failure_puback(tmp_path: Path) -> None:
+    b = Mosquitto(tmp_path / "b", acl="topic write t/gw/allowed\ntopic read t/#\n")
+    b.start()
+    try:
+        t = MqttTransport(MqttConfig(url=b.url))
+        await t.connect("gw-a", Message(topic="t/gw/allowed", payload=b"x"), _ignore)
+        ok = await t.send(Message(topic="t/gw/allowed", payload=b"1"))
+        denied = await t.send(Message(topic="t/gw/denied", payload=b"1"))
+        assert ok.ok
+        assert not denied.ok
+        assert denied.code == 0x87
+        await t.close(1.0)
+    finally:
+        b.stop()
+
+
+async def test_mqtt311_fallback_has_no_reason_codes(broker: Mosquitto) -> None:
+    t = MqttTransport(MqttConfig(url=broker.url, protocol="3.1.1"))
+    link = await t.connect("gw-a", WILL, _ignore)
+    assert link.protocol == "mqtt3.1.1"
+    assert not link.reason_codes
+    assert (await t.send(Message(topic="t/gw/x", payload=b"1"))).ok
+    await t.close(1.0)
+
+
+async def test_refused_credentials(tmp_path: Path) -> None:
+    # an empty password file: nobody's credentials are right
+    pw = tmp_path / "passwd"
+    pw.write_text("")
+    b = Mosquitto(tmp_path / "b", extra=f"password_file {pw}\n")
+    try:
+        b.start()
+        secret = tmp_path / "secret"
+        secret.write_text("wrong\n")
+        t = MqttTransport(MqttConfig(url=b.url, username="gw", password_file=str(secret)))
+        with pytest.raises(TransportError) as err:
+            await t.connect("gw-a", WILL, _ignore)
+        assert err.value.refused
+        assert err.value.code in (0x86, 0x87)
+        assert "wrong" not in str(err.value)
+    finally:
+        b.stop()
+
+
+async def test_lost_link_fails_what_is_pending(broker: Mosquitto) -> None:
+    t = MqttTransport(MqttConfig(url=broker.url))
+    await t.connect("gw-a", WILL, _ignore)
+    broker.stop(signal.SIGKILL)
+    fut = t.send(Message(topic="t/gw/x", payload=b"1"))
+    with pytest.raises(TransportError):
+        await asyncio.wait_for(fut, 10)
+    assert await asyncio.wait_for(t.wait_lost(), 10) == "connection lost"
+    with pytest.raises(TransportError):
+        await t.send(Message(topic="t/gw/x", payload=b"1"))
+    await t.close(1.0)
+
+
+async def test_will_only_when_the_link_dies(broker: Mosquitto) -> None:
+    with Collector(broker.port, "t/+/status") as sub:
+        clean = MqttTransport(MqttConfig(url=broker.url))
+        await clean.connect(
+            "gw-a", Message(topic="t/a/status", payload=b"off", retain=True), _ignore
+        )
+        await clean.close(2.0)
+        dropped = MqttTransport(MqttConfig(url=broker.url))
+        await dropped.connect(
+            "gw-b", Message(topic="t/b/status", payload=b"off", retain=True), _ignore
+        )
+        await dropped.close(0)
+        assert sub.wait_for(lambda: any(m[0] == "t/b/status" for m in sub.snapshot()), 10)
+        await asyncio.sleep(0.3)
+        assert [m[0] for m in sub.snapshot()] == ["t/b/status"]
+
+
+async def test_mutual_tls(tmp_path: Path, certs: Certs) -> None:
+    b = Mosquitto(tmp_path / "b", certs=certs)
+    b.start()
+    try:
+        good = MqttConfig(
+            url=b.tls_url, ca=str(certs.ca), cert=str(certs.client), key=str(certs.client_key)
+        )
+        t = MqttTransport(good)
+        await t.connect("gw-a", WILL, _ignore)
+        assert (await t.send(Message(topic="t/gw/x", payload=b"1"))).ok
+        await t.close(1.0)
+
+        wrong_ca = MqttConfig(
+            url=b.tls_url, ca=str(certs.other_ca), cert=str(certs.client), key=str(certs.client_key)
+        )
+        with pytest.raises(TransportError) as err:
+            await MqttTransport(wrong_ca).connect("gw-a", WILL, _ignore)
+        assert err.value.refused
+        assert "certificate verify failed" in str(err.value)
+
+        no_client_cert = MqttConfig(url=b.tls_url, ca=str(certs.ca))
+        with pytest.raises(TransportError):
+            await MqttTransport(no_client_cert).connect("gw-a", WILL, _ignore)
+    finally:
+        b.stop()
