@@ -102,6 +102,10 @@ class Uplink(Protocol):
         """Deliver inbound messages on ``topic`` to ``on_message``. Raises `TransportError`."""
         ...
 
+    async def wait_lost(self) -> str:
+        """Return the reason once the current link is lost (at once if there is none)."""
+        ...
+
     async def close(self, timeout: float) -> None:
         """Disconnect cleanly within ``timeout`` (the will is not published); with 0, drop the
         link at once (the far side publishes the will). Never raises."""

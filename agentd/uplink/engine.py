@@ -1,0 +1,664 @@
+"""`UplinkEngine`: store-and-forward from the journals through one transport.
+
+Per stream the engine keeps the durable cursor ``acked`` (every id <= it was acknowledged or
+reported as a gap), reads the rows after it from the store, closes batches on rows, bytes or
+time, keeps at most ``window`` batches in flight and moves the cursor only over a contiguous
+run of successful acknowledgements. A refused batch (a PUBACK with a failure reason code)
+rewinds its stream to the cursor and backs off; a lost link fails everything in flight and the
+next connection resends from the cursor, so duplicates are bounded by what was in flight and
+counted. Rows that retention removed before they were sent become gap records with the
+store's reason. Actions and events fill the window before observations.
+
+Lifecycle (called by the daemon): ``await start()`` loads the cursors and starts the task that
+connects (never waits for the broker); ``notify()`` after each commit wakes the reader;
+``await stop(budget)`` publishes offline, drains what it can within ``budget`` seconds,
+disconnects and flushes the cursors; ``state()`` is the operator's view at any time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Final
+
+from agentd import __version__
+from agentd.errors import AgentdError
+from agentd.uplink import envelope as env
+from agentd.uplink.base import STREAMS, Delivery, Link, Message, Stream, TransportError, Uplink
+from agentd.uplink.config import UplinkSettings
+from agentd.uplink.state import Phase, StreamState, UplinkState
+from agentd.uplink.storeview import RowLike, UplinkStore
+
+__all__ = ["PRIORITY", "UplinkEngine"]
+
+log = logging.getLogger("agentd.uplink")
+
+#: the order streams fill the window in (catch-up drains the audit trail first)
+PRIORITY: Final[tuple[Stream, ...]] = ("actions", "events", "observations")
+#: how often the backlog figures (a store query) are refreshed for state() and health
+BACKLOG_EVERY: Final = 2.0
+#: a PUBLISH's fixed header, topic and properties, for the Maximum Packet Size bound
+PACKET_OVERHEAD: Final = 512
+_UNLIMITED: Final = 1 << 62
+
+
+@dataclass(slots=True)
+class _Batch:
+    stream: Stream
+    first: int
+    last: int
+    rows: int  # 0 for a gap record
+    size: int
+    gen: int
+    fut: asyncio.Future[Delivery]
+    sent_at: float
+
+
+@dataclass(slots=True)
+class _Stream:
+    name: Stream
+    acked: int = 0
+    #: the highest id read from the store (buffered, in flight or acknowledged)
+    read: int = 0
+    buffer: list[RowLike] = field(default_factory=list)
+    buffer_bytes: int = 0
+    buffer_since: float = 0.0
+    inflight: deque[_Batch] = field(default_factory=deque)
+    #: bumped on a rewind: answers for batches of an older generation are ignored
+    gen: int = 0
+    sent_high: int = 0
+    gap_high: int = 0
+    confirmed: int | None = None
+    blocked_until: float = 0.0
+    failures: int = 0
+    delivered: int = 0
+    batches: int = 0
+    duplicates: int = 0
+    gap_rows: int = 0
+    gaps: int = 0
+    refused: int = 0
+    last_error: str | None = None
+    backlog_rows: int = 0
+    backlog_bytes: int = 0
+    oldest_wall: float | None = None
+
+
+class UplinkEngine:
+    def __init__(
+        self,
+        name: str,
+        settings: UplinkSettings,
+        transport: Uplink,
+        store: UplinkStore,
+        *,
+        clock: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.name = name
+        self.settings = settings
+        self.transport = transport
+        self.store = store
+        self.node = settings.resolved_node()
+        self._clock = clock
+        self._rng = rng or random.Random()
+        base = f"{settings.prefix.rstrip('/')}/{self.node}"
+        self.topics: dict[str, str] = {c: f"{base}/{c}" for c in (*STREAMS, "status", "ack")}
+        self.client_id = f"agentd-{self.node}-{name}"[:128]
+        self._streams = {s: _Stream(s) for s in PRIORITY if s in settings.streams}
+        self._content_type = env.CONTENT_TYPES[settings.format]
+        self._phase: Phase = "stopped"
+        self._task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        self._link: Link | None = None
+        self._lost = False
+        self._window = settings.window
+        self._max_payload = settings.batch_bytes
+        self._since: float | None = None
+        self._reconnects = 0
+        self._attempt = 0
+        self._refused: str | None = None
+        self._last_error: str | None = None
+        self._stop_at: float | None = None
+        self._drained = asyncio.Event()
+        self._offline_sent = False
+        self._tokens = float(settings.catch_up_rate or 0)
+        self._tokens_at = time.monotonic()
+        self._backlog_at = 0.0
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Load the cursors and start connecting in the background. Raises StoreError if the
+        cursors cannot be read."""
+        if self._task is not None:
+            raise RuntimeError(f"uplink {self.name!r} is already running")
+        cursors = await self.store.load_cursors(self.name)
+        confirmed = await self.store.load_cursors(self._e2e_key) if self.settings.end_to_end else {}
+        for s in self._streams.values():
+            s.acked = s.read = s.sent_high = s.gap_high = int(cursors.get(s.name, 0))
+            if self.settings.end_to_end:
+                s.confirmed = min(int(confirmed.get(s.name, 0)), s.acked)
+                self.store.hold_retention(self.name, s.name, s.confirmed)
+        self._phase = "connecting"
+        self._stop_at = None
+        self._task = asyncio.create_task(self._run(), name=f"uplink-{self.name}")
+
+    def notify(self) -> None:
+        """New rows are committed: wake the reader (cheap; call it after every commit)."""
+        self._wake.set()
+
+    async def stop(self, budget: float) -> UplinkState:
+        """Publish offline, send what is left within ``budget`` seconds, disconnect, flush the
+        cursors. Returns the final state (its backlog is what the next start resends)."""
+        task = self._task
+        if task is None:
+            return self.state()
+        loop = asyncio.get_running_loop()
+        self._stop_at = loop.time() + max(budget, 0.0)
+        self._phase = "stopping"
+        self._wake.set()
+        if self._link is not None and not self._lost:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._drained.wait(), max(budget, 0.0))
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        self._task = None
+        remaining = max(0.0, self._stop_at - loop.time())
+        await self.transport.close(min(1.0, remaining) if remaining > 0 else 0.05)
+        self._link = None
+        self._phase = "stopped"
+        try:
+            await asyncio.wait_for(self.store.flush(), max(remaining, 1.0))
+        except (TimeoutError, OSError, AgentdError) as exc:  # the cursor lags: we resend
+            log.warning("uplink %s: flushing the cursors failed: %s", self.name, exc)
+        return self.state()
+
+    # -- the operator's view -----------------------------------------------------------------
+    def state(self) -> UplinkState:
+        now = self._clock()
+        streams = []
+        degraded: list[str] = []
+        if self._refused:
+            degraded.append(self._refused)
+        for s in self._streams.values():
+            age = None if s.oldest_wall is None else max(0.0, now - s.oldest_wall)
+            limit = self.settings.backlog_max_age
+            if age is not None and limit is not None and age > limit:
+                degraded.append(f"{s.name} backlog is {age:.0f}s old")
+            if s.failures:
+                degraded.append(f"{s.name}: {s.last_error}")
+            streams.append(
+                StreamState(
+                    stream=s.name,
+                    acked=s.acked,
+                    head=self.store.stream_head(s.name),
+                    confirmed=s.confirmed,
+                    backlog_rows=s.backlog_rows,
+                    backlog_bytes=s.backlog_bytes,
+                    oldest_age=age,
+                    in_flight=len(s.inflight),
+                    delivered=s.delivered,
+                    batches=s.batches,
+                    duplicates=s.duplicates,
+                    gap_rows=s.gap_rows,
+                    gaps=s.gaps,
+                    refused=s.refused,
+                    last_error=s.last_error,
+                )
+            )
+        connected = self._link is not None and not self._lost
+        return UplinkState(
+            name=self.name,
+            node=self.node,
+            phase=self._phase,
+            health="degraded" if degraded else "ok",
+            reason="; ".join(degraded) if degraded else None,
+            connected=connected,
+            since=self._since,
+            protocol=self._link.protocol if connected and self._link else "",
+            window=self._window,
+            reconnects=self._reconnects,
+            last_error=self._last_error,
+            epoch=self.store.epoch,
+            streams=tuple(streams),
+        )
+
+    def _is_lost(self) -> bool:
+        return self._lost
+
+    def _stopping(self) -> bool:
+        return self._stop_at is not None
+
+    @property
+    def _e2e_key(self) -> str:
+        return f"{self.name}:confirmed"
+
+    # -- connect, backoff --------------------------------------------------------------------
+    async def _run(self) -> None:
+        while self._stop_at is None:
+            self._phase = "connecting"
+            try:
+                link = await self.transport.connect(
+                    self.client_id, self._status(online=False, clean=False), self._inbound
+                )
+            except TransportError as exc:
+                self._connect_failed(exc)
+                await self._backoff()
+                continue
+            if self._stopping():
+                break
+            self._connected(link)
+            try:
+                await self._session()
+            except TransportError as exc:
+                self._last_error = str(exc)
+            self._disconnected()
+            if self._stop_at is None:
+                await self._backoff()
+
+    def _connect_failed(self, exc: TransportError) -> None:
+        self._last_error = str(exc)
+        if exc.refused:
+            if self._refused != str(exc):
+                log.error("uplink %s: %s", self.name, exc)
+            self._refused = str(exc)
+        elif self._attempt == 0:
+            log.warning("uplink %s: %s; retrying with backoff", self.name, exc)
+        self._phase = "backoff"
+
+    async def _backoff(self) -> None:
+        """Full jitter: uniform(0, min(max, min * 2**attempt)); stop() cuts it short."""
+        s = self.settings
+        cap = min(s.reconnect_max, s.reconnect_min * (2 ** min(self._attempt, 30)))
+        self._attempt += 1
+        self._phase = "backoff"
+        self._wake.clear()
+        deadline = time.monotonic() + self._rng.uniform(0, cap)
+        while self._stop_at is None and (left := deadline - time.monotonic()) > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), left)
+            self._wake.clear()
+
+    def _connected(self, link: Link) -> None:
+        s = self.settings
+        self._link, self._lost = link, False
+        self._refused = None
+        self._since = self._clock()
+        self._phase = "connected"
+        # one slot stays free for status messages
+        self._window = max(1, min(s.window, link.receive_maximum - 1))
+        self._max_payload = s.batch_bytes
+        if link.max_packet_size:
+            self._max_payload = max(1024, min(s.batch_bytes, link.max_packet_size - 4096))
+        if self._reconnects or self._attempt:
+            log.info("uplink %s: connected (%s)", self.name, link.protocol)
+        for st in self._streams.values():
+            self._rewind(st)
+
+    def _disconnected(self) -> None:
+        if self._link is not None and self._stop_at is None:
+            self._reconnects += 1
+            log.warning("uplink %s: link lost (%s)", self.name, self._last_error)
+        self._link = None
+        self._since = self._clock()
+        for st in self._streams.values():
+            self._rewind(st)
+
+    def _rewind(self, st: _Stream) -> None:
+        """Forget what is buffered and in flight: the next read starts after the cursor
+        (end_to_end: after the consumer's watermark), and old answers are ignored."""
+        st.gen += 1
+        st.inflight.clear()
+        st.buffer.clear()
+        st.buffer_bytes = 0
+        start = st.acked if st.confirmed is None else min(st.confirmed, st.acked)
+        st.read = start
+
+    # -- one connection ----------------------------------------------------------------------
+    async def _session(self) -> None:
+        lost = asyncio.ensure_future(self.transport.wait_lost())
+        lost.add_done_callback(self._on_lost)
+        try:
+            if self.settings.end_to_end:
+                await self.transport.subscribe(self.topics["ack"])
+            birth = asyncio.ensure_future(
+                self.transport.send(self._status(online=True, clean=False))
+            )
+            await self._pump(birth)
+        finally:
+            lost.cancel()
+
+    def _on_lost(self, fut: asyncio.Future[str]) -> None:
+        if not fut.cancelled():
+            self._lost = True
+            self._last_error = f"link lost: {fut.result()}" if not fut.exception() else None
+        self._wake.set()
+
+    def _track(self, fut: asyncio.Future[Delivery]) -> None:
+        fut.add_done_callback(self._answer_arrived)
+
+    def _answer_arrived(self, fut: asyncio.Future[Delivery]) -> None:
+        if not fut.cancelled():
+            fut.exception()  # retrieved: a send abandoned by a rewind must not log an error
+        self._wake.set()
+
+    async def _pump(self, birth: asyncio.Future[Delivery]) -> None:
+        loop = asyncio.get_running_loop()
+        birth_seen = False
+        while not self._is_lost():
+            self._wake.clear()
+            if not birth_seen and birth.done():
+                birth_seen = True
+                self._birth_answered(birth)
+            self._collect()
+            stopping = self._stop_at is not None
+            if stopping and not self._offline_sent:
+                self._offline_sent = True
+                self._track(
+                    asyncio.ensure_future(
+                        self.transport.send(self._status(online=False, clean=True))
+                    )
+                )
+            timeout = await self._fill(stopping)
+            if self._is_lost():
+                break
+            if stopping and self._drained_now():
+                self._drained.set()
+                await asyncio.sleep(3600)  # stop() cancels us
+            await self._refresh_backlog()
+            if self._wake.is_set():
+                continue
+            if stopping and self._stop_at is not None:
+                timeout = min(timeout, max(0.0, self._stop_at - loop.time()))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout)
+        raise TransportError(self._last_error or "link lost")
+
+    def _birth_answered(self, birth: asyncio.Future[Delivery]) -> None:
+        if birth.cancelled() or birth.exception() is not None:
+            return
+        got = birth.result()
+        if got.ok:
+            self._attempt = 0  # the link works: the next loss starts the backoff afresh
+        else:
+            self._refused = f"status refused by the broker ({_code(got)})"
+            log.error("uplink %s: %s", self.name, self._refused)
+
+    def _drained_now(self) -> bool:
+        now = time.monotonic()
+        return not any(
+            (st.inflight or st.buffer or st.read < self.store.stream_head(st.name))
+            and now >= st.blocked_until
+            for st in self._streams.values()
+        )
+
+    # -- answers -----------------------------------------------------------------------------
+    def _collect(self) -> None:
+        for st in self._streams.values():
+            while st.inflight and st.inflight[0].fut.done():
+                b = st.inflight.popleft()
+                fut = b.fut
+                if fut.cancelled() or fut.exception() is not None:
+                    self._lost = True  # the transport fails pending sends only on a lost link
+                    return
+                self._answered(st, b, fut.result())
+
+    def _answered(self, st: _Stream, b: _Batch, got: Delivery) -> None:
+        if b.gen != st.gen:
+            return
+        if not got.ok:
+            st.refused += 1
+            st.failures += 1
+            st.last_error = f"batch {b.first}..{b.last} refused by the broker ({_code(got)})"
+            if st.failures == 1:
+                log.error(
+                    "uplink %s: %s; the cursor stays at %d", self.name, st.last_error, st.acked
+                )
+            delay = self._rng.uniform(
+                0, min(self.settings.reconnect_max, self.settings.reconnect_min * 2**st.failures)
+            )
+            st.blocked_until = time.monotonic() + delay
+            self._rewind(st)
+            return
+        if st.failures:
+            log.warning("uplink %s: %s accepted again", self.name, st.name)
+        st.failures = 0
+        st.last_error = None
+        st.acked = b.last
+        st.delivered += b.rows
+        st.batches += 1
+        self.store.save_cursor(self.name, st.name, st.acked)
+
+    # -- reading and sending -----------------------------------------------------------------
+    async def _fill(self, stopping: bool) -> float:
+        """Send every batch that is ready while the window has room; returns how long to
+        sleep before a partial batch or a blocked stream is due."""
+        s = self.settings
+        wait = s.batch_interval
+        now = time.monotonic()
+        for st in self._streams.values():
+            while self._inflight() < self._window and not self._lost:
+                if now < st.blocked_until:
+                    wait = min(wait, st.blocked_until - now)
+                    break
+                head = self.store.stream_head(st.name)
+                if st.read < head and len(st.buffer) < s.batch_rows:
+                    await self._read(st, head)
+                    if self._is_lost():
+                        return 0.0
+                    now = time.monotonic()
+                if not st.buffer:
+                    break
+                full = (
+                    len(st.buffer) >= s.batch_rows
+                    or st.buffer_bytes >= self._max_payload
+                    or st.read < head  # more rows wait behind this batch: catching up
+                )
+                due = st.buffer_since + s.batch_interval
+                if not (full or stopping or now >= due):
+                    wait = min(wait, due - now)
+                    break
+                if (delay := self._rate_delay(st.buffer_bytes)) > 0:
+                    return min(wait, delay)
+                self._send_rows(st)
+        return max(wait, 0.0)
+
+    def _inflight(self) -> int:
+        return sum(len(st.inflight) for st in self._streams.values())
+
+    async def _read(self, st: _Stream, head: int) -> None:
+        s = self.settings
+        room = self._max_payload - st.buffer_bytes
+        rows = await self.store.stream_rows(
+            st.name, st.read, s.batch_rows - len(st.buffer), max(room, 1)
+        )
+        if not rows and not st.buffer:
+            # nothing fitted the bytes left, or rows are gone: one row, whatever its size
+            rows = await self.store.stream_rows(st.name, st.read, 1, _UNLIMITED)
+        if rows and rows[0].id == st.read + 1:
+            taken = _contiguous(rows)
+            if not st.buffer:
+                st.buffer_since = time.monotonic()
+            st.buffer.extend(taken)
+            st.read = taken[-1].id
+            overhead = env.row_overhead(self.store.boot_id)
+            st.buffer_bytes += sum(len(r.data) + overhead for r in taken)
+            return
+        if st.buffer:
+            return  # the buffer goes out first: a gap ends a batch
+        last = rows[0].id - 1 if rows else head
+        if last > st.read:
+            await self._send_gaps(st, st.read + 1, last)
+
+    def _send_rows(self, st: _Stream) -> None:
+        rows, st.buffer = st.buffer, []
+        size, st.buffer_bytes = st.buffer_bytes, 0
+        limit = self._link.max_packet_size if self._link else None
+        if limit and len(rows) == 1 and size + PACKET_OVERHEAD > limit:
+            # one row larger than the broker takes would block its stream forever
+            self._queue_gap(st, rows[0].id, rows[0].id, "uplink.too_large")
+            return
+        e = env.rows_envelope(
+            self.node, self.store.epoch, self.store.boot_id, st.name, rows, self.settings.format
+        )
+        payload = env.encode(e, self.settings.format)
+        self._take_tokens(len(payload))
+        if e.first <= st.sent_high:
+            st.duplicates += min(e.last, st.sent_high) - e.first + 1
+        st.sent_high = max(st.sent_high, e.last)
+        msg = Message(topic=self.topics[st.name], payload=payload, content_type=self._content_type)
+        self._dispatch(st, e.first, e.last, len(rows), msg)
+
+    async def _send_gaps(self, st: _Stream, first: int, last: int) -> None:
+        """Rows ``first..last`` are gone: one gap record per reason the store logged."""
+        drops = await self.store.stream_drops(st.name, first, last)
+        at = first
+        for d in sorted(drops, key=lambda d: d.first):
+            lo, hi = max(d.first, at), min(d.last, last)
+            if hi < lo:
+                continue
+            if lo > at:
+                self._queue_gap(st, at, lo - 1, "unknown")
+            self._queue_gap(st, lo, hi, d.reason)
+            at = hi + 1
+        if at <= last:
+            self._queue_gap(st, at, last, "unknown")
+        st.read = last
+
+    def _queue_gap(self, st: _Stream, first: int, last: int, reason: str) -> None:
+        if last > st.gap_high:  # count a range once, however often it is resent
+            lo = max(first, st.gap_high + 1)
+            st.gap_rows += last - lo + 1
+            st.gaps += 1
+            st.gap_high = last
+            log.warning(
+                "uplink %s: %s rows %d..%d are gone (%s): sending a gap record",
+                self.name,
+                st.name,
+                first,
+                last,
+                reason,
+            )
+            self.store.journal_event(
+                "uplink.gap",
+                {
+                    "uplink": self.name,
+                    "stream": st.name,
+                    "from": first,
+                    "to": last,
+                    "reason": reason,
+                },
+            )
+        e = env.GapEnvelope(
+            node=self.node,
+            epoch=self.store.epoch,
+            boot_id=self.store.boot_id,
+            stream=st.name,
+            first=first,
+            last=last,
+            reason=reason,
+        )
+        msg = Message(
+            topic=self.topics[st.name],
+            payload=env.encode(e, self.settings.format),
+            content_type=self._content_type,
+        )
+        st.sent_high = max(st.sent_high, last)
+        self._dispatch(st, first, last, 0, msg)
+
+    def _dispatch(self, st: _Stream, first: int, last: int, rows: int, msg: Message) -> None:
+        fut = asyncio.ensure_future(self.transport.send(msg))
+        self._track(fut)
+        st.inflight.append(
+            _Batch(st.name, first, last, rows, len(msg.payload), st.gen, fut, time.monotonic())
+        )
+
+    # -- the catch-up rate limit (a token bucket in payload bytes) ---------------------------
+    def _rate_delay(self, size: int) -> float:
+        rate = self.settings.catch_up_rate
+        if not rate:
+            return 0.0
+        now = time.monotonic()
+        burst = float(max(rate, self.settings.batch_bytes))
+        self._tokens = min(burst, self._tokens + (now - self._tokens_at) * rate)
+        self._tokens_at = now
+        need = min(float(size), burst)
+        return 0.0 if self._tokens >= need else (need - self._tokens) / rate
+
+    def _take_tokens(self, size: int) -> None:
+        if self.settings.catch_up_rate:
+            self._tokens -= size
+
+    # -- backlog figures, status, inbound ----------------------------------------------------
+    async def _refresh_backlog(self) -> None:
+        now = time.monotonic()
+        if now - self._backlog_at < BACKLOG_EVERY:
+            return
+        self._backlog_at = now
+        for st in self._streams.values():
+            b = await self.store.stream_backlog(st.name, st.acked)
+            st.backlog_rows, st.backlog_bytes, st.oldest_wall = b.rows, b.bytes, b.oldest_wall
+
+    def _send_status(self, *, online: bool, clean: bool) -> asyncio.Future[Delivery]:
+        fut = asyncio.ensure_future(self.transport.send(self._status(online=online, clean=clean)))
+        self._track(fut)
+        return fut
+
+    def _status(self, *, online: bool, clean: bool) -> Message:
+        backlog: dict[str, int] = {
+            st.name: max(0, self.store.stream_head(st.name) - st.acked)
+            for st in self._streams.values()
+        }
+        st = env.Status(
+            node=self.node,
+            state="online" if online else "offline",
+            clean=clean,
+            version=__version__,
+            epoch=self.store.epoch,
+            boot_id=self.store.boot_id,
+            at=self._clock(),
+            backlog=backlog,
+        )
+        return Message(
+            topic=self.topics["status"],
+            payload=env.encode(st, self.settings.format),
+            retain=True,
+            content_type=self._content_type,
+        )
+
+    def _inbound(self, topic: str, payload: bytes) -> None:
+        if topic != self.topics["ack"] or not self.settings.end_to_end:
+            return
+        ack = env.decode_ack(payload)
+        if ack is None or ack.epoch != self.store.epoch:
+            log.warning(
+                "uplink %s: ignoring an ack that is not for epoch %s", self.name, self.store.epoch
+            )
+            return
+        for st in self._streams.values():
+            mark = getattr(ack, st.name)
+            if mark is None:
+                continue
+            mark = min(int(mark), st.sent_high)
+            if st.confirmed is None or mark > st.confirmed:
+                st.confirmed = mark
+                self.store.hold_retention(self.name, st.name, mark)
+                self.store.save_cursor(self._e2e_key, st.name, mark)
+
+
+def _contiguous(rows: Sequence[RowLike]) -> list[RowLike]:
+    out = [rows[0]]
+    for r in rows[1:]:
+        if r.id != out[-1].id + 1:
+            break
+        out.append(r)
+    return out
+
+
+def _code(got: Delivery) -> str:
+    return f"0x{got.code:02x} {got.reason}" if got.code is not None else got.reason or "refused"
