@@ -22,9 +22,7 @@ import contextlib
 import logging
 import random
 import time
-from collections import deque
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Final
 
 from agentd import __version__
@@ -32,8 +30,17 @@ from agentd.errors import AgentdError
 from agentd.uplink import envelope as env
 from agentd.uplink.base import STREAMS, Delivery, Link, Message, Stream, TransportError, Uplink
 from agentd.uplink.config import UplinkSettings
+from agentd.uplink.parts import (
+    Batch,
+    RateLimit,
+    StreamCursor,
+    contiguous,
+    describe,
+    full_jitter,
+    split_gap,
+)
 from agentd.uplink.state import Phase, StreamState, UplinkState
-from agentd.uplink.storeview import RowLike, UplinkStore
+from agentd.uplink.storeview import UplinkStore
 
 __all__ = ["PRIORITY", "UplinkEngine"]
 
@@ -46,47 +53,6 @@ BACKLOG_EVERY: Final = 2.0
 #: a PUBLISH's fixed header, topic and properties, for the Maximum Packet Size bound
 PACKET_OVERHEAD: Final = 512
 _UNLIMITED: Final = 1 << 62
-
-
-@dataclass(slots=True)
-class _Batch:
-    stream: Stream
-    first: int
-    last: int
-    rows: int  # 0 for a gap record
-    size: int
-    gen: int
-    fut: asyncio.Future[Delivery]
-    sent_at: float
-
-
-@dataclass(slots=True)
-class _Stream:
-    name: Stream
-    acked: int = 0
-    #: the highest id read from the store (buffered, in flight or acknowledged)
-    read: int = 0
-    buffer: list[RowLike] = field(default_factory=list)
-    buffer_bytes: int = 0
-    buffer_since: float = 0.0
-    inflight: deque[_Batch] = field(default_factory=deque)
-    #: bumped on a rewind: answers for batches of an older generation are ignored
-    gen: int = 0
-    sent_high: int = 0
-    gap_high: int = 0
-    confirmed: int | None = None
-    blocked_until: float = 0.0
-    failures: int = 0
-    delivered: int = 0
-    batches: int = 0
-    duplicates: int = 0
-    gap_rows: int = 0
-    gaps: int = 0
-    refused: int = 0
-    last_error: str | None = None
-    backlog_rows: int = 0
-    backlog_bytes: int = 0
-    oldest_wall: float | None = None
 
 
 class UplinkEngine:
@@ -110,7 +76,7 @@ class UplinkEngine:
         base = f"{settings.prefix.rstrip('/')}/{self.node}"
         self.topics: dict[str, str] = {c: f"{base}/{c}" for c in (*STREAMS, "status", "ack")}
         self.client_id = f"agentd-{self.node}-{name}"[:128]
-        self._streams = {s: _Stream(s) for s in PRIORITY if s in settings.streams}
+        self._streams = {s: StreamCursor(s) for s in PRIORITY if s in settings.streams}
         self._content_type = env.CONTENT_TYPES[settings.format]
         self._phase: Phase = "stopped"
         self._task: asyncio.Task[None] | None = None
@@ -127,8 +93,7 @@ class UplinkEngine:
         self._stop_at: float | None = None
         self._drained = asyncio.Event()
         self._offline_sent = False
-        self._tokens = float(settings.catch_up_rate or 0)
-        self._tokens_at = time.monotonic()
+        self._rate = RateLimit(settings.catch_up_rate, settings.batch_bytes)
         self._backlog_at = 0.0
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -181,36 +146,16 @@ class UplinkEngine:
     # -- the operator's view -----------------------------------------------------------------
     def state(self) -> UplinkState:
         now = self._clock()
-        streams = []
+        streams: list[StreamState] = []
         degraded: list[str] = []
         if self._refused:
             degraded.append(self._refused)
-        for s in self._streams.values():
-            age = None if s.oldest_wall is None else max(0.0, now - s.oldest_wall)
-            limit = self.settings.backlog_max_age
-            if age is not None and limit is not None and age > limit:
-                degraded.append(f"{s.name} backlog is {age:.0f}s old")
-            if s.failures:
-                degraded.append(f"{s.name}: {s.last_error}")
-            streams.append(
-                StreamState(
-                    stream=s.name,
-                    acked=s.acked,
-                    head=self.store.stream_head(s.name),
-                    confirmed=s.confirmed,
-                    backlog_rows=s.backlog_rows,
-                    backlog_bytes=s.backlog_bytes,
-                    oldest_age=age,
-                    in_flight=len(s.inflight),
-                    delivered=s.delivered,
-                    batches=s.batches,
-                    duplicates=s.duplicates,
-                    gap_rows=s.gap_rows,
-                    gaps=s.gaps,
-                    refused=s.refused,
-                    last_error=s.last_error,
-                )
+        for cur in self._streams.values():
+            snap, problems = cur.snapshot(
+                self.store.stream_head(cur.name), now, self.settings.backlog_max_age
             )
+            streams.append(snap)
+            degraded += problems
         connected = self._link is not None and not self._lost
         return UplinkState(
             name=self.name,
@@ -274,11 +219,11 @@ class UplinkEngine:
     async def _backoff(self) -> None:
         """Full jitter: uniform(0, min(max, min * 2**attempt)); stop() cuts it short."""
         s = self.settings
-        cap = min(s.reconnect_max, s.reconnect_min * (2 ** min(self._attempt, 30)))
+        delay = full_jitter(self._rng, self._attempt, s.reconnect_min, s.reconnect_max)
         self._attempt += 1
         self._phase = "backoff"
         self._wake.clear()
-        deadline = time.monotonic() + self._rng.uniform(0, cap)
+        deadline = time.monotonic() + delay
         while self._stop_at is None and (left := deadline - time.monotonic()) > 0:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), left)
@@ -309,7 +254,7 @@ class UplinkEngine:
         for st in self._streams.values():
             self._rewind(st)
 
-    def _rewind(self, st: _Stream) -> None:
+    def _rewind(self, st: StreamCursor) -> None:
         """Forget what is buffered and in flight: the next read starts after the cursor
         (end_to_end: after the consumer's watermark), and old answers are ignored."""
         st.gen += 1
@@ -386,7 +331,7 @@ class UplinkEngine:
         if got.ok:
             self._attempt = 0  # the link works: the next loss starts the backoff afresh
         else:
-            self._refused = f"status refused by the broker ({_code(got)})"
+            self._refused = f"status refused by the broker ({describe(got)})"
             log.error("uplink %s: %s", self.name, self._refused)
 
     def _drained_now(self) -> bool:
@@ -408,20 +353,19 @@ class UplinkEngine:
                     return
                 self._answered(st, b, fut.result())
 
-    def _answered(self, st: _Stream, b: _Batch, got: Delivery) -> None:
+    def _answered(self, st: StreamCursor, b: Batch, got: Delivery) -> None:
         if b.gen != st.gen:
             return
         if not got.ok:
             st.refused += 1
             st.failures += 1
-            st.last_error = f"batch {b.first}..{b.last} refused by the broker ({_code(got)})"
+            st.last_error = f"batch {b.first}..{b.last} refused by the broker ({describe(got)})"
             if st.failures == 1:
                 log.error(
                     "uplink %s: %s; the cursor stays at %d", self.name, st.last_error, st.acked
                 )
-            delay = self._rng.uniform(
-                0, min(self.settings.reconnect_max, self.settings.reconnect_min * 2**st.failures)
-            )
+            s = self.settings
+            delay = full_jitter(self._rng, st.failures, s.reconnect_min, s.reconnect_max)
             st.blocked_until = time.monotonic() + delay
             self._rewind(st)
             return
@@ -463,7 +407,7 @@ class UplinkEngine:
                 if not (full or stopping or now >= due):
                     wait = min(wait, due - now)
                     break
-                if (delay := self._rate_delay(st.buffer_bytes)) > 0:
+                if (delay := self._rate.delay(st.buffer_bytes)) > 0:
                     return min(wait, delay)
                 self._send_rows(st)
         return max(wait, 0.0)
@@ -471,7 +415,7 @@ class UplinkEngine:
     def _inflight(self) -> int:
         return sum(len(st.inflight) for st in self._streams.values())
 
-    async def _read(self, st: _Stream, head: int) -> None:
+    async def _read(self, st: StreamCursor, head: int) -> None:
         s = self.settings
         room = self._max_payload - st.buffer_bytes
         rows = await self.store.stream_rows(
@@ -481,7 +425,7 @@ class UplinkEngine:
             # nothing fitted the bytes left, or rows are gone: one row, whatever its size
             rows = await self.store.stream_rows(st.name, st.read, 1, _UNLIMITED)
         if rows and rows[0].id == st.read + 1:
-            taken = _contiguous(rows)
+            taken = contiguous(rows)
             if not st.buffer:
                 st.buffer_since = time.monotonic()
             st.buffer.extend(taken)
@@ -495,7 +439,7 @@ class UplinkEngine:
         if last > st.read:
             await self._send_gaps(st, st.read + 1, last)
 
-    def _send_rows(self, st: _Stream) -> None:
+    def _send_rows(self, st: StreamCursor) -> None:
         rows, st.buffer = st.buffer, []
         size, st.buffer_bytes = st.buffer_bytes, 0
         limit = self._link.max_packet_size if self._link else None
@@ -507,30 +451,21 @@ class UplinkEngine:
             self.node, self.store.epoch, self.store.boot_id, st.name, rows, self.settings.format
         )
         payload = env.encode(e, self.settings.format)
-        self._take_tokens(len(payload))
+        self._rate.take(len(payload))
         if e.first <= st.sent_high:
             st.duplicates += min(e.last, st.sent_high) - e.first + 1
         st.sent_high = max(st.sent_high, e.last)
         msg = Message(topic=self.topics[st.name], payload=payload, content_type=self._content_type)
         self._dispatch(st, e.first, e.last, len(rows), msg)
 
-    async def _send_gaps(self, st: _Stream, first: int, last: int) -> None:
+    async def _send_gaps(self, st: StreamCursor, first: int, last: int) -> None:
         """Rows ``first..last`` are gone: one gap record per reason the store logged."""
         drops = await self.store.stream_drops(st.name, first, last)
-        at = first
-        for d in sorted(drops, key=lambda d: d.first):
-            lo, hi = max(d.first, at), min(d.last, last)
-            if hi < lo:
-                continue
-            if lo > at:
-                self._queue_gap(st, at, lo - 1, "unknown")
-            self._queue_gap(st, lo, hi, d.reason)
-            at = hi + 1
-        if at <= last:
-            self._queue_gap(st, at, last, "unknown")
+        for lo, hi, reason in split_gap(first, last, drops):
+            self._queue_gap(st, lo, hi, reason)
         st.read = last
 
-    def _queue_gap(self, st: _Stream, first: int, last: int, reason: str) -> None:
+    def _queue_gap(self, st: StreamCursor, first: int, last: int, reason: str) -> None:
         if last > st.gap_high:  # count a range once, however often it is resent
             lo = max(first, st.gap_high + 1)
             st.gap_rows += last - lo + 1
@@ -571,28 +506,12 @@ class UplinkEngine:
         st.sent_high = max(st.sent_high, last)
         self._dispatch(st, first, last, 0, msg)
 
-    def _dispatch(self, st: _Stream, first: int, last: int, rows: int, msg: Message) -> None:
+    def _dispatch(self, st: StreamCursor, first: int, last: int, rows: int, msg: Message) -> None:
         fut = asyncio.ensure_future(self.transport.send(msg))
         self._track(fut)
         st.inflight.append(
-            _Batch(st.name, first, last, rows, len(msg.payload), st.gen, fut, time.monotonic())
+            Batch(st.name, first, last, rows, len(msg.payload), st.gen, fut, time.monotonic())
         )
-
-    # -- the catch-up rate limit (a token bucket in payload bytes) ---------------------------
-    def _rate_delay(self, size: int) -> float:
-        rate = self.settings.catch_up_rate
-        if not rate:
-            return 0.0
-        now = time.monotonic()
-        burst = float(max(rate, self.settings.batch_bytes))
-        self._tokens = min(burst, self._tokens + (now - self._tokens_at) * rate)
-        self._tokens_at = now
-        need = min(float(size), burst)
-        return 0.0 if self._tokens >= need else (need - self._tokens) / rate
-
-    def _take_tokens(self, size: int) -> None:
-        if self.settings.catch_up_rate:
-            self._tokens -= size
 
     # -- backlog figures, status, inbound ----------------------------------------------------
     async def _refresh_backlog(self) -> None:
@@ -649,16 +568,3 @@ class UplinkEngine:
                 st.confirmed = mark
                 self.store.hold_retention(self.name, st.name, mark)
                 self.store.save_cursor(self._e2e_key, st.name, mark)
-
-
-def _contiguous(rows: Sequence[RowLike]) -> list[RowLike]:
-    out = [rows[0]]
-    for r in rows[1:]:
-        if r.id != out[-1].id + 1:
-            break
-        out.append(r)
-    return out
-
-
-def _code(got: Delivery) -> str:
-    return f"0x{got.code:02x} {got.reason}" if got.code is not None else got.reason or "refused"
