@@ -26,7 +26,7 @@ from collections.abc import Callable
 from typing import Final
 
 from agentd import __version__
-from agentd.errors import AgentdError
+from agentd.errors import AgentdError, StoreError
 from agentd.uplink import envelope as env
 from agentd.uplink.base import STREAMS, Delivery, Link, Message, Stream, TransportError, Uplink
 from agentd.uplink.config import UplinkSettings
@@ -202,6 +202,14 @@ class UplinkEngine:
                 await self._session()
             except TransportError as exc:
                 self._last_error = str(exc)
+            except StoreError as exc:  # the store is degraded: reconnect once it reads again
+                self._last_error = f"store: {exc}"
+                log.error("uplink %s: reading the journals failed: %s", self.name, exc)
+                await self.transport.close(0.5)
+            except Exception as exc:  # a bug must not end the uplink silently
+                self._last_error = f"internal error: {exc!r}"
+                log.exception("uplink %s: internal error; reconnecting", self.name)
+                await self.transport.close(0.5)
             self._disconnected()
             if self._stop_at is None:
                 await self._backoff()
@@ -226,8 +234,10 @@ class UplinkEngine:
         deadline = time.monotonic() + delay
         while self._stop_at is None and (left := deadline - time.monotonic()) > 0:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), left)
+                await asyncio.wait_for(self._wake.wait(), min(left, BACKLOG_EVERY))
             self._wake.clear()
+            with contextlib.suppress(StoreError):  # the backlog grows during an outage: show it
+                await self._refresh_backlog()
 
     def _connected(self, link: Link) -> None:
         s = self.settings
@@ -373,7 +383,7 @@ class UplinkEngine:
             log.warning("uplink %s: %s accepted again", self.name, st.name)
         st.failures = 0
         st.last_error = None
-        st.acked = b.last
+        st.acked = max(st.acked, b.last)  # end_to_end resends below the cursor
         st.delivered += b.rows
         st.batches += 1
         self.store.save_cursor(self.name, st.name, st.acked)
@@ -391,7 +401,11 @@ class UplinkEngine:
                     wait = min(wait, st.blocked_until - now)
                     break
                 head = self.store.stream_head(st.name)
-                if st.read < head and len(st.buffer) < s.batch_rows:
+                if (
+                    st.read < head
+                    and len(st.buffer) < s.batch_rows
+                    and st.buffer_bytes < self._max_payload
+                ):
                     await self._read(st, head)
                     if self._is_lost():
                         return 0.0

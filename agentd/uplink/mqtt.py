@@ -23,6 +23,7 @@ import contextlib
 import logging
 import socket
 import ssl
+import threading
 from collections.abc import Callable
 from typing import Any, Final
 
@@ -163,11 +164,16 @@ class MqttTransport:
             will_props = _properties(PacketTypes.WILLMESSAGE)
             will_props.ContentType = will.content_type
         client.will_set(will.topic, will.payload, qos=1, retain=will.retain, properties=will_props)
+        handoff = _Handoff(client)
         try:
-            await asyncio.wait_for(
-                loop.run_in_executor(None, self._blocking_connect, client, v5),
-                self.config.connect_timeout + 1.0,
-            )
+            try:
+                await asyncio.wait_for(
+                    loop.run_in_executor(None, self._blocking_connect, client, v5, handoff),
+                    self.config.connect_timeout + 1.0,
+                )
+            except BaseException:
+                handoff.abandon()
+                raise
         except TimeoutError:
             raise TransportError(f"connect {self._where()}: timed out") from None
         except ssl.SSLCertVerificationError as exc:
@@ -217,12 +223,15 @@ class MqttTransport:
             reason_codes=v5,
         )
 
-    def _blocking_connect(self, client: paho.Client, v5: bool) -> None:
+    def _blocking_connect(self, client: paho.Client, v5: bool, handoff: _Handoff) -> None:
         ep = self.endpoint
-        if v5:
-            rc = client.connect(ep.host, ep.port, self.config.keepalive, clean_start=True)
-        else:
-            rc = client.connect(ep.host, ep.port, self.config.keepalive)
+        try:
+            if v5:
+                rc = client.connect(ep.host, ep.port, self.config.keepalive, clean_start=True)
+            else:
+                rc = client.connect(ep.host, ep.port, self.config.keepalive)
+        finally:
+            handoff.finished()
         if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             raise ValueError(paho.error_string(rc))
 
@@ -415,6 +424,35 @@ class _Client(paho.Client):
 
 def _properties(packet_type: int) -> Properties:
     return Properties(packet_type)  # type: ignore[no-untyped-call]
+
+
+class _Handoff:
+    """The executor thread cannot be cancelled: if the connect is abandoned (timeout, stop)
+    whoever comes last, the thread or the loop, closes the socket it made."""
+
+    def __init__(self, client: paho.Client) -> None:
+        self._client = client
+        self._lock = threading.Lock()
+        self._done = False
+        self._abandoned = False
+
+    def finished(self) -> None:
+        with self._lock:
+            self._done = True
+            if self._abandoned:
+                self._close()
+
+    def abandon(self) -> None:
+        with self._lock:
+            self._abandoned = True
+            if self._done:
+                self._close()
+
+    def _close(self) -> None:
+        with contextlib.suppress(OSError):
+            sock = self._client.socket()
+            if sock is not None:
+                sock.close()
 
 
 class _WrongVersion(Exception):
