@@ -102,6 +102,8 @@ class StoreConfig(_Section, frozen=True):
     sweep_interval: Seconds = 60.0
     observations: JournalConfig = JournalConfig()
     actions: JournalConfig = JournalConfig(max_rows=100_000)
+    #: agentd's own state changes (the uplink's events stream); `every` does not apply
+    events: JournalConfig = JournalConfig(max_rows=100_000)
 
 
 class ControlConfig(_Section, frozen=True):

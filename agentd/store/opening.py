@@ -1,29 +1,26 @@
 """Opening the database: connect, check, configure, migrate; corrupt files are moved aside and
 replaced, a newer schema is refused untouched, anything else that stops us is `Unavailable`
-(the store then runs degraded). Also the two aiosqlite helpers the store uses everywhere."""
+(the store then runs degraded)."""
 
 from __future__ import annotations
 
 import logging
 import sqlite3
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
-
-import aiosqlite
 
 from agentd.config import StoreConfig
 from agentd.errors import StoreError
-from agentd.store.journal import Journal, used_keys
+from agentd.store.journal import Journal, Stream, used_keys
 from agentd.store.recovery import describe, is_corruption, move_aside
 from agentd.store.schema import LATEST, migrate, user_version
+from agentd.store.streams import load_holds
+from agentd.store.thread import DatabaseThread
 
-__all__ = ["KEY_MEMORY", "Opened", "Unavailable", "call", "close_quietly", "open_database"]
+__all__ = ["KEY_MEMORY", "Opened", "Unavailable", "close_quietly", "open_database"]
 
 log = logging.getLogger("agentd.store")
-
-T = TypeVar("T")
 
 #: idempotency keys remembered (loaded from the action journal at open)
 KEY_MEMORY = 100_000
@@ -44,24 +41,30 @@ class _Corrupt(Exception):
 
 @dataclass(slots=True)
 class Opened:
-    db: aiosqlite.Connection
     schema_version: int
     journal_mode: str
     #: (actuator, key) of actions that ran, oldest first
     keys: list[tuple[str, str]]
+    #: the database's epoch: made once, when the database was created
+    epoch: str
+    #: retention holds (uplink, stream) -> keep_after, as last committed
+    holds: dict[tuple[str, Stream], int]
 
 
-async def open_database(path: Path, config: StoreConfig, journals: Iterable[Journal]) -> Opened:
+async def open_database(
+    path: Path, config: StoreConfig, journals: Iterable[Journal]
+) -> tuple[DatabaseThread, Opened]:
     """Open ``path`` ready for use. Raises StoreError for a database from a newer agentd (left
     untouched) and Unavailable when it cannot be opened; a corrupt file is moved aside (logged
     in one line) and a fresh database takes its place."""
     journals = list(journals)
     for attempt in (1, 2):
-        db: aiosqlite.Connection | None = None
+        db: DatabaseThread | None = None
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            db = await aiosqlite.connect(path, isolation_level=None)
-            return await call(db, _prepare, db._conn, path, config, journals, db)
+            db = DatabaseThread()
+            await db.connect(lambda: sqlite3.connect(path, isolation_level=None))
+            return db, await db.call(_prepare, path, config, journals)
         except _Newer as exc:
             await close_quietly(db)
             raise StoreError(
@@ -96,7 +99,6 @@ def _prepare(
     path: Path,
     config: StoreConfig,
     journals: list[Journal],
-    db: aiosqlite.Connection,
 ) -> Opened:
     """On the database thread: check, configure and migrate. Reads only until the version is
     known to be ours."""
@@ -119,26 +121,21 @@ def _prepare(
         log.info("store: %s schema upgraded to version %d", path, applied[-1])
     for j in journals:
         j.load(conn)
-    return Opened(db, user_version(conn), mode, used_keys(conn, KEY_MEMORY))
+    epoch = conn.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()
+    return Opened(
+        schema_version=user_version(conn),
+        journal_mode=mode,
+        keys=used_keys(conn, KEY_MEMORY),
+        epoch=str(epoch[0]),
+        holds=load_holds(conn),
+    )
 
 
-async def call(db: aiosqlite.Connection, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """Run ``fn`` on the connection's thread: one hop for a whole transaction. aiosqlite's
-    public API is one hop per statement; its ``_execute`` is the documented-by-source way to
-    run a callable there, stable across releases."""
-    result: T = await db._execute(fn, *args, **kwargs)  # type: ignore[no-untyped-call]
-    return result
-
-
-async def close_quietly(db: aiosqlite.Connection | None) -> None:
+async def close_quietly(db: DatabaseThread | None) -> None:
+    """Close the connection and end its thread; a failure is logged, never raised."""
     if db is None:
         return
     try:
         await db.close()
-    except (sqlite3.Error, ValueError) as exc:
+    except sqlite3.Error as exc:
         log.warning("store: closing the database failed: %s", describe(exc))
-    # close() returns when the thread has handed back its last result, a moment before the
-    # thread itself ends; wait for that so no thread outlives the store
-    thread = getattr(db, "_thread", None)
-    if thread is not None and thread.is_alive():
-        thread.join(1.0)
