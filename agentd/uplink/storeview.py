@@ -4,9 +4,12 @@ engine is typed against this, and `agentd.store.Store` satisfies it structurally
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from agentd.uplink.base import Stream
+
+if TYPE_CHECKING:
+    from agentd.store import Store
 
 __all__ = ["BacklogLike", "DroppedLike", "RowLike", "UplinkStore"]
 
@@ -61,3 +64,9 @@ class UplinkStore(Protocol):
     async def flush(self) -> None: ...
     def hold_retention(self, uplink: str, stream: Stream, keep_after: int | None) -> None: ...
     def journal_event(self, kind: str, data: Mapping[str, object]) -> None: ...
+
+
+if TYPE_CHECKING:  # mypy checks that the real store keeps the contract
+
+    def _store_fits(store: Store) -> UplinkStore:
+        return store
