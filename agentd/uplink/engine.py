@@ -63,7 +63,7 @@ class UplinkEngine:
         transport: Uplink,
         store: UplinkStore,
         *,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] | None = None,
         rng: random.Random | None = None,
     ) -> None:
         self.name = name
@@ -71,7 +71,7 @@ class UplinkEngine:
         self.transport = transport
         self.store = store
         self.node = settings.resolved_node()
-        self._clock = clock
+        self._clock = clock or store.clock.wall
         self._rng = rng or random.Random()
         base = f"{settings.prefix.rstrip('/')}/{self.node}"
         self.topics: dict[str, str] = {c: f"{base}/{c}" for c in (*STREAMS, "status", "ack")}
@@ -535,7 +535,17 @@ class UplinkEngine:
         self._backlog_at = now
         for st in self._streams.values():
             b = await self.store.stream_backlog(st.name, st.acked)
-            st.backlog_rows, st.backlog_bytes, st.oldest_wall = b.rows, b.bytes, b.oldest_wall
+            st.backlog_rows, st.backlog_bytes = b.rows, b.bytes
+            if not b.rows:
+                st.backlog_since = st.oldest_wall = None
+                continue
+            if st.backlog_since is None:
+                st.backlog_since = now
+            # a wall time is an age only if the row was written, and is read, synchronized
+            # (a Pi boots in 1970 and steps at the first NTP sync); else: how long we've lagged
+            first = await self.store.stream_rows(st.name, st.acked, 1, 1)
+            trusted = bool(first) and first[0].synced and self.store.clock.synced()
+            st.oldest_wall = first[0].wall if trusted else None
 
     def _send_status(self, *, online: bool, clean: bool) -> asyncio.Future[Delivery]:
         fut = asyncio.ensure_future(self.transport.send(self._status(online=online, clean=clean)))

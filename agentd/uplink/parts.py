@@ -63,13 +63,20 @@ class StreamCursor:
     last_error: str | None = None
     backlog_rows: int = 0
     backlog_bytes: int = 0
+    #: the oldest unacknowledged row's wall time, when it can be trusted (synchronized)
     oldest_wall: float | None = None
+    #: monotonic time the backlog was first seen non-empty (the age when wall time is not)
+    backlog_since: float | None = None
 
     def snapshot(
         self, head: int, now: float, max_age: float | None
     ) -> tuple[StreamState, list[str]]:
         """The operator's view of this stream, and why it makes the uplink degraded."""
-        age = None if self.oldest_wall is None else max(0.0, now - self.oldest_wall)
+        age = None
+        if self.oldest_wall is not None:
+            age = max(0.0, now - self.oldest_wall)
+        elif self.backlog_since is not None:
+            age = time.monotonic() - self.backlog_since
         problems = []
         if age is not None and max_age is not None and age > max_age:
             problems.append(f"{self.name} backlog is {age:.0f}s old")

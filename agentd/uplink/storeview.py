@@ -11,7 +11,7 @@ from agentd.uplink.base import Stream
 if TYPE_CHECKING:
     from agentd.store import Store
 
-__all__ = ["BacklogLike", "DroppedLike", "RowLike", "UplinkStore"]
+__all__ = ["BacklogLike", "ClockLike", "DroppedLike", "RowLike", "UplinkStore"]
 
 
 class RowLike(Protocol):
@@ -45,7 +45,14 @@ class BacklogLike(Protocol):
     def oldest_wall(self) -> float | None: ...
 
 
+class ClockLike(Protocol):
+    def wall(self) -> float: ...
+    def synced(self) -> bool: ...
+
+
 class UplinkStore(Protocol):
+    @property
+    def clock(self) -> ClockLike: ...
     @property
     def epoch(self) -> str: ...
     @property
