@@ -418,11 +418,13 @@ class UplinkEngine:
                     or st.read < head  # more rows wait behind this batch: catching up
                 )
                 due = st.buffer_since + s.batch_interval
-                if not (full or stopping or now >= due):
+                # the tail of a backlog goes at once: only a stream that was idle waits
+                if not (full or st.catching_up or stopping or now >= due):
                     wait = min(wait, due - now)
                     break
                 if (delay := self._rate.delay(st.buffer_bytes)) > 0:
                     return min(wait, delay)
+                st.catching_up = full
                 self._send_rows(st)
         return max(wait, 0.0)
 
@@ -441,7 +443,10 @@ class UplinkEngine:
         if rows and rows[0].id == st.read + 1:
             taken = contiguous(rows)
             if not st.buffer:
-                st.buffer_since = time.monotonic()
+                # the interval runs from the row's commit, not from our read: the tail of a
+                # backlog goes at once (a clock step only makes one batch early or late)
+                waited = self.store.clock.wall() - taken[0].wall
+                st.buffer_since = time.monotonic() - min(max(waited, 0.0), s.batch_interval)
             st.buffer.extend(taken)
             st.read = taken[-1].id
             overhead = env.row_overhead(self.store.boot_id)

@@ -65,6 +65,8 @@ class StreamCursor:
     backlog_bytes: int = 0
     #: the oldest unacknowledged row's wall time, when it can be trusted (synchronized)
     oldest_wall: float | None = None
+    #: the last batch sent was full: a backlog is being drained
+    catching_up: bool = False
     #: monotonic time the backlog was first seen non-empty (the age when wall time is not)
     backlog_since: float | None = None
 
@@ -152,6 +154,10 @@ def split_gap(first: int, last: int, drops: Sequence[DroppedLike]) -> list[tuple
 
 
 def contiguous(rows: Sequence[RowLike]) -> list[RowLike]:
+    """The leading run of consecutive ids (ids only ever increase: equal spans mean none
+    is missing)."""
+    if rows[-1].id - rows[0].id == len(rows) - 1:
+        return list(rows)
     out = [rows[0]]
     for r in rows[1:]:
         if r.id != out[-1].id + 1:
