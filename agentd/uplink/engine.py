@@ -29,15 +29,13 @@ from agentd import __version__
 from agentd.errors import AgentdError, StoreError
 from agentd.uplink import envelope as env
 from agentd.uplink.base import STREAMS, Delivery, Link, Message, Stream, TransportError, Uplink
+from agentd.uplink.batcher import Batcher
 from agentd.uplink.config import UplinkSettings
 from agentd.uplink.parts import (
     Batch,
-    RateLimit,
     StreamCursor,
-    contiguous,
     describe,
     full_jitter,
-    split_gap,
 )
 from agentd.uplink.state import Phase, StreamState, UplinkState
 from agentd.uplink.storeview import UplinkStore
@@ -50,9 +48,6 @@ log = logging.getLogger("agentd.uplink")
 PRIORITY: Final[tuple[Stream, ...]] = ("actions", "events", "observations")
 #: how often the backlog figures (a store query) are refreshed for state() and health
 BACKLOG_EVERY: Final = 2.0
-#: a PUBLISH's fixed header, topic and properties, for the Maximum Packet Size bound
-PACKET_OVERHEAD: Final = 512
-_UNLIMITED: Final = 1 << 62
 
 
 class UplinkEngine:
@@ -83,8 +78,6 @@ class UplinkEngine:
         self._wake = asyncio.Event()
         self._link: Link | None = None
         self._lost = False
-        self._window = settings.window
-        self._max_payload = settings.batch_bytes
         self._since: float | None = None
         self._reconnects = 0
         self._attempt = 0
@@ -93,7 +86,9 @@ class UplinkEngine:
         self._stop_at: float | None = None
         self._drained = asyncio.Event()
         self._offline_sent = False
-        self._rate = RateLimit(settings.catch_up_rate, settings.batch_bytes)
+        self._batcher = Batcher(
+            name, settings, store, transport, self.node, self.topics, self._track
+        )
         self._backlog_at = 0.0
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -166,7 +161,7 @@ class UplinkEngine:
             connected=connected,
             since=self._since,
             protocol=self._link.protocol if connected and self._link else "",
-            window=self._window,
+            window=self._batcher.window,
             reconnects=self._reconnects,
             last_error=self._last_error,
             epoch=self.store.epoch,
@@ -240,16 +235,11 @@ class UplinkEngine:
                 await self._refresh_backlog()
 
     def _connected(self, link: Link) -> None:
-        s = self.settings
         self._link, self._lost = link, False
         self._refused = None
         self._since = self._clock()
         self._phase = "connected"
-        # one slot stays free for status messages
-        self._window = max(1, min(s.window, link.receive_maximum - 1))
-        self._max_payload = s.batch_bytes
-        if link.max_packet_size:
-            self._max_payload = max(1024, min(s.batch_bytes, link.max_packet_size - 4096))
+        self._batcher.configure(link.receive_maximum, link.max_packet_size)
         if self._reconnects or self._attempt:
             log.info("uplink %s: connected (%s)", self.name, link.protocol)
         for st in self._streams.values():
@@ -319,7 +309,7 @@ class UplinkEngine:
                         self.transport.send(self._status(online=False, clean=True))
                     )
                 )
-            timeout = await self._fill(stopping)
+            timeout = await self._batcher.fill(self._streams.values(), stopping, self._is_lost)
             if self._is_lost():
                 break
             if stopping and self._drained_now():
@@ -387,150 +377,6 @@ class UplinkEngine:
         st.delivered += b.rows
         st.batches += 1
         self.store.save_cursor(self.name, st.name, st.acked)
-
-    # -- reading and sending -----------------------------------------------------------------
-    async def _fill(self, stopping: bool) -> float:
-        """Send every batch that is ready while the window has room; returns how long to
-        sleep before a partial batch or a blocked stream is due."""
-        s = self.settings
-        wait = s.batch_interval
-        now = time.monotonic()
-        for st in self._streams.values():
-            while self._inflight() < self._window and not self._lost:
-                if now < st.blocked_until:
-                    wait = min(wait, st.blocked_until - now)
-                    break
-                head = self.store.stream_head(st.name)
-                if (
-                    st.read < head
-                    and len(st.buffer) < s.batch_rows
-                    and st.buffer_bytes < self._max_payload
-                ):
-                    await self._read(st, head)
-                    if self._is_lost():
-                        return 0.0
-                    now = time.monotonic()
-                if not st.buffer:
-                    break
-                full = (
-                    len(st.buffer) >= s.batch_rows
-                    or st.buffer_bytes >= self._max_payload
-                    or st.read < head  # more rows wait behind this batch: catching up
-                )
-                due = st.buffer_since + s.batch_interval
-                # the tail of a backlog goes at once: only a stream that was idle waits
-                if not (full or st.catching_up or stopping or now >= due):
-                    wait = min(wait, due - now)
-                    break
-                if (delay := self._rate.delay(st.buffer_bytes)) > 0:
-                    return min(wait, delay)
-                st.catching_up = full
-                self._send_rows(st)
-        return max(wait, 0.0)
-
-    def _inflight(self) -> int:
-        return sum(len(st.inflight) for st in self._streams.values())
-
-    async def _read(self, st: StreamCursor, head: int) -> None:
-        s = self.settings
-        room = self._max_payload - st.buffer_bytes
-        rows = await self.store.stream_rows(
-            st.name, st.read, s.batch_rows - len(st.buffer), max(room, 1)
-        )
-        if not rows and not st.buffer:
-            # nothing fitted the bytes left, or rows are gone: one row, whatever its size
-            rows = await self.store.stream_rows(st.name, st.read, 1, _UNLIMITED)
-        if rows and rows[0].id == st.read + 1:
-            taken = contiguous(rows)
-            if not st.buffer:
-                # the interval runs from the row's commit, not from our read: the tail of a
-                # backlog goes at once (a clock step only makes one batch early or late)
-                waited = self.store.clock.wall() - taken[0].wall
-                st.buffer_since = time.monotonic() - min(max(waited, 0.0), s.batch_interval)
-            st.buffer.extend(taken)
-            st.read = taken[-1].id
-            overhead = env.row_overhead(self.store.boot_id)
-            st.buffer_bytes += sum(len(r.data) + overhead for r in taken)
-            return
-        if st.buffer:
-            return  # the buffer goes out first: a gap ends a batch
-        last = rows[0].id - 1 if rows else head
-        if last > st.read:
-            await self._send_gaps(st, st.read + 1, last)
-
-    def _send_rows(self, st: StreamCursor) -> None:
-        rows, st.buffer = st.buffer, []
-        size, st.buffer_bytes = st.buffer_bytes, 0
-        limit = self._link.max_packet_size if self._link else None
-        if limit and len(rows) == 1 and size + PACKET_OVERHEAD > limit:
-            # one row larger than the broker takes would block its stream forever
-            self._queue_gap(st, rows[0].id, rows[0].id, "uplink.too_large")
-            return
-        e = env.rows_envelope(
-            self.node, self.store.epoch, self.store.boot_id, st.name, rows, self.settings.format
-        )
-        payload = env.encode(e, self.settings.format)
-        self._rate.take(len(payload))
-        if e.first <= st.sent_high:
-            st.duplicates += min(e.last, st.sent_high) - e.first + 1
-        st.sent_high = max(st.sent_high, e.last)
-        msg = Message(topic=self.topics[st.name], payload=payload, content_type=self._content_type)
-        self._dispatch(st, e.first, e.last, len(rows), msg)
-
-    async def _send_gaps(self, st: StreamCursor, first: int, last: int) -> None:
-        """Rows ``first..last`` are gone: one gap record per reason the store logged."""
-        drops = await self.store.stream_drops(st.name, first, last)
-        for lo, hi, reason in split_gap(first, last, drops):
-            self._queue_gap(st, lo, hi, reason)
-        st.read = last
-
-    def _queue_gap(self, st: StreamCursor, first: int, last: int, reason: str) -> None:
-        if last > st.gap_high:  # count a range once, however often it is resent
-            lo = max(first, st.gap_high + 1)
-            st.gap_rows += last - lo + 1
-            st.gaps += 1
-            st.gap_high = last
-            log.warning(
-                "uplink %s: %s rows %d..%d are gone (%s): sending a gap record",
-                self.name,
-                st.name,
-                first,
-                last,
-                reason,
-            )
-            self.store.journal_event(
-                "uplink.gap",
-                {
-                    "uplink": self.name,
-                    "stream": st.name,
-                    "from": first,
-                    "to": last,
-                    "reason": reason,
-                },
-            )
-        e = env.GapEnvelope(
-            node=self.node,
-            epoch=self.store.epoch,
-            boot_id=self.store.boot_id,
-            stream=st.name,
-            first=first,
-            last=last,
-            reason=reason,
-        )
-        msg = Message(
-            topic=self.topics[st.name],
-            payload=env.encode(e, self.settings.format),
-            content_type=self._content_type,
-        )
-        st.sent_high = max(st.sent_high, last)
-        self._dispatch(st, first, last, 0, msg)
-
-    def _dispatch(self, st: StreamCursor, first: int, last: int, rows: int, msg: Message) -> None:
-        fut = asyncio.ensure_future(self.transport.send(msg))
-        self._track(fut)
-        st.inflight.append(
-            Batch(st.name, first, last, rows, len(msg.payload), st.gen, fut, time.monotonic())
-        )
 
     # -- backlog figures, status, inbound ----------------------------------------------------
     async def _refresh_backlog(self) -> None:
