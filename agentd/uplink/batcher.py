@@ -13,8 +13,15 @@ from typing import Final
 from agentd.uplink import envelope as env
 from agentd.uplink.base import Delivery, Message, Uplink
 from agentd.uplink.config import UplinkSettings
-from agentd.uplink.parts import Batch, RateLimit, StreamCursor, contiguous, split_gap
-from agentd.uplink.storeview import UplinkStore
+from agentd.uplink.parts import (
+    Batch,
+    Prefetch,
+    RateLimit,
+    StreamCursor,
+    contiguous,
+    split_gap,
+)
+from agentd.uplink.storeview import RowLike, UplinkStore
 
 __all__ = ["PACKET_OVERHEAD", "Batcher"]
 
@@ -23,6 +30,8 @@ log = logging.getLogger("agentd.uplink")
 #: a PUBLISH's fixed header, topic and properties, for the Maximum Packet Size bound
 PACKET_OVERHEAD: Final = 512
 _UNLIMITED: Final = 1 << 62
+#: batches read from the store at a time while catching up (memory: this many per stream)
+READ_AHEAD: Final = 4
 
 
 class Batcher:
@@ -95,7 +104,7 @@ class Batcher:
                 if not (full or st.catching_up or stopping or now >= due):
                     wait = min(wait, due - now)
                     break
-                if (delay := self.rate.delay(st.buffer_bytes)) > 0:
+                if (delay := self.rate.delay(min(st.buffer_bytes, self.max_payload))) > 0:
                     return min(wait, delay)
                 st.catching_up = full
                 self._send_rows(st)
@@ -103,10 +112,17 @@ class Batcher:
 
     async def _read(self, st: StreamCursor, head: int) -> None:
         s = self.settings
-        room = self.max_payload - st.buffer_bytes
-        rows = await self.store.stream_rows(
-            st.name, st.read, s.batch_rows - len(st.buffer), max(room, 1)
-        )
+        pf, st.prefetch = st.prefetch, None
+        if pf is not None and pf.gen == st.gen and pf.after == st.read and not st.buffer:
+            rows, head = await pf.task, pf.head
+        else:
+            if pf is not None:
+                pf.task.cancel()
+            # a few batches per read: one thread hop to the store feeds several sends
+            room = READ_AHEAD * self.max_payload - st.buffer_bytes
+            rows = await self.store.stream_rows(
+                st.name, st.read, READ_AHEAD * s.batch_rows - len(st.buffer), max(room, 1)
+            )
         if not rows and not st.buffer:
             # nothing fitted the bytes left, or rows are gone: one row, whatever its size
             rows = await self.store.stream_rows(st.name, st.read, 1, _UNLIMITED)
@@ -120,7 +136,8 @@ class Batcher:
             st.buffer.extend(taken)
             st.read = taken[-1].id
             overhead = env.row_overhead(self.store.boot_id)
-            st.buffer_bytes += sum(len(r.data) + overhead for r in taken)
+            st.buffer_bytes += sum([len(r.data) for r in taken]) + overhead * len(taken)
+            self._prefetch(st)
             return
         if st.buffer:
             return  # the buffer goes out first: a gap ends a batch
@@ -128,9 +145,37 @@ class Batcher:
         if last > st.read:
             await self._send_gaps(st, st.read + 1, last)
 
+    def _prefetch(self, st: StreamCursor) -> None:
+        """Catching up: read the next rows while the buffer goes out (the store reads on its
+        own thread), so reading and sending overlap. At most one read ahead per stream."""
+        head = self.store.stream_head(st.name)
+        if st.read >= head or not st.catching_up:
+            return
+        task = asyncio.ensure_future(
+            self.store.stream_rows(
+                st.name,
+                st.read,
+                READ_AHEAD * self.settings.batch_rows,
+                READ_AHEAD * self.max_payload,
+            )
+        )
+        task.add_done_callback(_retrieve)
+        st.prefetch = Prefetch(st.gen, st.read, head, task)
+
     def _send_rows(self, st: StreamCursor) -> None:
-        rows, st.buffer = st.buffer, []
-        size, st.buffer_bytes = st.buffer_bytes, 0
+        """Send the batch at the front of the buffer: up to batch_rows rows and max_payload
+        bytes (at least one row)."""
+        overhead = env.row_overhead(self.store.boot_id)
+        n = size = 0
+        for r in st.buffer:
+            add = len(r.data) + overhead
+            if n and (n >= self.settings.batch_rows or size + add > self.max_payload):
+                break
+            n += 1
+            size += add
+        rows = st.buffer[:n]
+        del st.buffer[:n]
+        st.buffer_bytes -= size
         limit = self.max_packet
         if limit and len(rows) == 1 and size + PACKET_OVERHEAD > limit:
             # one row larger than the broker takes would block its stream forever
@@ -201,6 +246,11 @@ class Batcher:
         st.inflight.append(
             Batch(st.name, first, last, rows, len(msg.payload), st.gen, fut, time.monotonic())
         )
+
+
+def _retrieve(task: asyncio.Future[Sequence[RowLike]]) -> None:
+    if not task.cancelled():
+        task.exception()  # a read nobody awaits any more (a rewind) must not log an error
 
 
 def _inflight(streams: Sequence[StreamCursor]) -> int:

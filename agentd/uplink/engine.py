@@ -126,7 +126,10 @@ class UplinkEngine:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._drained.wait(), max(budget, 0.0))
         task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        reads = [st.prefetch.task for st in self._streams.values() if st.prefetch is not None]
+        for st in self._streams.values():
+            self._rewind(st)  # nothing is in flight after this; reads ahead are cancelled
+        await asyncio.gather(task, *reads, return_exceptions=True)
         self._task = None
         remaining = max(0.0, self._stop_at - loop.time())
         await self.transport.close(min(1.0, remaining) if remaining > 0 else 0.05)
@@ -260,6 +263,9 @@ class UplinkEngine:
         st.gen += 1
         st.inflight.clear()
         st.buffer.clear()
+        if st.prefetch is not None:
+            st.prefetch.task.cancel()
+            st.prefetch = None
         st.buffer_bytes = 0
         start = st.acked if st.confirmed is None else min(st.confirmed, st.acked)
         st.read = start

@@ -52,7 +52,7 @@ class MqttTransport:
     def __init__(self, config: MqttConfig) -> None:
         self.config = config
         self.endpoint = config.endpoint()
-        self._client: paho.Client | None = None
+        self._client: _Client | None = None
         self._v5 = True
         self._fd = -1
         self._pending: dict[int, asyncio.Future[Delivery]] = {}
@@ -277,12 +277,14 @@ class MqttTransport:
         if client is None:
             return
         client.loop_read()
-        # an SSL socket may hold decrypted bytes the selector cannot see
-        sock = client.socket()
-        while sock is not None and isinstance(sock, ssl.SSLSocket) and sock.pending():
+        # our read-ahead buffer, or an SSL socket, may hold bytes the selector cannot see
+        while self._client is client and client.socket() is not None:
+            sock = client.socket()
+            pending = isinstance(sock, ssl.SSLSocket) and sock.pending() > 0
+            if not (client.buffered() or pending):
+                break
             if client.loop_read() != MQTTErrorCode.MQTT_ERR_SUCCESS:
                 break
-            sock = client.socket()
 
     def _writable(self) -> None:
         if self._client is not None:
@@ -404,6 +406,26 @@ class _Client(paho.Client):
     """paho's client with its TLS handshake owned: paho 2.1 leaks the SSL socket when the
     handshake fails (a wrong CA, a refused client certificate). Same steps otherwise: SNI and
     hostname checking by the context (check_hostname is always on here)."""
+
+    #: paho reads a packet's header a byte at a time, one syscall each: read ahead instead
+    _READ: Final = 65_536
+    _rbuf: bytes = b""
+    _rpos: int = 0
+
+    def _sock_recv(self, bufsize: int) -> bytes:
+        if self._rpos >= len(self._rbuf):
+            data = super()._sock_recv(self._READ)  # BlockingIOError when nothing is there
+            if not data:
+                return data  # EOF
+            self._rbuf, self._rpos = data, 0
+        out = self._rbuf[self._rpos : self._rpos + bufsize]
+        self._rpos += len(out)
+        return out
+
+    def buffered(self) -> bool:
+        """Bytes already read from the socket but not yet parsed (the selector cannot see
+        them)."""
+        return self._rpos < len(self._rbuf)
 
     def _ssl_wrap_socket(self, tcp_sock: socket.socket) -> ssl.SSLSocket:
         ctx = self._ssl_context

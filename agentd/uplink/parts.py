@@ -16,6 +16,7 @@ from agentd.uplink.storeview import DroppedLike, RowLike
 
 __all__ = [
     "Batch",
+    "Prefetch",
     "RateLimit",
     "StreamCursor",
     "contiguous",
@@ -35,6 +36,17 @@ class Batch:
     gen: int
     fut: asyncio.Future[Delivery]
     sent_at: float
+
+
+@dataclass(slots=True)
+class Prefetch:
+    """A read of the rows after ``after`` started while catching up (``head`` as it was
+    then, for gap detection); used only if the stream is still at ``after`` in ``gen``."""
+
+    gen: int
+    after: int
+    head: int
+    task: asyncio.Future[Sequence[RowLike]]
 
 
 @dataclass(slots=True)
@@ -65,6 +77,7 @@ class StreamCursor:
     backlog_bytes: int = 0
     #: the oldest unacknowledged row's wall time, when it can be trusted (synchronized)
     oldest_wall: float | None = None
+    prefetch: Prefetch | None = None
     #: the last batch sent was full: a backlog is being drained
     catching_up: bool = False
     #: monotonic time the backlog was first seen non-empty (the age when wall time is not)
