@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -132,3 +133,100 @@ async def test_mutual_tls(tmp_path: Path, certs: Certs) -> None:
             await MqttTransport(no_client_cert).connect("gw-a", WILL, _ignore)
     finally:
         b.stop()
+
+
+async def test_password_from_a_systemd_credential(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pw = tmp_path / "passwd"
+    subprocess.run(
+        ["mosquitto_passwd", "-c", "-b", str(pw), "gw", "s3cret-pw"], check=True, timeout=30
+    )
+    pw.chmod(0o644)
+    b = Mosquitto(tmp_path / "b", extra=f"allow_anonymous false\npassword_file {pw}\n")
+    b.start()
+    try:
+        creds = tmp_path / "creds"
+        creds.mkdir()
+        (creds / "mqtt-password").write_text("s3cret-pw\n")
+        monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
+        t = MqttTransport(MqttConfig(url=b.url, username="gw", password_credential="mqtt-password"))
+        await t.connect("gw-a", WILL, _ignore)
+        assert (await t.send(Message(topic="t/gw/x", payload=b"1"))).ok
+        await t.close(1.0)
+        # no credential: a one-line refusal naming what is missing, not a traceback
+        monkeypatch.delenv("CREDENTIALS_DIRECTORY")
+        with pytest.raises(TransportError) as err:
+            await t.connect("gw-a", WILL, _ignore)
+        assert err.value.refused
+        assert "CREDENTIALS_DIRECTORY" in str(err.value)
+    finally:
+        b.stop()
+
+
+def test_config_errors_name_the_key() -> None:
+    import msgspec
+
+    from agentd.uplink.config import UplinkSettings
+
+    for bad, needle in [
+        ({"url": "http://x"}, "scheme"),
+        ({"url": "mqtt://u:p@host"}, "credentials"),
+        ({"url": "mqtt://host", "cert": "/c"}, "cert and key"),
+        ({"url": "mqtt://host", "password_file": "/p"}, "username"),
+        ({"url": "mqtt://host", "username": "u", "password_credential": "../x"}, "credential"),
+    ]:
+        with pytest.raises(msgspec.ValidationError, match=needle):
+            msgspec.convert(bad, MqttConfig)
+    with pytest.raises(msgspec.ValidationError, match="node"):
+        msgspec.convert({"node": "a/b"}, UplinkSettings)
+    with pytest.raises(msgspec.ValidationError, match="at most once"):
+        msgspec.convert({"streams": ["events", "events"]}, UplinkSettings)
+    assert MqttConfig(url="mqtts://h").endpoint().port == 8883
+    assert MqttConfig(url="mqtt://h", ca="/ca").endpoint().tls
+
+
+async def test_auto_falls_back_to_mqtt311_for_an_old_broker(broker: Mosquitto) -> None:
+    """An MQTT 3.1.1-only broker answers an MQTT 5 CONNECT with the 3.1.1 CONNACK "unacceptable
+    protocol version" (mosquitto 1.x does). Played by a relay in front of the real mosquitto
+    that refuses protocol level 5 and passes everything else through."""
+    levels: list[int] = []
+
+    async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readexactly(2)  # fixed header + a 1-byte remaining length
+        body = await reader.readexactly(head[1])
+        level = body[6]  # after the protocol name "\x00\x04MQTT"
+        levels.append(level)
+        if level == 5:
+            writer.write(b"\x20\x02\x00\x01")
+            await writer.drain()
+            writer.close()
+            return
+        up_r, up_w = await asyncio.open_connection("127.0.0.1", broker.port)
+        up_w.write(head + body)
+
+        async def pipe(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+            try:
+                while data := await r.read(65536):
+                    w.write(data)
+                    await w.drain()
+            except ConnectionError:
+                pass
+            finally:
+                w.close()
+
+        await asyncio.gather(pipe(reader, up_w), pipe(up_r, writer))
+
+    server = await asyncio.start_server(relay, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        t = MqttTransport(MqttConfig(url=f"mqtt://127.0.0.1:{port}"))
+        link = await t.connect("gw-a", WILL, _ignore)
+        assert levels == [5, 4]
+        assert link.protocol == "mqtt3.1.1"
+        assert not link.reason_codes
+        assert (await t.send(Message(topic="t/gw/x", payload=b"1"))).ok
+        await t.close(1.0)
+    finally:
+        server.close()
+        await server.wait_closed()
