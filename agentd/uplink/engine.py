@@ -104,6 +104,8 @@ class UplinkEngine:
             if self.settings.end_to_end:
                 s.confirmed = min(int(confirmed.get(s.name, 0)), s.acked)
                 self.store.hold_retention(self.name, s.name, s.confirmed)
+            else:  # end_to_end was turned off: a hold left in the database would never lift
+                self.store.hold_retention(self.name, s.name, None)
         self._phase = "connecting"
         self._stop_at = None
         self._task = asyncio.create_task(self._run(), name=f"uplink-{self.name}")
@@ -123,8 +125,13 @@ class UplinkEngine:
         self._phase = "stopping"
         self._wake.set()
         if self._link is not None and not self._lost:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._drained.wait(), max(budget, 0.0))
+            # drained, or the run ended (the link died): whichever first, within the budget
+            drained = asyncio.ensure_future(self._drained.wait())
+            await asyncio.wait(
+                {drained, task}, timeout=max(budget, 0.0), return_when=asyncio.FIRST_COMPLETED
+            )
+            drained.cancel()
+            await asyncio.gather(drained, return_exceptions=True)
         task.cancel()
         reads = [st.prefetch.task for st in self._streams.values() if st.prefetch is not None]
         for st in self._streams.values():
@@ -276,10 +283,15 @@ class UplinkEngine:
         lost.add_done_callback(self._on_lost)
         try:
             if self.settings.end_to_end:
-                await self.transport.subscribe(self.topics["ack"])
-            birth = asyncio.ensure_future(
-                self.transport.send(self._status(online=True, clean=False))
-            )
+                try:
+                    await self.transport.subscribe(self.topics["ack"])
+                except TransportError as exc:
+                    if not exc.refused:
+                        raise
+                    # rows still go out; they stay held until a watermark arrives (degraded)
+                    self._refused = f"end_to_end: {exc}"
+                    log.error("uplink %s: %s", self.name, self._refused)
+            birth = self._send_status(online=True, clean=False)
             await self._pump(birth)
         finally:
             lost.cancel()

@@ -5,6 +5,7 @@ docs' consumer run as a program."""
 from __future__ import annotations
 
 import asyncio
+import signal
 import subprocess
 import sys
 import time
@@ -168,4 +169,25 @@ async def test_fleet_consumer_program_checks_completeness(
         if consumer.stdout:
             consumer.stdout.close()
         await e.stop(1.0)
+        await store.close()
+
+
+async def test_stop_returns_early_when_the_link_dies_during_the_drain(
+    tmp_path: Path, broker: Mosquitto
+) -> None:
+    store = await open_store(tmp_path / "a.db")
+    e = engine(store, broker.url, catch_up_rate=1024, batch_bytes=1024, batch_rows=4)
+    try:
+        await e.start()
+        assert await until(lambda: e.state().connected)
+        await Ticker(store).write(300, engine=e)  # minutes at 1 KB/s
+        stopping = asyncio.ensure_future(e.stop(30.0))
+        await asyncio.sleep(0.5)
+        broker.stop(signal.SIGKILL)
+        started = time.monotonic()
+        final = await asyncio.wait_for(stopping, 15)
+        assert time.monotonic() - started < 10  # not the whole 30 s budget
+        assert final.phase == "stopped"
+        assert 0 < final.streams[-1].acked < 300
+    finally:
         await store.close()
