@@ -3,6 +3,7 @@ event journals with retention (read as streams by the uplink, with durable curso
 group-commit writer, startup checks and migrations (docs/storage.md)."""
 
 from agentd.store.clock import Clock, SystemClock
+from agentd.store.integrity import IntegrityReport, check_file
 from agentd.store.journal import Event, Stream
 from agentd.store.sessions import SessionStore
 from agentd.store.store import Store
@@ -13,9 +14,11 @@ __all__ = [
     "Clock",
     "DroppedRange",
     "Event",
+    "IntegrityReport",
     "SessionStore",
     "Store",
     "Stream",
     "StreamRow",
     "SystemClock",
+    "check_file",
 ]

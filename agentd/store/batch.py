@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
 from agentd.store import journal as jr
 from agentd.store import sessions as ss
-from agentd.store.retention import Now, Retention, retain
+from agentd.store.retention import Now, Retention, log_range, retain
 from agentd.store.streams import CURSOR_UPSERT, HOLD_UPSERT
 
 __all__ = [
@@ -29,7 +30,16 @@ __all__ = [
 ]
 
 OpKind = Literal[
-    "observations", "actions", "events", "put", "put_nowait", "delete", "sweep", "claim", "mark"
+    "observations",
+    "actions",
+    "events",
+    "put",
+    "put_nowait",
+    "delete",
+    "sweep",
+    "claim",
+    "mark",
+    "corrupt",
 ]
 SESSION_WRITES: Final = frozenset({"put", "put_nowait", "delete"})
 #: a coalesced uplink write: ("cursor" | "hold", uplink, stream); its value is read at commit
@@ -51,6 +61,8 @@ class Committed:
     retained: dict[jr.Stream, Retention] = field(default_factory=dict)
     #: each journal's highest id after the commit
     heads: dict[jr.Stream, int] = field(default_factory=dict)
+    #: rows removed because their checksum did not match
+    corrupt: dict[jr.Stream, Retention] = field(default_factory=dict)
 
 
 def apply_batch(
@@ -74,7 +86,7 @@ def apply_batch(
     try:
         for i, (kind, args, _, _) in enumerate(batch):
             if kind == "put_nowait":
-                plain.append((args[0], args[1], session_now, args[2]))
+                plain.append((args[0], args[1], session_now, args[2], zlib.crc32(args[1])))
                 continue
             if kind == "observations" or kind == "actions":  # noqa: PLR1714 - hot loop
                 rows[kind].append(args[0])
@@ -96,6 +108,8 @@ def apply_batch(
             elif kind == "claim":
                 jr.claim(conn, args[0], args[1], session_now, key_memory)
                 out.results.append((i, None))
+            elif kind == "corrupt":
+                out.results.append((i, _remove_corrupt(conn, args[0], args[1], now.wall, out)))
             else:
                 out.results.append((i, ss.sweep(conn, session_now)))
         if plain:
@@ -116,6 +130,21 @@ def apply_batch(
             conn.execute("ROLLBACK")
         raise
     return out
+
+
+def _remove_corrupt(
+    conn: sqlite3.Connection, stream: jr.Stream, ids: list[int], at: float, out: Committed
+) -> int:
+    """Delete journal rows whose checksum failed, logging each as a dropped range."""
+    gone = out.corrupt.setdefault(stream, Retention())
+    for row_id in ids:
+        got = conn.execute(f"DELETE FROM {stream} WHERE id = ? RETURNING size", (row_id,))
+        row = got.fetchone()
+        if row is not None:
+            log_range(conn, stream, row_id, row_id, "corrupt", at)
+            gone.rows += 1
+            gone.size += int(row[0])
+    return gone.rows
 
 
 def _mark(

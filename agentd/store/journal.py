@@ -7,8 +7,10 @@ here run on the store's database thread, inside the writer's transaction."""
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import time
+import zlib
 from collections.abc import Mapping
 from typing import Any, Final, Literal
 
@@ -37,14 +39,15 @@ STREAMS: Final[tuple[Stream, ...]] = ("observations", "actions", "events")
 
 _STAMPS: Final = "boot_id, uptime, synced"
 OBSERVATION_ROW: Final = (
-    f"INSERT INTO observations ({_STAMPS}, tick, wall, size, data) VALUES (?, ?, ?, ?, ?, ?, ?)"
+    f"INSERT INTO observations ({_STAMPS}, tick, wall, size, data, crc) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 )
 ACTION_ROW: Final = (
     f"INSERT INTO actions ({_STAMPS}, tick, finished_at, actuator, name, status, key, size, "
-    "data) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "data, crc) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 EVENT_ROW: Final = (
-    f"INSERT INTO events ({_STAMPS}, kind, wall, size, data) VALUES (?, ?, ?, ?, ?, ?, ?)"
+    f"INSERT INTO events ({_STAMPS}, kind, wall, size, data, crc) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _INSERT: Final[dict[Stream, str]] = {
     "observations": OBSERVATION_ROW,
@@ -73,6 +76,8 @@ class Event(msgspec.Struct, frozen=True, kw_only=True):
     wall: float
     data: dict[str, Any] = {}
 
+
+log = logging.getLogger("agentd.store")
 
 _encoder = msgspec.msgpack.Encoder()
 #: an event's free-form values that msgpack cannot hold are kept as their repr
@@ -154,7 +159,8 @@ class Journal:
         """Insert rows; returns (rows, bytes) added."""
         if not rows:
             return 0, 0
-        conn.executemany(_INSERT[self.name], rows)
+        # the checksum is taken here, on the database thread, not on the event loop
+        conn.executemany(_INSERT[self.name], [(*r, zlib.crc32(r[-1])) for r in rows])
         return len(rows), sum(r[SIZE] for r in rows)
 
 
@@ -187,13 +193,29 @@ def query(
         if value is not None:
             where.append(f"{column} {op} ?")
             args.append(value)
-    sql = f"SELECT data FROM {journal}"
+    sql = f"SELECT id, size, data, crc FROM {journal}"
     if where:
         sql += " WHERE " + " AND ".join(where)
     sql += f" ORDER BY id {'DESC' if newest_first else 'ASC'} LIMIT ?"
     args.append(limit)
     decoder: msgspec.msgpack.Decoder[Any] = _DECODERS[journal]
-    return [decoder.decode(row[0]) for row in conn.execute(sql, args).fetchall()]
+    rows = conn.execute(sql, args).fetchall()
+    bad = [r[0] for r in rows if not intact(r[1], r[2], r[3])]
+    if bad:
+        log.error(
+            "store: %d corrupt rows of the %s journal left out (their checksums do not match): "
+            "ids %s",
+            len(bad),
+            journal,
+            ", ".join(map(str, bad[:10])),
+        )
+    return [decoder.decode(r[2]) for r in rows if intact(r[1], r[2], r[3])]
+
+
+def intact(size: int, data: bytes, crc: int | None) -> bool:
+    """Whether a stored row is what was written (rows from before version 5 carry no
+    checksum; their size is still checked)."""
+    return len(data) == size and (crc is None or zlib.crc32(data) == crc)
 
 
 def used_keys(conn: sqlite3.Connection, limit: int) -> list[tuple[str, str]]:

@@ -4,8 +4,10 @@ replaced, a newer schema is refused untouched, anything else that stops us is `U
 
 from __future__ import annotations
 
+import functools
 import logging
 import sqlite3
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +15,7 @@ from pathlib import Path
 from agentd.config import StoreConfig
 from agentd.errors import StoreError
 from agentd.store.journal import Journal, Stream, used_keys
-from agentd.store.recovery import describe, is_corruption, move_aside
+from agentd.store.recovery import Salvaged, describe, is_corruption, move_aside, salvage
 from agentd.store.schema import LATEST, migrate, user_version
 from agentd.store.streams import load_holds
 from agentd.store.thread import DatabaseThread
@@ -49,6 +51,10 @@ class Opened:
     epoch: str
     #: retention holds (uplink, stream) -> keep_after, as last committed
     holds: dict[tuple[str, Stream], int]
+    #: what was copied from the corrupt database this one replaces
+    salvaged: Salvaged | None = None
+    #: set when the database could only be opened read-only: why, in one line
+    read_only: str | None = None
 
 
 async def open_database(
@@ -58,13 +64,17 @@ async def open_database(
     untouched) and Unavailable when it cannot be opened; a corrupt file is moved aside (logged
     in one line) and a fresh database takes its place."""
     journals = list(journals)
+    moved: Path | None = None
     for attempt in (1, 2):
         db: DatabaseThread | None = None
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             db = DatabaseThread()
             await db.connect(lambda: sqlite3.connect(path, isolation_level=None))
-            return db, await db.call(_prepare, path, config, journals)
+            opened = await db.call(_prepare, path, config, journals, moved)
+            if opened.salvaged is not None:
+                log.warning("store: from %s: %s", moved, opened.salvaged.summary())
+            return db, opened
         except _Newer as exc:
             await close_quietly(db)
             raise StoreError(
@@ -73,6 +83,8 @@ async def open_database(
             ) from None
         except (_Corrupt, sqlite3.DatabaseError) as exc:
             await close_quietly(db)
+            if attempt == 1 and not (isinstance(exc, _Corrupt) or is_corruption(exc)):
+                return await _read_only(path, config, journals, describe(exc))
             if attempt == 2 or not (isinstance(exc, _Corrupt) or is_corruption(exc)):
                 raise Unavailable(f"cannot open {path}: {describe(exc)}") from None
             try:
@@ -90,8 +102,63 @@ async def open_database(
             )
         except (sqlite3.Error, OSError) as exc:
             await close_quietly(db)
+            if attempt == 1:
+                return await _read_only(path, config, journals, describe(exc))
             raise Unavailable(f"cannot open {path}: {describe(exc)}") from None
     raise AssertionError("unreachable: the second attempt returns or raises")
+
+
+async def _read_only(
+    path: Path, config: StoreConfig, journals: list[Journal], why: str
+) -> tuple[DatabaseThread, Opened]:
+    """The database cannot be opened for writing (a read-only file system, say): open it
+    read-only so what it holds can still be read. ``immutable`` (no -shm needed, which a
+    read-only directory cannot hold) only when no WAL holds commits the file lacks. Raises
+    Unavailable (with ``why``) when that cannot be done either."""
+    for uri in _read_only_uris(path):
+        db = DatabaseThread()
+        try:
+            await db.connect(
+                functools.partial(sqlite3.connect, uri, uri=True, isolation_level=None)
+            )
+            opened = await db.call(_prepare_read_only, config, journals)
+        except _Newer as exc:
+            await close_quietly(db)
+            raise StoreError(
+                f"{path} was written by a newer agentd (schema version {exc.version}; "
+                f"this agentd knows up to {LATEST}); refusing to use or modify it"
+            ) from None
+        except (_Corrupt, sqlite3.Error, OSError):
+            await close_quietly(db)
+            continue
+        opened.read_only = f"{path} cannot be written ({why}); opened it read-only"
+        return db, opened
+    raise Unavailable(f"cannot open {path}: {why}")
+
+
+def _read_only_uris(path: Path) -> list[str]:
+    if not path.is_file():
+        return []
+    base = path.absolute().as_uri()
+    wal = path.with_name(path.name + "-wal")
+    if wal.exists() and wal.stat().st_size > 0:
+        return [f"{base}?mode=ro"]
+    return [f"{base}?mode=ro", f"{base}?mode=ro&immutable=1"]
+
+
+def _prepare_read_only(
+    conn: sqlite3.Connection, config: StoreConfig, journals: list[Journal]
+) -> Opened:
+    conn.execute(f"PRAGMA busy_timeout = {int(config.busy_timeout * 1000):d}")
+    version = user_version(conn)
+    if version > LATEST:
+        raise _Newer(version)
+    if version < LATEST:  # the queries need the current schema, and it cannot be migrated
+        raise _Corrupt(f"schema version {version} needs an upgrade")
+    check = [row[0] for row in conn.execute("PRAGMA quick_check").fetchall()]
+    if check != ["ok"]:
+        raise _Corrupt(f"quick_check: {check[0]}")
+    return _loaded(conn, journals, "read-only", None)
 
 
 def _prepare(
@@ -99,8 +166,10 @@ def _prepare(
     path: Path,
     config: StoreConfig,
     journals: list[Journal],
+    salvage_from: Path | None,
 ) -> Opened:
-    """On the database thread: check, configure and migrate. Reads only until the version is
+    """On the database thread: check, configure and migrate, then copy what can be read from
+    ``salvage_from`` (the corrupt file this one replaces). Reads only until the version is
     known to be ours."""
     conn.execute(f"PRAGMA busy_timeout = {int(config.busy_timeout * 1000):d}")
     version = user_version(conn)
@@ -119,6 +188,13 @@ def _prepare(
         log.debug("store: created %s (schema version %d)", path, applied[-1])
     elif applied:
         log.info("store: %s schema upgraded to version %d", path, applied[-1])
+    salvaged = None if salvage_from is None else salvage(conn, salvage_from, time.time())
+    return _loaded(conn, journals, mode, salvaged)
+
+
+def _loaded(
+    conn: sqlite3.Connection, journals: list[Journal], mode: str, salvaged: Salvaged | None
+) -> Opened:
     for j in journals:
         j.load(conn)
     epoch = conn.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()
@@ -128,6 +204,7 @@ def _prepare(
         keys=used_keys(conn, KEY_MEMORY),
         epoch=str(epoch[0]),
         holds=load_holds(conn),
+        salvaged=salvaged,
     )
 
 

@@ -32,6 +32,7 @@ from agentd.store.journal import Journal, Stream
 __all__ = [
     "DROP_LOG_MAX",
     "HOLD_MAX_ROWS",
+    "TRIM_EVERY",
     "Now",
     "Retention",
     "log_range",
@@ -43,6 +44,8 @@ HOLD_MAX_ROWS: Final = 1_000_000
 #: dropped ranges remembered per stream (adjacent ones with the same reason merge, so this is
 #: reached only by many alternating reasons); the oldest are forgotten first
 DROP_LOG_MAX: Final = 10_000
+#: new ranges between two trims of the log to DROP_LOG_MAX
+TRIM_EVERY: Final = 1000
 
 
 @dataclass(slots=True, frozen=True)
@@ -176,7 +179,7 @@ def log_range(
     """Record that ids ``first..last`` of ``stream`` are gone; a range that continues the
     previous one for the same reason extends it (steady retention at a bound is one row)."""
     prev = conn.execute(
-        "SELECT id, last, reason FROM dropped_ranges WHERE stream = ? ORDER BY id DESC LIMIT 1",
+        "SELECT id, last, reason FROM dropped_ranges WHERE stream = ? ORDER BY last DESC LIMIT 1",
         (stream,),
     ).fetchone()
     if prev is not None and prev[2] == reason and int(prev[1]) + 1 == first:
@@ -186,9 +189,10 @@ def log_range(
         "INSERT INTO dropped_ranges (stream, first, last, reason, at) VALUES (?, ?, ?, ?, ?)",
         (stream, first, last, reason, at),
     )
-    if (cursor.lastrowid or 0) % 1000 == 0:  # the bound is checked now and then, not per row
+    if (cursor.lastrowid or 0) % TRIM_EVERY == 0:  # the bound is checked now and then
         conn.execute(
-            "DELETE FROM dropped_ranges WHERE stream = ? AND id <= ("
-            "SELECT id FROM dropped_ranges WHERE stream = ? ORDER BY id DESC LIMIT 1 OFFSET ?)",
+            "DELETE FROM dropped_ranges WHERE stream = ? AND last <= ("
+            "SELECT last FROM dropped_ranges WHERE stream = ? ORDER BY last DESC "
+            "LIMIT 1 OFFSET ?)",
             (stream, stream, DROP_LOG_MAX),
         )

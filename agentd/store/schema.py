@@ -167,6 +167,15 @@ MIGRATIONS: Final[tuple[tuple[str, str], ...]] = (
         {_legacy_gap("actions")}
         """,
     ),
+    (
+        "a CRC-32 of each session state and journal row (NULL: written before version 5)",
+        """
+        ALTER TABLE sessions ADD COLUMN crc INTEGER;
+        ALTER TABLE observations ADD COLUMN crc INTEGER;
+        ALTER TABLE actions ADD COLUMN crc INTEGER;
+        ALTER TABLE events ADD COLUMN crc INTEGER
+        """,
+    ),
 )
 LATEST: Final = len(MIGRATIONS)
 

@@ -5,40 +5,39 @@ through. Retention runs in the same transaction as the inserts it bounds (docs/s
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
-import sqlite3
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
+
+import msgspec
 
 from agentd.config import StoreConfig
 from agentd.errors import StoreError
 from agentd.model import ActionResult, Observation, StoreHealth
 from agentd.store import journal as jr
 from agentd.store import sessions as ss
-from agentd.store import streams as st
 from agentd.store.batch import ARGS, KIND, Committed, Mark, Op, apply_batch
 from agentd.store.clock import Clock, SystemClock
-from agentd.store.journal import STREAMS, Stream
+from agentd.store.integrity import Checker, IntegrityReport, index_only, reindex
+from agentd.store.journal import Stream
 from agentd.store.opening import KEY_MEMORY, Unavailable, close_quietly, open_database
-from agentd.store.recovery import describe
 from agentd.store.retention import Now
 from agentd.store.streams import Backlog, DroppedRange, StreamRow
+from agentd.store.streamview import StreamView
 from agentd.store.thread import DatabaseThread
-from agentd.store.writer import GroupCommit
 
 __all__ = ["KEY_MEMORY", "Backlog", "DroppedRange", "Store", "Stream", "StreamRow"]
 
 log = logging.getLogger("agentd.store")
 
-T = TypeVar("T")
 
-
-class Store(GroupCommit):
+class Store(StreamView):
     """The agent's SQLite database. ``await open()`` before use, ``await close()`` at the end
     (it commits everything queued first). ``clock``: where row stamps and retention by age
     read the time (tests inject one; default: the machine's)."""
@@ -60,11 +59,10 @@ class Store(GroupCommit):
         self._epoch = ""
         self._db: DatabaseThread | None = None
         self._keys: OrderedDict[tuple[str, str], None] = OrderedDict()
-        #: latest value of each uplink cursor and hold (written through the group commit)
-        self._marks: dict[Mark, int | None] = {}
-        #: marks with a write queued that has not been taken into a batch yet
-        self._marks_queued: set[Mark] = set()
+        self._check_task: asyncio.Task[None] | None = None
+        self._checker = Checker(self.path)
         self._init_writer()
+        self._init_streams()
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def open(self) -> None:
@@ -76,22 +74,36 @@ class Store(GroupCommit):
             raise RuntimeError("the store is already open")
         await self._connect()
         self._start_writer()
+        if self.config.check_interval is not None:
+            self._check_task = asyncio.create_task(
+                self._check_loop(self.config.check_interval), name="store-check"
+            )
 
     async def close(self) -> None:
         """Commit everything queued, then close the connection."""
+        task, self._check_task = self._check_task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
         try:
             await self._stop_writer()
         finally:
             await self._disconnect()
+            await self._checker.close()
         self.state = "closed"
 
     async def _connect(self) -> None:
+        if self._db is not None and self.read_only:
+            if not _writable(self.path):
+                return  # still read-only: keep serving reads
+            await self._disconnect()  # reopen it for writing
         try:
             db, opened = await open_database(self.path, self.config, self.journals.values())
         except Unavailable as exc:
             self._degrade(str(exc))
             return
         self._db = db
+        self.read_only = opened.read_only is not None
         self.schema_version = opened.schema_version
         self.journal_mode = opened.journal_mode
         self._epoch = opened.epoch
@@ -99,6 +111,9 @@ class Store(GroupCommit):
             self._keys[key] = None
         for (uplink, stream), keep_after in opened.holds.items():
             self._marks.setdefault(("hold", uplink, stream), keep_after)
+        if opened.read_only is not None:
+            self._degrade(f"{opened.read_only}; reads are served, writes wait")
+            return
         recovered = self.state == "degraded"
         self.state = "ok"
         self.last_error = None
@@ -242,83 +257,40 @@ class Store(GroupCommit):
         if len(self._keys) > KEY_MEMORY:
             self._keys.popitem(last=False)
 
-    # -- streams (the uplink's view of the journals) ------------------------------------------
-    @property
-    def epoch(self) -> str:
-        """This database's id (128-bit hex), made when it was created; a fresh database after
-        corruption gets a new one. "" until opened."""
-        return self._epoch
+    # -- integrity -----------------------------------------------------------------------------
+    async def check(self, *, full: bool = True, repair: bool = True) -> IntegrityReport:
+        """Check the database (``integrity_check`` and every row's checksum; ``full=False``:
+        ``quick_check`` only) on a connection and thread of its own, so commits go on
+        meanwhile. Damage confined to indexes is repaired in place (``REINDEX``) unless
+        ``repair=False``. The result is logged in one line and returned."""
+        if self._db is None:
+            raise StoreError(f"store unavailable: {self.last_error or 'not open'}")
+        # opened read-only, nothing can write it: it may be read as immutable (no -shm needed)
+        live = not self.read_only
+        report = await self._checker.run(full, live=live)
+        if repair and live and index_only(report.problems):
+            names = sorted({p.rsplit(" ", 1)[-1] for p in report.problems})
+            await self.read(reindex, names)
+            again = await self._checker.run(full, live=live)
+            report = msgspec.structs.replace(again, repaired=[f"index {n}" for n in names])
+        if not report.ok:
+            log.error("store: integrity check: %s", report.summary())
+        elif report.repaired:
+            log.warning("store: integrity check found damaged indexes: %s", report.summary())
+        else:
+            log.info("store: integrity check: %s (%.1f s)", report.summary(), report.seconds)
+        return report
 
-    @property
-    def boot_id(self) -> str:
-        """The kernel's id of this boot, stamped on every journal row."""
-        return self.clock.boot_id
-
-    async def stream_rows(
-        self, stream: Stream, after: int, limit: int, max_bytes: int
-    ) -> list[StreamRow]:
-        """Committed rows of ``stream`` with ids above ``after``, in id order: at most ``limit``
-        rows and (past the first) ``max_bytes`` of data. A missing id is a row retention (or
-        corruption) removed: `stream_drops` says which and why."""
-        return await self.read(st.rows, _stream(stream), after, limit, max_bytes)
-
-    async def stream_drops(self, stream: Stream, first: int, last: int) -> list[DroppedRange]:
-        """The logged removals of ``stream`` that overlap ids ``first..last``, in id order."""
-        return await self.read(st.drops, _stream(stream), first, last)
-
-    def stream_head(self, stream: Stream) -> int:
-        """The highest committed id of ``stream`` (0 if none yet)."""
-        return self.journals[_stream(stream)].head
-
-    async def stream_backlog(self, stream: Stream, after: int) -> Backlog:
-        """The committed rows of ``stream`` above ``after``: count, bytes, oldest wall time."""
-        return await self.read(st.backlog, _stream(stream), after)
-
-    async def load_cursors(self, uplink: str) -> dict[Stream, int]:
-        """``uplink``'s acknowledged id per stream (0: nothing acknowledged), including saves
-        not yet committed."""
-        got = await self.read(st.load_cursors, uplink)
-        for stream in STREAMS:
-            pending = self._marks.get(("cursor", uplink, stream))
-            if pending is not None and pending > got[stream]:
-                got[stream] = pending
-        for stream, acked in got.items():
-            key: Mark = ("cursor", uplink, stream)
-            if (self._marks.get(key) or 0) < acked:
-                self._marks[key] = acked
-        return got
-
-    def save_cursor(self, uplink: str, stream: Stream, acked: int) -> None:
-        """Record that ``uplink`` has every row of ``stream`` up to ``acked``. Non-blocking:
-        committed with the next group commit (``await flush()`` to wait for it); saves of one
-        cursor coalesce, and a cursor never moves backwards."""
-        key: Mark = ("cursor", uplink, _stream(stream))
-        if acked <= (self._marks.get(key) or 0):
-            return
-        self._set_mark(key, acked)
-
-    def hold_retention(self, uplink: str, stream: Stream, keep_after: int | None) -> None:
-        """Keep rows of ``stream`` with ids above ``keep_after`` from retention (an uplink with
-        end-to-end acknowledgement) unless the journal passes its hard cap; None releases the
-        hold. Durable through the group commit, so a restart keeps it."""
-        key: Mark = ("hold", uplink, _stream(stream))
-        if key in self._marks and self._marks[key] == keep_after:
-            return
-        self._set_mark(key, keep_after)
-
-    def _set_mark(self, key: Mark, value: int | None) -> None:
-        self._marks[key] = value
-        if key not in self._marks_queued and self._writer is not None:
-            # one queued write per mark, bounded by construction: outside the queue's bound
-            self._marks_queued.add(key)
-            self._enqueue("mark", key, None)
-
-    def _holds(self) -> dict[Stream, int]:
-        out: dict[Stream, int] = {}
-        for (what, _, stream), value in self._marks.items():
-            if what == "hold" and value is not None:
-                out[stream] = min(value, out.get(stream, value))
-        return out
+    async def _check_loop(self, interval: float) -> None:
+        """The background check, at a low rate; a failure to run it is logged, not raised."""
+        while True:
+            await asyncio.sleep(interval)
+            if self._db is None:
+                continue
+            try:
+                await self.check()
+            except StoreError as exc:
+                log.warning("store: background integrity check skipped: %s", exc)
 
     async def query_events(
         self,
@@ -340,17 +312,7 @@ class Store(GroupCommit):
             newest_first=newest_first,
         )
 
-    # -- the database thread -------------------------------------------------------------------
-    async def read(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run ``fn(conn, *args, **kwargs)`` on the database thread (reads only)."""
-        db = self._db
-        if db is None:
-            raise StoreError(f"store unavailable: {self.last_error or 'not open'}")
-        try:
-            return await db.call(fn, *args, **kwargs)
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot read {self.path}: {describe(exc)}") from None
-
+    # -- the writer's side ------------------------------------------------------------------
     async def _run_batch(self, db: DatabaseThread, batch: list[Op]) -> Committed:
         marks: dict[Mark, int | None] = {}
         for op in batch:
@@ -388,6 +350,11 @@ class Store(GroupCommit):
                 j.dropped += gone.rows
                 j.dropped_total += gone.rows
             j.head = max(j.head, done.heads.get(name, 0))
+        if done.heads:
+            self._moved_heads()
+        for name, gone in done.corrupt.items():
+            self.journals[name].rows -= gone.rows
+            self.journals[name].size -= gone.size
 
     def _failed_batch(self, batch: list[Op]) -> None:
         for op in batch:
@@ -395,8 +362,6 @@ class Store(GroupCommit):
                 self._marks_queued.add(op[ARGS])
 
 
-def _stream(stream: str) -> Stream:
-    for s in STREAMS:
-        if s == stream:
-            return s
-    raise ValueError(f"unknown stream {stream!r}; expected one of {', '.join(STREAMS)}")
+def _writable(path: Path) -> bool:
+    # access(2) answers EROFS for a read-only file system, even to root
+    return os.access(path, os.W_OK) and os.access(path.parent, os.W_OK)

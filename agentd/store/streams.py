@@ -9,7 +9,7 @@ from typing import Final
 
 import msgspec
 
-from agentd.store.journal import STREAMS, TIME_COLUMN, Stream
+from agentd.store.journal import STREAMS, TIME_COLUMN, Stream, intact
 
 __all__ = [
     "CURSOR_UPSERT",
@@ -67,28 +67,33 @@ class Backlog(msgspec.Struct, frozen=True):
 
 def rows(
     conn: sqlite3.Connection, stream: Stream, after: int, limit: int, max_bytes: int
-) -> list[StreamRow]:
+) -> tuple[list[StreamRow], list[int]]:
     """Up to ``limit`` rows with ids above ``after``, in id order, stopping before ``max_bytes``
     of data is exceeded (the first row always comes, whatever its size: a stream never
-    stalls on one large row)."""
+    stalls on one large row); and the ids of rows in that span whose checksum does not match
+    (left out: a corrupt row is reported, never sent)."""
     out: list[StreamRow] = []
+    corrupt: list[int] = []
     if limit < 1:
-        return out
+        return out, corrupt
     total = 0
     cursor = conn.execute(
-        f"SELECT id, {TIME_COLUMN[stream]}, synced, boot_id, size, data FROM {stream} "
+        f"SELECT id, {TIME_COLUMN[stream]}, synced, boot_id, size, data, crc FROM {stream} "
         "WHERE id > ? ORDER BY id LIMIT ?",
         (after, limit),
     )
     try:
-        for row_id, wall, synced, boot_id, size, data in cursor:
+        for row_id, wall, synced, boot_id, size, data, crc in cursor:
+            if not intact(size, data, crc):
+                corrupt.append(int(row_id))
+                continue
             total += size
             if out and total > max_bytes:
                 break
             out.append(StreamRow(int(row_id), float(wall), bool(synced), str(boot_id), data))
     finally:
         cursor.close()
-    return out
+    return out, corrupt
 
 
 def drops(conn: sqlite3.Connection, stream: Stream, first: int, last: int) -> list[DroppedRange]:

@@ -69,13 +69,18 @@ class DatabaseThread:
             self._closed = True
             return
         self._closed = True
+        drained = False
         try:
             if self._conn is not None:
                 await self._submit(_close)
+            drained = True
         finally:
             self._conn = None
             self._calls.put(None)
-            await asyncio.get_running_loop().run_in_executor(None, self._thread.join, JOIN_TIMEOUT)
+            # after the close call returned the thread is only leaving its loop: this waits
+            # microseconds (and uses no executor: that is the sensors'); interrupted, it does
+            # not wait at all (the thread is a daemon and ends after its current call)
+            self._thread.join(JOIN_TIMEOUT if drained else 0)
 
     def _submit(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> asyncio.Future[T]:
         loop = asyncio.get_running_loop()

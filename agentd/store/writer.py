@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from agentd.config import StoreConfig
 from agentd.errors import StoreError
@@ -30,9 +31,11 @@ from agentd.store.recovery import describe
 if TYPE_CHECKING:
     from agentd.store.thread import DatabaseThread
 
-__all__ = ["MAX_RETRY", "GroupCommit"]
+__all__ = ["MAX_RETRY", "GroupCommit", "wait_event"]
 
 log = logging.getLogger("agentd.store")
+
+T = TypeVar("T")
 
 #: longest wait between retries of a failing commit
 MAX_RETRY: Final = 30.0
@@ -50,6 +53,8 @@ class GroupCommit:
     last_error: str | None
 
     def _init_writer(self) -> None:
+        #: the database could only be opened read-only: reads are served, writes wait
+        self.read_only = False
         self.last_commit: float | None = None
         self.commits = 0
         self.back_pressure = 0
@@ -95,7 +100,7 @@ class GroupCommit:
         target = self._seq
         if target <= self._committed:
             return
-        if self._writer is None or self._db is None:
+        if self._writer is None or self._db is None or self.read_only:
             raise StoreError(f"store unavailable: {self.last_error or 'not open'}")
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._flushes.append((target, fut))
@@ -113,7 +118,7 @@ class GroupCommit:
         """Queue a session write and wait until it is committed; returns its result."""
         if self._writer is None:
             raise StoreError(f"store unavailable: {self.last_error or 'not open'}")
-        if self._db is None:
+        if self._db is None or self.read_only:
             raise StoreError(f"store unavailable: {self.last_error}")
         while self._full():
             self.back_pressure += 1
@@ -132,7 +137,11 @@ class GroupCommit:
     def write_nowait(self, sid: str, data: bytes, expires: float | None) -> bool:
         # the batched path's hot loop: _enqueue inlined
         queue = self._queue
-        if self._writer is None or len(queue) + self._inflight >= self.config.queue_size:
+        if (
+            self._writer is None
+            or self.read_only
+            or len(queue) + self._inflight >= self.config.queue_size
+        ):
             self.back_pressure += 1
             return False
         seq = self._seq = self._seq + 1
@@ -160,6 +169,16 @@ class GroupCommit:
         if len(self._queue) == self.config.batch_size:
             self._kick.set()
         return op
+
+    async def read(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run ``fn(conn, *args, **kwargs)`` on the database thread (reads only)."""
+        db = self._db
+        if db is None:
+            raise StoreError(f"store unavailable: {self.last_error or 'not open'}")
+        try:
+            return await db.call(fn, *args, **kwargs)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot read {self.path}: {describe(exc)}") from None
 
     # -- the writer task ---------------------------------------------------------------------
     def _start_writer(self) -> None:
@@ -197,11 +216,12 @@ class GroupCommit:
                 # unless someone awaits a write, the batch fills up or we are closing
                 delay = self._first_at + self.config.flush_interval - time.monotonic()
                 if delay > 0:
-                    await _wait(self._kick, delay)
+                    await wait_event(self._kick, delay)
             self._kick.clear()
-            if self._db is None:
+            if self._db is None or self.read_only:
                 await self._connect()
-            error = await self._commit_batch() if self._db is not None else self.last_error
+            writable = self._db is not None and not self.read_only
+            error = await self._commit_batch() if writable else self.last_error
             if error is None:
                 retry = 0.0
                 continue
@@ -209,7 +229,7 @@ class GroupCommit:
                 self._give_up(error or "store unavailable")
                 return
             retry = min(MAX_RETRY, max(self.config.flush_interval, retry * 2))
-            await _wait(self._kick, retry)
+            await wait_event(self._kick, retry)
 
     async def _commit_batch(self) -> str | None:
         """Commit the next batch; None on success, else the error line (the store is then
@@ -307,7 +327,7 @@ class GroupCommit:
         self._flushes = keep
 
 
-async def _wait(event: asyncio.Event, timeout: float) -> bool:
+async def wait_event(event: asyncio.Event, timeout: float) -> bool:
     """Wait for ``event`` at most ``timeout`` seconds; True if it was set."""
     if event.is_set():
         return True

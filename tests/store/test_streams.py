@@ -13,7 +13,7 @@ import pytest
 
 from agentd.model import Action, ActionResult, Observation
 from agentd.store import Event, Store
-from agentd.store.schema import migrate
+from agentd.store.schema import LATEST, migrate
 from tests.store.conftest import Opener, config
 
 YEAR_1970 = 86400.0 * 3  # 4 Jan 1970: a Pi before its first NTP sync
@@ -115,7 +115,7 @@ async def test_migration_4_keeps_every_row_and_id_and_never_reuses_one(tmp_path:
     actions_before = table(path, "SELECT * FROM actions ORDER BY id")
     store = await open_with(path)
     try:
-        assert store.schema_version == 4
+        assert store.schema_version == LATEST
         after = table(path, "SELECT id, tick, wall, size, data FROM observations ORDER BY id")
         assert after == before
         assert (
@@ -425,3 +425,47 @@ async def test_hold_keeps_rows_until_released_or_the_hard_cap(tmp_path: Path) ->
     finally:
         await store.close()
     assert table(path, "SELECT hold FROM uplink_cursors") == [(None,)]
+
+
+def test_the_dropped_range_log_merges_and_is_bounded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from agentd.store import retention
+
+    monkeypatch.setattr(retention, "DROP_LOG_MAX", 5)
+    monkeypatch.setattr(retention, "TRIM_EVERY", 10)
+    conn = sqlite3.connect(tmp_path / "x.db", isolation_level=None)
+    migrate(conn)
+    for first in range(1, 101, 10):  # contiguous, one reason: one range
+        retention.log_range(conn, "observations", first, first + 9, "retention.rows", 0.0)
+    assert conn.execute("SELECT first, last, reason FROM dropped_ranges").fetchall() == [
+        (1, 100, "retention.rows")
+    ]
+    for i in range(200):  # holes between them: one range each, trimmed now and then
+        retention.log_range(conn, "actions", 3 * i + 1, 3 * i + 1, "corrupt", 0.0)
+        n = conn.execute("SELECT count(*) FROM dropped_ranges WHERE stream = 'actions'").fetchone()
+        assert n[0] <= 5 + 10
+    kept = [r[0] for r in conn.execute("SELECT first FROM dropped_ranges WHERE stream='actions'")]
+    assert kept == sorted(kept)
+    assert kept[-1] == 3 * 199 + 1  # the newest are kept
+    assert conn.execute(
+        "SELECT count(*) FROM dropped_ranges WHERE stream = 'observations'"
+    ).fetchone() == (1,)
+    conn.close()
+
+
+async def test_wait_head_wakes_on_the_commit_not_a_poll(open_store: Opener) -> None:
+    import asyncio
+
+    store = await open_store(flush_interval=0.05)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    assert await store.wait_head("events", 0, 0.1) == 0  # nothing came: the timeout
+    assert loop.time() - started >= 0.1
+    waiter = asyncio.create_task(store.wait_head("observations", 0, 30.0))
+    await asyncio.sleep(0.1)
+    assert not waiter.done()
+    store.journal_observation(obs(1))
+    store.journal_observation(obs(2))
+    assert await asyncio.wait_for(waiter, 10.0) == 2
+    assert await store.wait_head("observations", 1, 30.0) == 2  # already above: at once
