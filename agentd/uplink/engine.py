@@ -22,7 +22,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Final
 
 from agentd import __version__
@@ -75,6 +75,7 @@ class UplinkEngine:
         self._content_type = env.CONTENT_TYPES[settings.format]
         self._phase: Phase = "stopped"
         self._task: asyncio.Task[None] | None = None
+        self._watchers: list[asyncio.Task[None]] = []
         self._wake = asyncio.Event()
         self._link: Link | None = None
         self._lost = False
@@ -109,10 +110,20 @@ class UplinkEngine:
         self._phase = "connecting"
         self._stop_at = None
         self._task = asyncio.create_task(self._run(), name=f"uplink-{self.name}")
+        self._watchers = [
+            asyncio.create_task(self._watch(st.name), name=f"uplink-{self.name}-{st.name}")
+            for st in self._streams.values()
+        ]
 
     def notify(self) -> None:
-        """New rows are committed: wake the reader (cheap; call it after every commit)."""
+        """New rows are committed: wake the reader. The engine also wakes by itself on the
+        store's commits (`wait_head`); this only saves a hop."""
         self._wake.set()
+
+    async def _watch(self, stream: Stream) -> None:
+        while True:
+            await self.store.wait_head(stream, self.store.stream_head(stream), 3600.0)
+            self._wake.set()
 
     async def stop(self, budget: float) -> UplinkState:
         """Publish offline, send what is left within ``budget`` seconds, disconnect, flush the
@@ -133,7 +144,13 @@ class UplinkEngine:
             drained.cancel()
             await asyncio.gather(drained, return_exceptions=True)
         task.cancel()
-        reads = [st.prefetch.task for st in self._streams.values() if st.prefetch is not None]
+        for w in self._watchers:
+            w.cancel()
+        reads: list[Awaitable[object]] = [
+            st.prefetch.task for st in self._streams.values() if st.prefetch is not None
+        ]
+        reads += self._watchers
+        self._watchers = []
         for st in self._streams.values():
             self._rewind(st)  # nothing is in flight after this; reads ahead are cancelled
         await asyncio.gather(task, *reads, return_exceptions=True)

@@ -191,3 +191,18 @@ async def test_stop_returns_early_when_the_link_dies_during_the_drain(
         assert 0 < final.streams[-1].acked < 300
     finally:
         await store.close()
+
+
+async def test_engine_wakes_on_commits_without_notify(tmp_path: Path, broker: Mosquitto) -> None:
+    store = await open_store(tmp_path / "a.db")
+    # a batch is full at one row, and without a wake-up it would sleep for 30 s
+    e = engine(store, broker.url, batch_rows=1, batch_interval=30.0)
+    try:
+        await e.start()
+        assert await until(lambda: e.state().connected)
+        await asyncio.sleep(0.2)
+        await Ticker(store).write(3)  # no notify()
+        assert await until(lambda: acked(e) == 3, 5)
+    finally:
+        await e.stop(1.0)
+        await store.close()
