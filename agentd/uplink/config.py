@@ -66,6 +66,8 @@ class UplinkSettings(_Section, frozen=True):
     end_to_end: bool = False
     #: health turns degraded when the oldest unsent row is older than this (seconds)
     backlog_max_age: Annotated[float, Meta(gt=0)] | None = 300.0
+    #: a batch not answered within this many seconds means the link is broken: reconnect
+    ack_timeout: Annotated[float, Meta(gt=0, le=3600)] = 60.0
     #: full-jitter reconnect backoff: sleep uniform(0, min(max, min * 2**attempt))
     reconnect_min: Annotated[float, Meta(gt=0, le=60)] = 0.5
     reconnect_max: Annotated[float, Meta(gt=0, le=3600)] = 60.0

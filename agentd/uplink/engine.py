@@ -339,11 +339,11 @@ class UplinkEngine:
             stopping = self._stop_at is not None
             if stopping and not self._offline_sent:
                 self._offline_sent = True
-                self._track(
-                    asyncio.ensure_future(
-                        self.transport.send(self._status(online=False, clean=True))
-                    )
-                )
+                self._send_status(online=False, clean=True)
+            if (overdue := self._overdue()) is not None:
+                # a broker that keeps the link (pings) but never answers must not stall us
+                await self.transport.close(0)
+                raise TransportError(f"no PUBACK within {overdue:.0f}s")
             timeout = await self._batcher.fill(self._streams.values(), stopping, self._is_lost)
             if self._is_lost():
                 break
@@ -355,9 +355,18 @@ class UplinkEngine:
                 continue
             if stopping and self._stop_at is not None:
                 timeout = min(timeout, max(0.0, self._stop_at - loop.time()))
+            timeout = min(timeout, self.settings.ack_timeout)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout)
         raise TransportError(self._last_error or "link lost")
+
+    def _overdue(self) -> float | None:
+        limit = self.settings.ack_timeout
+        now = time.monotonic()
+        for st in self._streams.values():
+            if st.inflight and now - st.inflight[0].sent_at > limit:
+                return limit
+        return None
 
     def _birth_answered(self, birth: asyncio.Future[Delivery]) -> None:
         if birth.cancelled() or birth.exception() is not None:

@@ -206,3 +206,28 @@ async def test_engine_wakes_on_commits_without_notify(tmp_path: Path, broker: Mo
     finally:
         await e.stop(1.0)
         await store.close()
+
+
+async def test_a_broker_that_stops_answering_is_left_after_ack_timeout(
+    tmp_path: Path, broker: Mosquitto
+) -> None:
+    store = await open_store(tmp_path / "a.db")
+    e = engine(store, broker.url, ack_timeout=1.0, mqtt={"connect_timeout": 2.0})
+    assert broker.proc is not None
+    try:
+        await e.start()
+        assert await until(lambda: e.state().connected)
+        t = Ticker(store)
+        await t.write(10, engine=e)
+        assert await until(lambda: acked(e) == 10)
+        broker.proc.send_signal(signal.SIGSTOP)  # the TCP link stays up; nothing answers
+        await t.write(10, engine=e)
+        assert await until(lambda: "no PUBACK" in (e.state().last_error or ""), 10)
+        assert e.state().reconnects >= 1
+        broker.proc.send_signal(signal.SIGCONT)
+        assert await until(lambda: acked(e) == 20, 30)
+    finally:
+        if broker.proc is not None:
+            broker.proc.send_signal(signal.SIGCONT)
+        await e.stop(1.0)
+        await store.close()
