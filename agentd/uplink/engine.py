@@ -241,6 +241,7 @@ class UplinkEngine:
         if exc.refused:
             if self._refused != str(exc):
                 log.error("uplink %s: %s", self.name, exc)
+                self._event("uplink.refused", reason=str(exc))
             self._refused = str(exc)
         elif self._attempt == 0:
             log.warning("uplink %s: %s; retrying with backoff", self.name, exc)
@@ -269,6 +270,7 @@ class UplinkEngine:
         self._batcher.configure(link.receive_maximum, link.max_packet_size)
         if self._reconnects or self._attempt:
             log.info("uplink %s: connected (%s)", self.name, link.protocol)
+            self._event("uplink.connected", protocol=link.protocol, reconnects=self._reconnects)
         for st in self._streams.values():
             self._rewind(st)
 
@@ -276,10 +278,15 @@ class UplinkEngine:
         if self._link is not None and self._stop_at is None:
             self._reconnects += 1
             log.warning("uplink %s: link lost (%s)", self.name, self._last_error)
+            self._event("uplink.lost", reason=self._last_error or "")
         self._link = None
         self._since = self._clock()
         for st in self._streams.values():
             self._rewind(st)
+
+    def _event(self, kind: str, **data: object) -> None:
+        """The uplink's state changes go into the events journal (and so to the fleet)."""
+        self.store.journal_event(kind, {"uplink": self.name, **data})
 
     def _rewind(self, st: StreamCursor) -> None:
         """Forget what is buffered and in flight: the next read starts after the cursor

@@ -130,6 +130,13 @@ async def test_broker_sigterm_restart_nothing_missing_duplicates_bounded(
                 30,
             )
             book = completeness(sub.snapshot())
+
+            # the outage is in the events journal too, and reached the fleet after it
+            def kinds() -> set[str]:
+                rows = completeness(sub.snapshot()).ledger(NODE, "events").rows.values()
+                return {r["kind"] for r in rows}
+
+            assert await until(lambda: {"uplink.lost", "uplink.connected"} <= kinds(), 20)
         led = book.ledger(NODE, "observations")
         assert led.missing(total) == []
         obs = next(s for s in e.state().streams if s.stream == "observations")
