@@ -230,3 +230,22 @@ async def test_auto_falls_back_to_mqtt311_for_an_old_broker(broker: Mosquitto) -
     finally:
         server.close()
         await server.wait_closed()
+
+
+async def test_hostname_checking_is_on(tmp_path: Path, certs: Certs) -> None:
+    """The server certificate names localhost and 127.0.0.1; "127.1" reaches the same address
+    under another name, so a client that checks the name must refuse it."""
+    b = Mosquitto(tmp_path / "b", certs=certs)
+    b.start()
+    try:
+        tls = {"ca": str(certs.ca), "cert": str(certs.client), "key": str(certs.client_key)}
+        ok = MqttTransport(MqttConfig(url=f"mqtts://127.0.0.1:{b.tls_port}", **tls))
+        await ok.connect("gw-a", WILL, _ignore)
+        await ok.close(1.0)
+        other = MqttTransport(MqttConfig(url=f"mqtts://127.1:{b.tls_port}", **tls))
+        with pytest.raises(TransportError) as err:
+            await other.connect("gw-a", WILL, _ignore)
+        assert err.value.refused
+        assert "mismatch" in str(err.value).lower()
+    finally:
+        b.stop()
