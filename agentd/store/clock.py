@@ -10,9 +10,11 @@ boot-relative time within a boot, and the wall time only between rows both writt
 "Synchronized" is the kernel's own view, read with ``adjtimex(2)`` (modes 0: read only, no
 privilege needed): the clock counts as synchronized when the maximum error the time daemon
 reports is under 16 s, the rule systemd's ``timedatectl`` uses (``ntp_synced()``), so it agrees
-with what an operator sees there and works with timesyncd, chrony and ntpd alike.
-``/run/systemd/timesync/synchronized`` was the alternative, but it exists only under
-timesyncd, and only once per boot.
+with what an operator sees there and works with timesyncd, chrony and ntpd alike. Where the
+call is denied (a unit with ``ProtectClock=yes``: its seccomp filter answers EPERM even to a
+read, systemd issue #26413), the flag file timesyncd creates at its first sync of the boot,
+``/run/systemd/timesync/synchronized``, answers instead; with neither, rows are "not known to be
+synchronized", which retention treats conservatively (it never deletes because of them).
 """
 
 from __future__ import annotations
@@ -23,9 +25,17 @@ import time
 from pathlib import Path
 from typing import Final, Protocol
 
-__all__ = ["BOOT_ID_PATH", "Clock", "SystemClock", "kernel_synced", "read_boot_id"]
+__all__ = [
+    "BOOT_ID_PATH",
+    "TIMESYNC_FLAG",
+    "Clock",
+    "SystemClock",
+    "kernel_synced",
+    "read_boot_id",
+]
 
 BOOT_ID_PATH: Final = Path("/proc/sys/kernel/random/boot_id")
+TIMESYNC_FLAG: Final = Path("/run/systemd/timesync/synchronized")
 #: the kernel's "maximum error" ceiling in microseconds: at or above it nothing disciplines
 #: the clock (systemd's ntp_synced() uses the same bound)
 MAXERROR_UNSYNCED: Final = 16_000_000
@@ -88,16 +98,18 @@ with contextlib.suppress(OSError):
     _libc = ctypes.CDLL(None, use_errno=True)
 
 
-def kernel_synced() -> bool:
-    """The kernel's answer, now; False where adjtimex is unavailable (not known to be synced)."""
+def kernel_synced() -> bool | None:
+    """The kernel's answer, now; None where adjtimex is unavailable or denied."""
     if _libc is None:
-        return False
+        return None
     tx = _Timex()  # modes = 0: read only
     try:
         state = int(_libc.adjtimex(ctypes.byref(tx)))
     except AttributeError:  # a libc without adjtimex
-        return False
-    return state >= 0 and int(tx.maxerror) < MAXERROR_UNSYNCED
+        return None
+    if state < 0:  # EPERM from a seccomp filter (ProtectClock=yes)
+        return None
+    return int(tx.maxerror) < MAXERROR_UNSYNCED
 
 
 def read_boot_id() -> str:
@@ -111,10 +123,11 @@ def read_boot_id() -> str:
 class SystemClock:
     """The machine's clocks."""
 
-    __slots__ = ("_boot_id", "_checked", "_synced")
+    __slots__ = ("_boot_id", "_checked", "_flag", "_synced")
 
-    def __init__(self) -> None:
+    def __init__(self, timesync_flag: Path = TIMESYNC_FLAG) -> None:
         self._boot_id = read_boot_id()
+        self._flag = timesync_flag
         self._checked = -SYNC_CACHE
         self._synced = False
 
@@ -131,6 +144,7 @@ class SystemClock:
     def synced(self) -> bool:
         now = time.clock_gettime(time.CLOCK_BOOTTIME)
         if now - self._checked >= SYNC_CACHE:
-            self._synced = kernel_synced()
+            kernel = kernel_synced()
+            self._synced = kernel if kernel is not None else self._flag.exists()
             self._checked = now
         return self._synced
