@@ -2,7 +2,7 @@
 
 import sys
 
-from agentd.cli import main
+from agentd.cli.main import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -11,27 +11,40 @@ import logging
 import random
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Mapping
-from typing import final
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Protocol, final
 
 import msgspec
 
 from agentd.config import ActuatorCommon
 from agentd.model import Action, ActionResult, ActionStatus
 from agentd.plugins.base import ActuatorReply
-from agentd.plugins.handle import PluginHandle
+from agentd.plugins.handle import ActuatorRunner
+from agentd.validation import format_validation_error
 
-__all__ = ["ActionRunner", "KeyHook"]
+__all__ = ["ActionRunner", "KeyLedger", "ResultSink", "RunHook"]
 
 log = logging.getLogger("agentd.actions")
 
 #: idempotency keys remembered in memory for non-idempotent actuators
 _SEEN_KEYS = 10_000
 
-#: ``hook(actuator, key)``: plain or async. The store plugs in here so idempotency keys hold
-#: across a restart: ``key_seen`` asks whether a key was already claimed (the action journal),
-#: ``key_claimed`` records the claim durably before the first attempt.
-KeyHook = Callable[[str, str], "bool | Awaitable[bool | None] | None"]
+
+class KeyLedger(Protocol):
+    """Idempotency keys that hold across a restart (the store's action journal). Either method
+    may be plain or async."""
+
+    def key_seen(self, actuator: str, key: str) -> bool | Awaitable[bool]:
+        """Whether a key was already claimed."""
+        ...
+
+    def claim_key(self, actuator: str, key: str) -> Awaitable[None] | None:
+        """Record the claim durably, before the first attempt."""
+        ...
+
+
+#: gets results of actions run outside a tick (manual tool calls)
+ResultSink = Callable[[ActionResult], None]
 #: ``hook(action, tick, run)`` must await ``run(action, tick)`` and return its result
 RunHook = Callable[
     [Action, "int | None", Callable[[Action, "int | None"], Awaitable[ActionResult]]],
@@ -48,19 +61,20 @@ class ActionRunner:
         "default_timeout",
         "hook",
         "in_flight",
-        "key_claimed",
-        "key_seen",
+        "ledger",
         "limit",
         "manual_sinks",
     )
 
     def __init__(
         self,
-        actuators: Mapping[str, PluginHandle],
+        actuators: Mapping[str, ActuatorRunner],
         default_timeout: float,
         concurrency: int = 8,
-        key_seen: KeyHook | None = None,
-        key_claimed: KeyHook | None = None,
+        *,
+        ledger: KeyLedger | None = None,
+        hook: RunHook | None = None,
+        manual_sinks: Sequence[ResultSink] = (),
     ) -> None:
         self.actuators = actuators
         self.default_timeout = default_timeout
@@ -69,15 +83,13 @@ class ActionRunner:
         self.in_flight: set[asyncio.Task[ActionResult]] = set()
         self._seen: OrderedDict[tuple[str, str], None] = OrderedDict()
         self._rejected: OrderedDict[str, None] = OrderedDict()
-        #: an extra check (the store's action journal) for keys seen before a restart
-        self.key_seen = key_seen
-        #: told (and awaited) before a non-idempotent action with a key first runs
-        self.key_claimed = key_claimed
+        #: keys seen before a restart, and claims recorded before a first attempt
+        self.ledger = ledger
         #: results of actions run outside a tick (manual tool calls: the store journals them);
-        #: the loop's own results reach the journal through tick reports and late sinks
-        self.manual_sinks: list[Callable[[ActionResult], None]] = []
+        #: the loop's own results reach the journal through tick reports and late results
+        self.manual_sinks = tuple(manual_sinks)
         #: wraps every run (agentd.telemetry: counts actions, traces them inside a request)
-        self.hook: RunHook | None = None
+        self.hook = hook
 
     def validate(self, action: Action) -> str | None:
         """None if the action may run, else a one-line reason."""
@@ -93,8 +105,6 @@ class ActionRunner:
         try:
             msgspec.convert(action.params, params_type, str_keys=True)
         except msgspec.ValidationError as exc:
-            from agentd.config import format_validation_error
-
             return f"actuator {action.actuator!r}: " + format_validation_error(
                 f"{action.name}.params", exc, action.params
             )
@@ -167,12 +177,15 @@ class ActionRunner:
             )
         if not handle.spec.idempotent and action.key is not None:
             ident = (action.actuator, action.key)
-            if ident in self._seen or await _call(self.key_seen, ident):
+            if ident in self._seen or await self._key_seen(ident):
                 return result("skipped", error=f"already done (idempotency key {action.key!r})")
             self._seen[ident] = None
             if len(self._seen) > _SEEN_KEYS:
                 self._seen.popitem(last=False)
-            await _call(self.key_claimed, ident)
+            if self.ledger is not None:
+                claimed = self.ledger.claim_key(*ident)
+                if claimed is not None:
+                    await claimed
         common = handle.config
         assert isinstance(common, ActuatorCommon)
         timeout = common.timeout or self.default_timeout
@@ -211,6 +224,14 @@ class ActionRunner:
         src = f" from {action.source}" if action.source else ""
         log.log(level, "action %r%s rejected: %s", action.name, src, problem)
 
+    async def _key_seen(self, ident: tuple[str, str]) -> bool:
+        if self.ledger is None:
+            return False
+        out = self.ledger.key_seen(*ident)
+        if inspect.isawaitable(out):
+            out = await out
+        return bool(out)
+
     def forget_keys(self) -> None:
         """Drop the in-memory idempotency keys (what a restart does)."""
         self._seen.clear()
@@ -226,15 +247,6 @@ class ActionRunner:
         if pending:
             await asyncio.wait(pending)
         return len(pending)
-
-
-async def _call(hook: KeyHook | None, ident: tuple[str, str]) -> bool:
-    if hook is None:
-        return False
-    out = hook(*ident)
-    if inspect.isawaitable(out):
-        out = await out
-    return bool(out)
 
 
 def _line(exc: BaseException) -> str:

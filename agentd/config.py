@@ -1,32 +1,46 @@
 """Typed configuration: TOML decoded by msgspec into Structs, unknown keys rejected.
 
-Each plugin instance is a table under ``[sensors.NAME]``, ``[policies.NAME]`` or
-``[actuators.NAME]``. Its common keys (``plugin``, ``enabled``, ``interval``, ``timeout``, ...)
-are read here; every other key belongs to the plugin and is decoded into the plugin's own config
-Struct, so ``check-config`` validates plugin settings too. Errors name the key path:
-``sensors.cpu.interval: expected a number >= 0.01, got -1``.
+Each plugin instance is a table under its kind's section (``[sensors.NAME]``,
+``[policies.NAME]``, ``[actuators.NAME]``). Its common keys (``plugin``, ``enabled``,
+``interval``, ``timeout``, ...) and every other key, which belongs to the plugin and is decoded
+into the plugin's own config Struct, are read through the `PluginCatalog` the caller hands in
+(agentd/config_plugins.py), so ``check-config`` validates plugin settings too. Errors name
+the key path: ``sensors.cpu.interval: expected a number >= 0.01, got -1``.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import re
 import tomllib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 
 import msgspec
 from msgspec import Meta
 
+from agentd import paths
+from agentd.config_plugins import (
+    ActuatorCommon,
+    ActuatorInstance,
+    CatalogFactory,
+    PluginCatalog,
+    PluginCommon,
+    PluginInstance,
+    PolicyCommon,
+    PolicyInstance,
+    SensorCommon,
+    SensorInstance,
+    decode_instance,
+)
 from agentd.errors import ConfigError
-
-if TYPE_CHECKING:
-    from agentd.plugins.registry import Registry
+from agentd.validation import format_validation_error, show
 
 __all__ = [
     "DEFAULT_CONFIG",
+    "OTLP_MISSING",
+    "SECTIONS",
+    "ActuatorCommon",
     "ActuatorInstance",
     "AgentSection",
     "Config",
@@ -35,12 +49,17 @@ __all__ = [
     "JournalConfig",
     "LogSection",
     "PathsSection",
+    "PluginCatalog",
+    "PluginCommon",
     "PluginInstance",
+    "PolicyCommon",
     "PolicyInstance",
+    "SensorCommon",
     "SensorInstance",
     "StoreConfig",
     "TelemetryConfig",
     "default_config_path",
+    "format_validation_error",
     "load",
     "loads",
     "resolve_runtime_dir",
@@ -168,68 +187,6 @@ class PluginsSection(_Section, frozen=True):
     blocked: tuple[str, ...] = ()
 
 
-class _Common(_Section, frozen=True):
-    plugin: str | None = None
-    enabled: bool = True
-    timeout: Seconds | None = None
-    #: when start() fails: refuse to start agentd, run without the plugin, or keep retrying
-    startup_error: Literal["fail", "skip", "retry"] = "fail"
-    #: sensors/actuators: consecutive failures before `degraded` and backing off
-    degraded_after: Annotated[int, Meta(ge=1, le=1000)] = 3
-    #: the backed-off interval never exceeds this (default: 64 x the normal interval)
-    max_interval: Seconds | None = None
-
-
-class SensorCommon(_Common, frozen=True):
-    interval: Annotated[float, Meta(ge=0.01)] | None = None
-
-
-class PolicyCommon(_Common, frozen=True):
-    pass
-
-
-class ActuatorCommon(_Common, frozen=True):
-    retries: Annotated[int, Meta(ge=0, le=10)] = 0
-    backoff: Annotated[float, Meta(ge=0, le=60)] = 0.1
-    backoff_max: Annotated[float, Meta(ge=0, le=600)] = 5.0
-    retry_on: tuple[Literal["timeout", "error"], ...] = ("timeout", "error")
-
-
-_COMMON: dict[str, type[_Common]] = {
-    "sensor": SensorCommon,
-    "policy": PolicyCommon,
-    "actuator": ActuatorCommon,
-}
-_SECTION_KIND = {"sensors": "sensor", "policies": "policy", "actuators": "actuator"}
-
-
-class PluginInstance(msgspec.Struct, kw_only=True):
-    """One configured plugin instance: its name, the plugin it runs, common and own settings."""
-
-    name: str
-    plugin: str
-    common: _Common
-    config: msgspec.Struct
-    #: the instance's table as written; reload compares these to find what changed
-    raw: dict[str, Any]
-
-    @property
-    def enabled(self) -> bool:
-        return self.common.enabled
-
-
-class SensorInstance(PluginInstance, kw_only=True):
-    common: SensorCommon
-
-
-class PolicyInstance(PluginInstance, kw_only=True):
-    common: PolicyCommon
-
-
-class ActuatorInstance(PluginInstance, kw_only=True):
-    common: ActuatorCommon
-
-
 class Config(msgspec.Struct, kw_only=True):
     agent: AgentSection = AgentSection()
     paths: PathsSection = PathsSection()
@@ -239,19 +196,44 @@ class Config(msgspec.Struct, kw_only=True):
     plugins: PluginsSection = PluginsSection()
     telemetry: TelemetryConfig = TelemetryConfig()
     health: HealthConfig = HealthConfig()
-    sensors: dict[str, SensorInstance] = {}
-    policies: dict[str, PolicyInstance] = {}
-    actuators: dict[str, ActuatorInstance] = {}
+    #: plugin instances by kind section (``sensors``, ``policies``, ...), in kind order
+    plugin_sections: dict[str, dict[str, PluginInstance]] = {}
     #: where it came from: a file path or "<default>"
     source: str = "<default>"
 
+    def section(self, name: str) -> dict[str, PluginInstance]:
+        """The instances under ``[<name>.*]`` (empty if there are none)."""
+        return self.plugin_sections.get(name, {})
+
+    @property
+    def sensors(self) -> dict[str, SensorInstance]:
+        return cast(dict[str, SensorInstance], self.section("sensors"))
+
+    @property
+    def policies(self) -> dict[str, PolicyInstance]:
+        return cast(dict[str, PolicyInstance], self.section("policies"))
+
+    @property
+    def actuators(self) -> dict[str, ActuatorInstance]:
+        return cast(dict[str, ActuatorInstance], self.section("actuators"))
+
     def instances(self) -> Iterable[PluginInstance]:
-        yield from self.sensors.values()
-        yield from self.policies.values()
-        yield from self.actuators.values()
+        for by_name in self.plugin_sections.values():
+            yield from by_name.values()
+
+    def check_reloadable(self, new: Config) -> None:
+        """Raises ConfigError naming the sections ``new`` changes that need a restart."""
+        changed = [
+            name
+            for name in ("paths", "store", "control", "telemetry")
+            if getattr(new, name) != getattr(self, name)
+        ]
+        if changed:
+            raise ConfigError([f"{name}: changes need a restart, not a reload" for name in changed])
 
 
-_SECTIONS: dict[str, type[msgspec.Struct]] = {
+#: the config's own sections (plugin sections come from the catalog's kinds)
+SECTIONS: dict[str, type[msgspec.Struct]] = {
     "agent": AgentSection,
     "paths": PathsSection,
     "log": LogSection,
@@ -304,10 +286,12 @@ def default_config_path() -> Path | None:
     return candidate if candidate.is_file() else None
 
 
-def load(path: str | os.PathLike[str] | None, registry: Registry | None = None) -> Config:
-    """Load and validate a config file (or the embedded default when ``path`` is None)."""
+def load(path: str | os.PathLike[str] | None, plugins: PluginCatalog | CatalogFactory) -> Config:
+    """Load and validate a config file (or the embedded default when ``path`` is None).
+    ``plugins`` validates the plugin sections: a catalog, or a factory that builds one from
+    ``[plugins] blocked`` (`agentd.plugins.registry.default_registry`)."""
     if path is None:
-        return loads(DEFAULT_CONFIG, registry, source="<default>")
+        return loads(DEFAULT_CONFIG, plugins, source="<default>")
     p = Path(path)
     try:
         data = p.read_bytes()
@@ -323,114 +307,52 @@ def load(path: str | os.PathLike[str] | None, registry: Registry | None = None) 
         raise ConfigError([f"{p}: not a TOML file (not UTF-8 text at byte {exc.start})"]) from None
     if not text.strip():
         raise ConfigError([f"{p}: the file is empty (configure at least one sensor)"])
-    return loads(text, registry, source=str(p))
+    return loads(text, plugins, source=str(p))
 
 
-def loads(text: str, registry: Registry | None = None, *, source: str = "<string>") -> Config:
+def loads(
+    text: str, plugins: PluginCatalog | CatalogFactory, *, source: str = "<string>"
+) -> Config:
     """Parse and validate TOML text. Raises ConfigError with every problem found."""
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([f"{source}: not valid TOML: {exc}"]) from None
-    if registry is None:
-        from agentd.plugins.registry import default_registry
-
+    if callable(plugins):
         # a blocked third-party plugin is not even imported
         section = raw.get("plugins")
         blocked = section.get("blocked") if isinstance(section, dict) else None
         ok = isinstance(blocked, list) and all(isinstance(b, str) for b in blocked)
-        registry = default_registry(blocked if ok else ())  # type: ignore[arg-type]
-    return from_dict(raw, registry, source=source)
+        plugins = plugins(blocked if ok else ())  # type: ignore[arg-type]
+    return from_dict(raw, plugins, source=source)
 
 
-def from_dict(raw: Mapping[str, Any], registry: Registry, *, source: str) -> Config:
+def from_dict(raw: Mapping[str, Any], catalog: PluginCatalog, *, source: str) -> Config:
     errors: list[str] = []
     sections: dict[str, Any] = {}
-    instances: dict[str, dict[str, PluginInstance]] = {k: {} for k in _SECTION_KIND}
+    kinds = {k.section: k for k in catalog.kinds()}
+    instances: dict[str, dict[str, PluginInstance]] = {k: {} for k in kinds}
     for key, value in raw.items():
-        if key in _SECTIONS:
+        if key in SECTIONS:
             try:
-                sections[key] = msgspec.convert(value, _SECTIONS[key], str_keys=True)
+                sections[key] = msgspec.convert(value, SECTIONS[key], str_keys=True)
             except msgspec.ValidationError as exc:
                 errors.append(format_validation_error(key, exc, value))
-        elif key in _SECTION_KIND:
+        elif key in kinds:
             if not isinstance(value, dict):
-                errors.append(f"{key}: expected a table of named {key}, got {_show(value)}")
+                errors.append(f"{key}: expected a table of named {key}, got {show(value)}")
                 continue
             for name, table in value.items():
-                inst = _instance(_SECTION_KIND[key], key, name, table, registry, errors)
+                inst = decode_instance(kinds[key], name, table, catalog, errors)
                 if inst is not None:
                     instances[key][name] = inst
         else:
             errors.append(f"{key}: unknown key")
     if not errors:
-        _cross_check(instances, sections, registry, errors)
+        _cross_check(instances, sections, errors)
     if errors:
         raise ConfigError(errors)
-    return Config(
-        **sections,
-        sensors=instances["sensors"],  # type: ignore[arg-type]
-        policies=instances["policies"],  # type: ignore[arg-type]
-        actuators=instances["actuators"],  # type: ignore[arg-type]
-        source=source,
-    )
-
-
-_INSTANCE_TYPES: dict[str, type[PluginInstance]] = {
-    "sensor": SensorInstance,
-    "policy": PolicyInstance,
-    "actuator": ActuatorInstance,
-}
-
-
-def _instance(
-    kind: str, section: str, name: str, table: Any, registry: Registry, errors: list[str]
-) -> PluginInstance | None:
-    where = f"{section}.{name}"
-    if not isinstance(table, dict):
-        errors.append(f"{where}: expected a table, got {_show(table)}")
-        return None
-    if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_\-]*", name):
-        errors.append(f"{where}: instance names use letters, digits, '_' and '-' only")
-        return None
-    common_type = _COMMON[kind]
-    common_keys = set(common_type.__struct_fields__)
-    common_raw = {k: v for k, v in table.items() if k in common_keys}
-    own_raw = {k: v for k, v in table.items() if k not in common_keys}
-    common: _Common | None = None
-    try:
-        common = msgspec.convert(common_raw, common_type)
-    except msgspec.ValidationError as exc:
-        errors.append(format_validation_error(where, exc, common_raw))
-    plugin = table.get("plugin")
-    plugin_name = plugin if isinstance(plugin, str) else name
-    spec = registry.find(plugin_name, kind) or registry.find(plugin_name)  # type: ignore[arg-type]
-    if spec is None and registry.is_blocked(plugin_name):
-        if table.get("enabled", True) is not False:
-            errors.append(f"{where}.plugin: plugin {plugin_name!r} is blocked")
-        return None
-    if spec is None:
-        known = ", ".join(registry.names(kind)) or "none"  # type: ignore[arg-type]
-        key = f"{where}.plugin" if isinstance(plugin, str) else where
-        failed = registry.failed(plugin_name)
-        if failed:  # installed, but it did not load: say why
-            errors.append(f"{key}: {failed}")
-            return None
-        errors.append(f"{key}: unknown {kind} plugin {plugin_name!r} (known: {known})")
-        return None
-    if spec.kind != kind:
-        errors.append(f"{where}.plugin: {plugin_name!r} is a {spec.kind} plugin, not a {kind}")
-        return None
-    try:
-        config = msgspec.convert(own_raw, spec.config_type, str_keys=True)
-    except msgspec.ValidationError as exc:
-        errors.append(format_validation_error(where, exc, own_raw))
-        return None
-    if common is None:
-        return None
-    return _INSTANCE_TYPES[kind](
-        name=name, plugin=plugin_name, common=common, config=config, raw=dict(table)
-    )
+    return Config(**sections, plugin_sections=instances, source=source)
 
 
 OTLP_MISSING = (
@@ -452,7 +374,6 @@ def _otlp_installed() -> bool:
 def _cross_check(
     instances: dict[str, dict[str, PluginInstance]],
     sections: dict[str, Any],
-    registry: Registry,
     errors: list[str],
 ) -> None:
     telemetry = sections.get("telemetry")
@@ -463,8 +384,8 @@ def _cross_check(
         for name, inst in by_name.items():
             if inst.plugin in blocked and inst.enabled:
                 errors.append(f"{section}.{name}.plugin: plugin {inst.plugin!r} is blocked")
-    actuators = instances["actuators"]
-    for name, inst in instances["policies"].items():
+    actuators = instances.get("actuators", {})
+    for name, inst in instances.get("policies", {}).items():
         target = getattr(inst.config, "actuator", None)
         if isinstance(target, str) and target not in actuators:
             known = ", ".join(sorted(actuators)) or "none"
@@ -472,105 +393,15 @@ def _cross_check(
                 f"policies.{name}.actuator: no actuator named {target!r} is configured "
                 f"(configured: {known})"
             )
-    if not any(i.enabled for i in instances["sensors"].values()):
+    if not any(i.enabled for i in instances.get("sensors", {}).values()):
         errors.append("sensors: at least one enabled sensor must be configured")
-    del registry
-
-
-_TYPE_WORDS = {
-    "float": "a number",
-    "int": "an integer",
-    "str": "a string",
-    "bool": "true or false",
-    "object": "a table",
-    "array": "an array",
-    "null": "nothing",
-}
-_MSG = re.compile(r"^(?P<msg>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)
-
-
-def format_validation_error(prefix: str, exc: msgspec.ValidationError, raw: Any) -> str:
-    """Turn msgspec's message into ``prefix.path: expected ..., got VALUE``."""
-    m = _MSG.match(str(exc))
-    assert m is not None  # the pattern matches any string
-    msg, path = m.group("msg"), m.group("path") or ""
-    dotted = prefix + re.sub(r"^\.", ".", path) if path else prefix
-    unknown = re.match(r"Object contains unknown field `(.*)`", msg)
-    if unknown:
-        return f"{dotted}.{unknown.group(1)}: unknown key"
-    missing = re.match(r"Object missing required field `(.*)`", msg)
-    if missing:
-        return f"{dotted}.{missing.group(1)}: required key is missing"
-    if not msg.startswith("Expected"):
-        return f"{dotted}: {msg}"  # a plugin's own check (__post_init__): already a sentence
-    msg = re.sub(r"`([^`]+)`", lambda t: _type_words(t.group(1)), msg, count=1)
-    msg = "expected" + re.sub(r", got `[^`]*`$", "", msg[len("Expected") :])
-    value = _lookup(raw, path)
-    if value is not _NOT_FOUND:
-        msg = f"{msg}, got {_show(value)}"
-    return f"{dotted}: {msg}"
-
-
-def _type_words(types: str) -> str:
-    words = [_TYPE_WORDS.get(t.strip(), t.strip()) for t in types.split("|")]
-    words = [w for w in words if w != "nothing"] or ["nothing"]
-    if "a number" in words and "an integer" in words:
-        words.remove("an integer")
-    return " or ".join(dict.fromkeys(words))
-
-
-_NOT_FOUND = object()
-
-
-def _lookup(raw: Any, path: str) -> Any:
-    node = raw
-    for part in re.findall(r"\.([^.\[]+)|\[(\d+)\]", path):
-        key, index = part
-        try:
-            node = node[int(index)] if index else node[key]
-        except (KeyError, IndexError, TypeError):
-            return _NOT_FOUND
-    return node
-
-
-def _show(value: Any) -> str:
-    try:
-        return json.dumps(value, default=str)
-    except (TypeError, ValueError):
-        return repr(value)
-
-
-def _env_dir(var: str) -> Path | None:
-    # systemd may pass several colon-separated directories; the first is ours
-    value = os.environ.get(var, "").split(":")[0]
-    return Path(value) if value else None
 
 
 def resolve_state_dir(config: Config, override: str | None = None) -> Path:
-    """--state-dir, else config, else $STATE_DIRECTORY, else /var/lib/agentd (root),
-    else $XDG_STATE_HOME/agentd (~/.local/state/agentd)."""
-    chosen = override or config.paths.state_dir
-    if chosen:
-        return Path(chosen)
-    env = _env_dir("STATE_DIRECTORY")
-    if env:
-        return env
-    if os.geteuid() == 0:
-        return Path("/var/lib/agentd")
-    xdg = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(xdg) / "agentd"
+    """--state-dir, else config, else the rule in agentd/paths.py."""
+    return paths.state_dir(override or config.paths.state_dir)
 
 
 def resolve_runtime_dir(config: Config, override: str | None = None) -> Path:
-    """--runtime-dir, else config, else $RUNTIME_DIRECTORY, else /run/agentd (root),
-    else $XDG_RUNTIME_DIR/agentd (or /tmp/agentd-UID without a session)."""
-    chosen = override or config.paths.runtime_dir
-    if chosen:
-        return Path(chosen)
-    env = _env_dir("RUNTIME_DIRECTORY")
-    if env:
-        return env
-    if os.geteuid() == 0:
-        return Path("/run/agentd")
-    xdg = os.environ.get("XDG_RUNTIME_DIR")
-    return Path(xdg) / "agentd" if xdg else Path(f"/tmp/agentd-{os.geteuid()}")
+    """--runtime-dir, else config, else the rule in agentd/paths.py."""
+    return paths.runtime_dir(override or config.paths.runtime_dir)

@@ -1,29 +1,22 @@
 """Health: ok / degraded / failing, with every reason, from thresholds in ``[health]``.
 
-`evaluate` is a pure function of the facts; `check` gathers them from a running daemon. The
-control commands ``health`` and ``metrics`` live here too (`control_commands`): the control
-server's table is extended with them at startup (agentd/daemon.py). `agentctl health` exits
-0 / 1 / 2 for ok / degraded / failing, so systemd, cron or a fleet tool can act on it.
+`evaluate` is a pure function of the facts; `ControlApi.health` (agentd/control/api.py)
+gathers them from the running daemon's parts for the control command ``health``. `agentctl
+health` exits 0 / 1 / 2 for ok / degraded / failing (`EXIT_CODES`), so systemd, cron or a
+fleet tool can act on it.
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
 
 from agentd.config import HealthConfig
-from agentd.model import HealthReport, HealthStatus, MetricPoint, PluginStatus
+from agentd.model import HEALTH_EXIT_CODES as EXIT_CODES
+from agentd.model import HealthReport, HealthStatus, PluginStatus
 
-if TYPE_CHECKING:
-    from agentd.control.server import Command, RequestContext
-    from agentd.daemon import Daemon
+__all__ = ["EXIT_CODES", "evaluate"]
 
-__all__ = ["EXIT_CODES", "check", "control_commands", "evaluate"]
-
-#: `agentctl health` exit codes
-EXIT_CODES: dict[HealthStatus, int] = {"ok": 0, "degraded": 1, "failing": 2}
 _MIB = 1024 * 1024
 
 
@@ -74,69 +67,3 @@ def evaluate(
         reasons=failing + degraded,
         checked_at=time.time() if now is None else now,
     )
-
-
-def check(daemon: Daemon) -> HealthReport:
-    """The health of a running daemon (cheap: no I/O but one psutil read of this process)."""
-    import psutil
-
-    config = daemon.config.health
-    loop = daemon.loop
-    if loop is None:
-        return HealthReport(status="failing", reasons=["the loop is not running"])
-    telemetry = getattr(daemon, "telemetry", None)
-    if telemetry is not None:
-        p99 = telemetry.recent_lateness_p99(config.window)
-    else:
-        p99 = loop.stats().lateness_p99 if loop.ticks else None
-    deadline = loop.next_deadline
-    overdue = max(0.0, time.monotonic() - deadline) if deadline is not None else 0.0
-    store = getattr(daemon, "store", None)
-    store_state = store_error = None
-    if store is not None:
-        store_state = getattr(store, "state", None)
-        store_error = getattr(store, "last_error", None)
-    return evaluate(
-        config,
-        interval=loop.interval,
-        paused=loop.paused,
-        overdue=overdue,
-        lateness_p99=p99,
-        plugins=[h.status() for by in daemon.handles.values() for h in by.values()],
-        store_state=store_state,
-        store_error=store_error,
-        rss=psutil.Process().memory_info().rss,
-    )
-
-
-def control_commands(daemon: Daemon) -> list[Command]:
-    """``health`` and ``metrics`` for the control server's table (role ``read``)."""
-    from agentd.control.server import Command, CommandError
-
-    def health(ctx: RequestContext, args: None) -> HealthReport:
-        return check(daemon)
-
-    async def metrics(ctx: RequestContext, args: None) -> list[MetricPoint]:
-        telemetry: Any = getattr(daemon, "telemetry", None)
-        if telemetry is None:
-            raise CommandError("unavailable", "telemetry is off ([telemetry] enabled = false)")
-        # the observable callbacks read /proc (psutil): off the loop
-        points: list[MetricPoint] = await asyncio.to_thread(telemetry.collect)
-        return points
-
-    return [
-        Command(
-            "health",
-            health,
-            None,
-            "read",
-            "ok / degraded / failing with the reasons, from the [health] thresholds",
-        ),
-        Command(
-            "metrics",
-            metrics,
-            None,
-            "read",
-            "agentd's own metrics (OpenTelemetry names) as they are now",
-        ),
-    ]

@@ -5,6 +5,11 @@ Ticks run on absolute deadlines on the monotonic clock (``deadline += interval``
 makes the loop skip the missed deadlines and count them: never a burst of catch-up ticks. Every
 plugin call has a timeout and is isolated: an error is recorded against the plugin and the tick
 goes on with the others.
+
+Collaborators come through the constructor and nowhere else: ``observers`` (`TickObserver`:
+the journal, the watch fan-out, the systemd notifier) see every tick report and every late
+action result; an optional ``tracer`` (`TickTracer`: telemetry) brackets each tick; the
+`ActionRunner` gets its key ledger, run hook and manual-result sinks the same way.
 """
 
 from __future__ import annotations
@@ -14,12 +19,12 @@ import inspect
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, final
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol, final
 
 import msgspec
 
-from agentd.actions import ActionRunner
+from agentd.actions import ActionRunner, KeyLedger, ResultSink, RunHook
 from agentd.model import (
     Action,
     ActionResult,
@@ -29,20 +34,54 @@ from agentd.model import (
     TickStats,
     Value,
 )
-from agentd.plugins.handle import PluginHandle
+from agentd.plugins.handle import (
+    ActuatorRunner,
+    PluginHandle,
+    PolicyRunner,
+    SensorRunner,
+    check_readings,
+    wait_call,
+)
 from agentd.stats import Histogram
 
-if TYPE_CHECKING:
-    from agentd.telemetry import Telemetry, TickRecorder
-
-__all__ = ["LoopSettings", "PerceptionLoop", "TickSink"]
+__all__ = [
+    "LoopSettings",
+    "PerceptionLoop",
+    "TickObserver",
+    "TickSpan",
+    "TickTracer",
+]
 
 log = logging.getLogger("agentd.loop")
 
-#: called with every tick's report; must not block (enqueue and return)
-TickSink = Callable[[TickReport], None]
 
-_VALUE_TYPES = (float, int, bool, str)
+class TickObserver(Protocol):
+    """Sees every tick's report and every action result that came after its tick's act stage
+    ended. Called on the loop: must not block (enqueue and return); one that raises is logged
+    once and keeps being called."""
+
+    def on_tick(self, report: TickReport) -> None: ...
+
+    def on_late_result(self, result: ActionResult) -> None: ...
+
+
+class TickSpan(Protocol):
+    """One tick in progress, as the tracer records it."""
+
+    def call(self, kind: str, name: str, start: float, end: float, error: str | None) -> None: ...
+
+    def policy(self, name: str, handle: PolicyRunner) -> None: ...
+
+
+class TickTracer(Protocol):
+    """Brackets every tick (telemetry: spans and tick metrics). ``begin_tick`` returns None
+    for a tick it does not trace in detail."""
+
+    def begin_tick(self, tick: int) -> TickSpan | None: ...
+
+    def end_tick(
+        self, report: TickReport, span: TickSpan | None, t0: float, t1: float, t2: float
+    ) -> None: ...
 
 
 class LoopSettings(msgspec.Struct, frozen=True, kw_only=True):
@@ -60,25 +99,32 @@ class PerceptionLoop:
     def __init__(
         self,
         settings: LoopSettings,
-        sensors: Mapping[str, PluginHandle],
-        policies: Mapping[str, PluginHandle],
-        actuators: Mapping[str, PluginHandle],
+        sensors: Mapping[str, SensorRunner],
+        policies: Mapping[str, PolicyRunner],
+        actuators: Mapping[str, ActuatorRunner],
+        *,
+        observers: Sequence[TickObserver] = (),
+        tracer: TickTracer | None = None,
+        ledger: KeyLedger | None = None,
+        action_hook: RunHook | None = None,
+        manual_sinks: Sequence[ResultSink] = (),
     ) -> None:
         self.settings = settings
         self.sensors = dict(sensors)
         self.policies = dict(policies)
         self.actuators = dict(actuators)
         self.actions = ActionRunner(
-            self.actuators, settings.interval, settings.max_concurrent_actions
+            self.actuators,
+            settings.interval,
+            settings.max_concurrent_actions,
+            ledger=ledger,
+            hook=action_hook,
+            manual_sinks=manual_sinks,
         )
-        self.sinks: list[TickSink] = []
-        #: results of actions that finished after their tick's act stage ended
-        self.late_sinks: list[Callable[[ActionResult], None]] = []
-        #: called after every tick, from the loop's own progress (systemd watchdog, status)
-        self.progress_hooks: list[Callable[[TickReport], None]] = []
-        #: agentd.telemetry's hooks (None: no telemetry); _rec is the tick in progress
-        self.telemetry: Telemetry | None = None
-        self._rec: TickRecorder | None = None
+        self._observers = tuple(observers)
+        self._tracer = tracer
+        #: the tick in progress, as the tracer records it
+        self._rec: TickSpan | None = None
         self.ticks = 0
         self.overruns = 0
         self.skipped = 0
@@ -102,6 +148,11 @@ class PerceptionLoop:
     def interval(self) -> float:
         return self.settings.interval
 
+    @property
+    def observers(self) -> tuple[TickObserver, ...]:
+        """The observers given at construction (read-only)."""
+        return self._observers
+
     def _apply_intervals(self) -> None:
         for handle in self.sensors.values():
             handle.set_interval(self.settings.interval)
@@ -110,9 +161,9 @@ class PerceptionLoop:
     def reconfigure(
         self,
         settings: LoopSettings,
-        sensors: Mapping[str, PluginHandle],
-        policies: Mapping[str, PluginHandle],
-        actuators: Mapping[str, PluginHandle],
+        sensors: Mapping[str, SensorRunner],
+        policies: Mapping[str, PolicyRunner],
+        actuators: Mapping[str, ActuatorRunner],
     ) -> None:
         """Swap settings and plugins between ticks. The next deadline is kept, so the tick phase
         survives a reload; later deadlines follow the new interval (re-aligned if ``align``)."""
@@ -137,12 +188,12 @@ class PerceptionLoop:
     def attach(self, handle: PluginHandle) -> None:
         """Add a plugin that started late (``startup_error = "retry"``); it joins from the next
         tick. Sensor and policy maps are replaced, not mutated, so a tick in progress is safe."""
-        if handle.kind == "sensor":
+        if isinstance(handle, SensorRunner):
             handle.set_interval(self.settings.interval)
             self.sensors = {**self.sensors, handle.name: handle}
-        elif handle.kind == "policy":
+        elif isinstance(handle, PolicyRunner):
             self.policies = {**self.policies, handle.name: handle}
-        else:
+        elif isinstance(handle, ActuatorRunner):
             self.actuators[handle.name] = handle  # shared with the ActionRunner
 
     # -- control -----------------------------------------------------------------------------
@@ -257,7 +308,7 @@ class PerceptionLoop:
         async with self._lock:
             self.ticks += 1
             tick = self.ticks
-            tel = self.telemetry
+            tel = self._tracer
             rec = self._rec = tel.begin_tick(tick) if tel is not None else None
             t0 = time.monotonic()
             observation = await self._perceive(tick)
@@ -294,13 +345,13 @@ class PerceptionLoop:
             )
         if tel is not None:
             tel.end_tick(report, rec, t0, t1, t2)
-        for sink in (*self.sinks, *self.progress_hooks):
+        for observer in self._observers:
             try:
-                sink(report)
-            except Exception:  # a broken sink must not stop the loop; log it once
-                if id(sink) not in self._sink_failed:
-                    self._sink_failed.add(id(sink))
-                    log.exception("tick sink %r failed (logged once)", sink)
+                observer.on_tick(report)
+            except Exception:  # a broken observer must not stop the loop; log it once
+                if id(observer) not in self._sink_failed:
+                    self._sink_failed.add(id(observer))
+                    log.exception("tick observer %r failed (logged once)", observer)
         return report
 
     def _timeout(self, handle: PluginHandle) -> float:
@@ -337,9 +388,9 @@ class PerceptionLoop:
             for name, fut in calls.items():
                 handle = self.sensors[name]
                 end = min(mono + self._timeout(handle), stage_end)
-                error = await _wait(fut, max(0.0, end - time.monotonic()), end - mono)
+                error = await wait_call(fut, max(0.0, end - time.monotonic()), end - mono)
                 if error is None:
-                    error, values = _check_readings(fut.result())
+                    error, values = check_readings(fut.result())
                 if error is None:
                     readings[name] = values
                     handle.ok()
@@ -377,7 +428,7 @@ class PerceptionLoop:
     async def _act(self, actions: list[Action], tick: int) -> list[ActionResult]:
         """Start the tick's actions (highest priority first, at most ``max_concurrent_actions``
         at a time) and wait for them until the stage timeout. Actions still running then go
-        on in the background; their results reach ``late_sinks`` when they finish, so a slow
+        on in the background; their results reach the observers when they finish, so a slow
         actuator never holds the loop."""
         if not actions:
             return []
@@ -411,11 +462,11 @@ class PerceptionLoop:
         if task.cancelled():
             return
         result = task.result()
-        for sink in self.late_sinks:
+        for observer in self._observers:
             try:
-                sink(result)
+                observer.on_late_result(result)
             except Exception:
-                log.exception("late-result sink %r failed", sink)
+                log.exception("late-result observer %r failed", observer)
 
     # -- statistics --------------------------------------------------------------------------
     def stats(self) -> TickStats:
@@ -433,36 +484,3 @@ class PerceptionLoop:
             interval=self.settings.interval,
             paused=self._paused,
         )
-
-
-async def _wait(fut: asyncio.Future[Any], timeout: float, nominal: float) -> str | None:
-    """Wait for a plugin call; None when it finished without raising, else the error line.
-    A call that times out is cancelled; if it cannot be (a hung thread) it stays `pending` and
-    no second call to that plugin is started."""
-    if not fut.done():
-        await asyncio.wait((fut,), timeout=timeout)
-    if not fut.done():
-        fut.cancel()
-        return f"timed out after {nominal:.3g}s"
-    if fut.cancelled():
-        return "cancelled"
-    exc = fut.exception()
-    if exc is not None:
-        return f"{type(exc).__name__}: {exc}"
-    return None
-
-
-def _check_readings(value: object) -> tuple[str | None, dict[str, Value]]:
-    if not isinstance(value, Mapping):
-        return f"returned {type(value).__name__}, expected a mapping of metric to value", {}
-    out: dict[str, Value] = {}
-    for k, v in value.items():
-        if not isinstance(k, str) or not isinstance(v, _VALUE_TYPES):
-            return (
-                f"returned a bad reading {k!r}: {type(v).__name__} "
-                "(expected a number, bool or string)"
-            ), {}
-        if isinstance(v, float) and not math.isfinite(v):
-            return f"returned a non-finite reading {k!r}: {v}", {}
-        out[k] = v
-    return None, out

@@ -7,18 +7,25 @@ from typing import Any, Literal
 import msgspec
 
 __all__ = [
+    "HEALTH_EXIT_CODES",
     "Action",
     "ActionResult",
     "ActionStatus",
+    "ControlStats",
     "HealthReport",
     "HealthStatus",
     "MetricPoint",
     "Observation",
+    "PluginDetail",
+    "PluginInfo",
+    "PluginKind",
     "PluginState",
     "PluginStatus",
+    "ProcessInfo",
     "Reading",
     "Session",
     "StageTimings",
+    "StatusReport",
     "StoreHealth",
     "TickReport",
     "TickStats",
@@ -90,7 +97,7 @@ class ActionResult(msgspec.Struct, frozen=True, kw_only=True):
     attempts: int = 0
     duration: float = 0.0
     error: str | None = None
-    output: Any = None
+    output: object = None
     tick: int | None = None
     finished_at: float = 0.0
 
@@ -124,7 +131,7 @@ class Session(msgspec.Struct, frozen=True, kw_only=True):
     stored as its msgpack form); ``version`` starts at 1 and grows by one per write."""
 
     id: str
-    state: Any
+    state: object
     version: int
     created_at: float
     updated_at: float
@@ -156,6 +163,7 @@ class StoreHealth(msgspec.Struct, frozen=True, kw_only=True):
     last_commit: float | None = None
 
 
+PluginKind = Literal["sensor", "policy", "actuator"]
 PluginState = Literal["starting", "ok", "failing", "degraded", "stopped", "disabled"]
 
 
@@ -164,7 +172,7 @@ class PluginStatus(msgspec.Struct, frozen=True, kw_only=True):
 
     name: str
     plugin: str
-    kind: Literal["sensor", "policy", "actuator"]
+    kind: PluginKind
     state: PluginState
     calls: int = 0
     errors: int = 0
@@ -197,6 +205,10 @@ class HealthReport(msgspec.Struct, frozen=True, kw_only=True):
     checked_at: float = 0.0
 
 
+#: `agentctl health` exit codes: ok, degraded, failing (for ExecStartPost, cron, fleet tools)
+HEALTH_EXIT_CODES: dict[HealthStatus, int] = {"ok": 0, "degraded": 1, "failing": 2}
+
+
 class MetricPoint(msgspec.Struct, frozen=True, kw_only=True):
     """One current value of one metric (`agentctl metrics`). Histograms carry ``count``,
     ``sum`` and bucket-estimated ``p50``/``p99`` instead of ``value``."""
@@ -210,3 +222,93 @@ class MetricPoint(msgspec.Struct, frozen=True, kw_only=True):
     sum: float | None = None
     p50: float | None = None
     p99: float | None = None
+
+
+# -- replies of the control plane (agentd/control/handlers.py -> agentctl) --------------------
+class ProcessInfo(msgspec.Struct, frozen=True, kw_only=True):
+    rss: int
+    cpu_user: float
+    cpu_system: float
+    #: CPU time / uptime since start, in percent of one core
+    cpu_percent: float
+    threads: int
+    fds: int
+
+
+class PluginInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """A configured plugin instance: its status plus where the plugin comes from."""
+
+    name: str
+    plugin: str
+    kind: PluginKind
+    state: PluginState
+    calls: int = 0
+    errors: int = 0
+    consecutive_failures: int = 0
+    last_error: str | None = None
+    origin: str = "builtin"
+    version: str = ""
+    description: str = ""
+    actions: list[str] = []
+
+
+class PluginDetail(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """``plugin NAME``: a configured instance (every field) or, failing that, a registered
+    plugin (``configured`` false: name, plugin and schema only; the rest left out)."""
+
+    configured: bool
+    name: str
+    plugin: str
+    kind: PluginKind | None = None
+    state: PluginState | None = None
+    calls: int | None = None
+    errors: int | None = None
+    consecutive_failures: int | None = None
+    #: UNSET (left out) for a registered plugin; None or the message for an instance
+    last_error: str | msgspec.UnsetType | None = msgspec.UNSET
+    origin: str | None = None
+    version: str | None = None
+    description: str | None = None
+    actions: list[str] | None = None
+    #: the instance's config as TOML would give it (common keys first)
+    config: dict[str, object] | None = None
+    #: the plugin's JSON Schema (config and action params)
+    schema: dict[str, object] | None = None
+
+
+class ControlStats(msgspec.Struct, frozen=True, kw_only=True):
+    """The control server's connection and request counters (in `StatusReport.control`)."""
+
+    connections: int = 0
+    connections_total: int = 0
+    connections_refused: int = 0
+    requests: int = 0
+    #: error responses and closed connections by code
+    errors: dict[str, int] = {}
+    idle_closed: int = 0
+    watchers: int = 0
+    watch_dropped: int = 0
+    #: how often and for how long reading was paused ahead of a tick
+    tick_holds: int = 0
+    tick_guard_ms: float = 0.0
+
+
+class StatusReport(msgspec.Struct, frozen=True, kw_only=True):
+    """``status``: everything `agentctl status` shows."""
+
+    version: str
+    pid: int
+    state: str
+    started_at: float
+    uptime: float
+    config: str
+    reload_generation: int
+    loop: TickStats
+    dropped_actions: int
+    actions_in_flight: int
+    plugins: list[PluginStatus]
+    process: ProcessInfo
+    #: None when the store is disabled
+    store: StoreHealth | None = None
+    #: filled in by the control server: its connection and request counters
+    control: ControlStats | None = None

@@ -6,8 +6,9 @@ from typing import Any
 
 import msgspec
 
-from agentd.config import _COMMON, _SECTION_KIND, _SECTIONS
+from agentd.config import SECTIONS
 from agentd.plugins.base import PluginSpec
+from agentd.plugins.kinds import BY_KIND, KINDS
 from agentd.plugins.registry import Registry, default_registry
 
 __all__ = ["config_schema", "plugin_schema"]
@@ -19,7 +20,7 @@ def _struct_schema(tp: type[msgspec.Struct]) -> dict[str, Any]:
 
 
 def _instance_schema(spec: PluginSpec) -> dict[str, Any]:
-    common = _struct_schema(_COMMON[spec.kind])
+    common = _struct_schema(BY_KIND[spec.kind].common)
     own = _struct_schema(spec.config_type)
     defs = {**common.get("$defs", {}), **own.get("$defs", {})}
     c_name = common["$ref"].rsplit("/", 1)[-1]
@@ -77,14 +78,15 @@ def config_schema(registry: Registry | None = None) -> dict[str, Any]:
     registry = registry or default_registry()
     properties: dict[str, Any] = {}
     defs: dict[str, Any] = {}
-    for key, tp in _SECTIONS.items():
+    for key, tp in SECTIONS.items():
         s = _struct_schema(tp)
         defs.update(s.get("$defs", {}))
         properties[key] = {"$ref": s["$ref"]}
-    for section, kind in _SECTION_KIND.items():
+    for kind in KINDS:
+        section = kind.section
         variants = []
         for spec in registry.specs():
-            if spec.kind == kind:
+            if spec.kind == kind.name:
                 inst = _instance_schema(spec)
                 defs.update(inst.pop("$defs", {}))
                 variants.append(inst)

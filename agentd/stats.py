@@ -3,10 +3,15 @@ daemon that runs for months does not grow), and running means."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import math
+from collections.abc import Callable
 from typing import final
 
-__all__ = ["Histogram"]
+from agentd.model import TickStats
+
+__all__ = ["Histogram", "heartbeat"]
 
 _FACTOR = 1.05
 _MIN = 1e-6  # 1 us; anything below counts in bucket 0
@@ -58,3 +63,23 @@ class Histogram:
         self.count = 0
         self.total = 0.0
         self.max = 0.0
+
+
+async def heartbeat(
+    stats: Callable[[], TickStats], plugins: Callable[[], str], every: Callable[[], float]
+) -> None:
+    """An INFO summary line every ``every()`` seconds (``log.heartbeat``), forever."""
+    log = logging.getLogger("agentd")
+    while True:
+        await asyncio.sleep(every())
+        s = stats()
+        log.info(
+            "heartbeat: %d ticks, lateness p50 %.2f ms p99 %.2f ms, %d overruns, "
+            "%d skipped, plugins %s",
+            s.ticks,
+            s.lateness_p50 * 1e3,
+            s.lateness_p99 * 1e3,
+            s.overruns,
+            s.skipped,
+            plugins(),
+        )

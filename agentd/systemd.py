@@ -29,13 +29,14 @@ from collections.abc import Callable, Mapping, MutableMapping
 from typing import TYPE_CHECKING, Final, Protocol
 
 if TYPE_CHECKING:
-    from agentd.model import TickReport, TickStats
+    from agentd.model import ActionResult, TickReport, TickStats
 
 __all__ = [
     "LoopView",
     "Notifier",
     "ServiceNotifier",
     "notify_address",
+    "service_notifier",
     "watchdog_period",
 ]
 
@@ -143,8 +144,6 @@ class Notifier:
 class LoopView(Protocol):
     """What ServiceNotifier reads from the perception loop."""
 
-    progress_hooks: list[Callable[[TickReport], None]]
-
     @property
     def paused(self) -> bool: ...
 
@@ -174,13 +173,13 @@ class ServiceNotifier:
     def __init__(
         self,
         notifier: Notifier,
-        loop: LoopView,
         *,
         watchdog: float | None = None,
         describe: Callable[[], str] | None = None,
     ) -> None:
         self.notifier = notifier
-        self.loop = loop
+        #: the loop it watches: given to `run` (the loop is built with this as an observer)
+        self.loop: LoopView | None = None
         self.watchdog = watchdog
         self.describe = describe
         self.pings = 0
@@ -192,16 +191,17 @@ class ServiceNotifier:
         self._ready = False
         self._stopping = False
         self._reloads = 0
-        loop.progress_hooks.append(self.on_progress)
 
     @property
     def enabled(self) -> bool:
         return self.notifier.enabled
 
     # -- lifecycle messages ------------------------------------------------------------------
-    async def run(self) -> None:
-        """Send READY=1 after the first tick, then keep the watchdog fed while healthy. Start
-        it once the control socket listens; cancel it at shutdown."""
+    async def run(self, loop: LoopView) -> None:
+        """Send READY=1 after ``loop``'s first tick (it must have this notifier among its
+        observers), then keep the watchdog fed while healthy. Start it once the control
+        socket listens; cancel it at shutdown."""
+        self.loop = loop
         keeper = asyncio.create_task(self._keep_watchdog(), name="systemd-watchdog")
         try:
             await asyncio.sleep(0)  # let the loop task set its first deadline
@@ -243,8 +243,12 @@ class ServiceNotifier:
         self.notifier.close()
 
     # -- progress and the watchdog -----------------------------------------------------------
-    def on_progress(self, report: TickReport) -> None:
-        """A progress hook: called by the loop after every tick."""
+    def on_late_result(self, result: ActionResult) -> None:
+        """A `TickObserver`: late action results are no news of the loop's progress."""
+        del result
+
+    def on_tick(self, report: TickReport) -> None:
+        """A `TickObserver`: called by the loop after every tick."""
         del report
         self._first_tick.set()
         if self._stopping:
@@ -262,13 +266,14 @@ class ServiceNotifier:
 
     def healthy(self, now: float | None = None) -> bool:
         """Whether the loop is making progress (see the class docstring)."""
-        if self._stopping or self.loop.stopping:
+        loop = self.loop
+        if self._stopping or (loop is not None and loop.stopping):
             return False
-        if self.loop.paused:
+        if loop is not None and loop.paused:
             return True
         now = time.monotonic() if now is None else now
         grace = self._ping_every or STATUS_EVERY
-        deadline = self.loop.next_deadline
+        deadline = loop.next_deadline if loop is not None else None
         if deadline is None:  # the loop task has not set its first deadline yet
             return now - self._started < grace
         return now < deadline + grace
@@ -284,14 +289,19 @@ class ServiceNotifier:
                 self._last_ping = now
                 self.pings += 1
                 fields = ["WATCHDOG=1"]
-                if self._ready and self.loop.paused and now - self._last_status >= STATUS_EVERY:
+                if (
+                    self._ready
+                    and self.loop is not None
+                    and self.loop.paused
+                    and now - self._last_status >= STATUS_EVERY
+                ):
                     fields.append(self._status("paused"))
                 self.notifier.send(*fields)
 
     def _extend_start_timeout(self) -> None:
         """READY waits for the first tick: if that is far off (a long, aligned interval), ask
         systemd for the extra start-up time instead of failing the start."""
-        deadline = self.loop.next_deadline
+        deadline = self.loop.next_deadline if self.loop is not None else None
         if deadline is None:
             return
         wait = deadline - time.monotonic()
@@ -300,6 +310,8 @@ class ServiceNotifier:
 
     def _status(self, state: str) -> str:
         self._last_status = time.monotonic()
+        if self.loop is None:
+            return f"STATUS={state}"
         s = self.loop.stats()
         text = (
             f"{state}: {s.ticks} ticks, lateness p50 {s.lateness_p50 * 1e3:.2f} ms "
@@ -308,3 +320,20 @@ class ServiceNotifier:
         if self.describe is not None:
             text += f", {self.describe()}"
         return "STATUS=" + text.replace("\n", " ")[:_MAX_STATUS]
+
+
+def service_notifier(describe: Callable[[], str] | None = None) -> ServiceNotifier | None:
+    """A `ServiceNotifier` from the environment systemd gave us (``$NOTIFY_SOCKET``,
+    ``$WATCHDOG_USEC``), or None outside a Type=notify unit. The watchdog variables are
+    removed from the environment either way: they are not for the programs plugins start."""
+    notifier = Notifier.from_environ()
+    watchdog = watchdog_period()
+    for var in ("WATCHDOG_USEC", "WATCHDOG_PID"):
+        os.environ.pop(var, None)
+    if not notifier.enabled:
+        return None
+    if watchdog:  # the daemon's own line, as it always was
+        logging.getLogger("agentd").info(
+            "systemd watchdog: %gs, fed while the perception loop makes progress", watchdog
+        )
+    return ServiceNotifier(notifier, watchdog=watchdog, describe=describe)

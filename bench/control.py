@@ -390,8 +390,9 @@ class Agentd:
     def _read(self) -> None:
         with contextlib.suppress(Exception):
             for m in self._watch.events():
-                if m.event == "tick":
-                    self.ticks.append((m.data["started"], m.data["lateness"]))
+                if m.event == "tick" and not isinstance(m.data, msgspec.UnsetType):
+                    tick = msgspec.msgpack.decode(m.data)  # the client leaves data raw
+                    self.ticks.append((tick["started"], tick["lateness"]))
 
     def lateness(self, since: float, until: float) -> list[float]:
         return [late for started, late in list(self.ticks) if since <= started <= until]

@@ -21,7 +21,7 @@ import uvloop
 from agentd.config import SensorCommon, SensorInstance
 from agentd.loop import LoopSettings, PerceptionLoop
 from agentd.plugins.base import PluginSpec
-from agentd.plugins.handle import PluginHandle
+from agentd.plugins.handle import SensorRunner
 from bench.common import Figure, print_table
 
 INTERVAL = 0.1
@@ -42,7 +42,7 @@ class _Empty(msgspec.Struct):
     pass
 
 
-def _handles(n: int) -> dict[str, PluginHandle]:
+def _handles(n: int) -> dict[str, SensorRunner]:
     out = {}
     for i in range(n):
         name = f"s{i}"
@@ -53,7 +53,7 @@ def _handles(n: int) -> dict[str, PluginHandle]:
         spec = PluginSpec(
             name="trivial", kind="sensor", factory=lambda c, o=obj: o, config_type=_Empty
         )
-        out[name] = PluginHandle("sensor", inst, spec, obj)
+        out[name] = SensorRunner(inst, spec, obj)
     return out
 
 
@@ -68,15 +68,18 @@ async def _own_work(n: int, rounds: int) -> float:
 
 
 async def _loop_run(n: int, ticks: int) -> tuple[float, float]:
-    loop = PerceptionLoop(LoopSettings(interval=INTERVAL), _handles(n), {}, {})
     done = asyncio.Event()
 
-    def sink(report: object) -> None:
-        if loop.ticks >= ticks:
-            loop.stop()
-            done.set()
+    class Sink:
+        def on_tick(self, report: object) -> None:
+            if loop.ticks >= ticks:
+                loop.stop()
+                done.set()
 
-    loop.sinks.append(sink)
+        def on_late_result(self, result: object) -> None:
+            pass
+
+    loop = PerceptionLoop(LoopSettings(interval=INTERVAL), _handles(n), {}, {}, observers=[Sink()])
     await loop.run()
     stats = loop.stats()
     return stats.mean.perceive, stats.lateness_p99

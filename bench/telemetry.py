@@ -28,8 +28,10 @@ from pathlib import Path
 import uvloop
 
 from agentd.config import TelemetryConfig, TelemetryOtlpConfig, load
-from agentd.daemon import Daemon
+from agentd.daemon import loop_settings
 from agentd.loop import PerceptionLoop
+from agentd.plugins.registry import default_registry
+from agentd.plugins.supervisor import PluginSupervisor
 from agentd.telemetry import Telemetry
 from bench.common import Figure, print_table, ratio_figure
 
@@ -87,12 +89,12 @@ class Mode:
 
 
 async def _modes(state: Path, endpoint: str, ratio: float) -> list[Mode]:
-    config = load(None)
-    daemon = Daemon(config)
+    config = load(None, default_registry)
+    registry = default_registry(config.plugins.blocked)
     modes = []
     for name in ("off", "none", "file", "otlp"):
-        handles = await daemon._build_all(config)
-        loop = PerceptionLoop(daemon._settings(config), **daemon._by_kind(handles))
+        sup = PluginSupervisor(registry)
+        await sup.start_all(config)
         tel = None
         if name != "off":
             tc = TelemetryConfig(
@@ -101,10 +103,16 @@ async def _modes(state: Path, endpoint: str, ratio: float) -> list[Mode]:
                 otlp=TelemetryOtlpConfig(endpoint=endpoint),
             )
             tel = Telemetry(tc, state / name)
-            tel.loop = loop
-            tel.handles = lambda h=handles: [x for by in h.values() for x in by.values()]
-            loop.telemetry = tel
-            loop.actions.hook = tel.run_action
+        loop = PerceptionLoop(
+            loop_settings(config),
+            sup.sensors(),
+            sup.policies(),
+            sup.actuators(),
+            tracer=tel,
+            action_hook=tel.run_action if tel is not None else None,
+        )
+        if tel is not None:
+            tel.observe(loop, sup.all)
         modes.append(Mode(name, loop, tel))
     return modes
 

@@ -74,8 +74,20 @@ has_group() {
 }
 rootopt() { if [ -n "$root" ]; then printf -- '--root\n%s\n' "$root"; fi; }
 
+# an empty --root (a directory about to become an image) has no account files for
+# useradd/groupadd --root to lock and edit: start them with root's entries, as a base system has
+prepare_root() {
+  [ -n "$root" ] || return 0
+  install -d -m 0755 "$root/etc"
+  [ -e "$root/etc/passwd" ] || { echo "root:x:0:0:root:/root:/bin/sh" > "$root/etc/passwd"; chmod 0644 "$root/etc/passwd"; }
+  [ -e "$root/etc/group" ] || { echo "root:x:0:" > "$root/etc/group"; chmod 0644 "$root/etc/group"; }
+  [ -e "$root/etc/shadow" ] || { echo "root:*:1::::::" > "$root/etc/shadow"; chmod 0640 "$root/etc/shadow"; }
+  [ -e "$root/etc/gshadow" ] || { echo "root:*::" > "$root/etc/gshadow"; chmod 0640 "$root/etc/gshadow"; }
+}
+
 create_user() {
   local opts=()
+  prepare_root
   mapfile -t opts < <(rootopt)
   if ! has_group "$group"; then
     groupadd "${opts[@]}" --system "$group"
@@ -157,15 +169,15 @@ do_install() {
   fi
   mv -f "$root$bindir/.agentd.new" "$root$bindir/agentd"
   ln -sfn agentd "$root$bindir/agentctl"
-  say "installed $version as $bindir/agentd (+ agentctl)"
+  say "installed $version as $root$bindir/agentd (+ agentctl)"
 
   install -d -m 0755 "$root$confdir"
   install -m 0644 "$here/agentd.toml" "$root$confdir/agentd.toml.example"
   if [ ! -e "$root$confdir/agentd.toml" ]; then
     install -m 0640 -g "$(group_id)" "$here/agentd.toml" "$root$confdir/agentd.toml"
-    say "wrote $confdir/agentd.toml (the example config)"
+    say "wrote $root$confdir/agentd.toml (the example config)"
   else
-    say "kept $confdir/agentd.toml"
+    say "kept $root$confdir/agentd.toml"
   fi
   install -d -m 0750 "$root$statedir"
   chown "$(user_id):$(group_id)" "$root$statedir"
@@ -188,7 +200,7 @@ do_install() {
 }
 
 do_rollback() {
-  [ -f "$root$bindir/agentd.previous" ] || die "nothing to roll back to: no $bindir/agentd.previous"
+  [ -f "$root$bindir/agentd.previous" ] || die "nothing to roll back to: no $root$bindir/agentd.previous"
   mv -f "$root$bindir/agentd" "$root$bindir/.agentd.rolledback"
   mv -f "$root$bindir/agentd.previous" "$root$bindir/agentd"
   mv -f "$root$bindir/.agentd.rolledback" "$root$bindir/agentd.previous"
@@ -208,9 +220,9 @@ do_uninstall() {
   if [ "$purge" = yes ]; then
     rm -rf "$root$confdir" "$root$statedir" "$root/run/agentd"
     remove_user
-    say "purged $confdir, $statedir and the $user user"
+    say "purged $root$confdir, $root$statedir and the $user user"
   else
-    say "kept $confdir and $statedir (--purge removes them)"
+    say "kept $root$confdir and $root$statedir (--purge removes them)"
   fi
 }
 

@@ -8,6 +8,7 @@ import pytest
 
 from agentd import config as cfg
 from agentd.errors import ConfigError
+from agentd.plugins.registry import default_registry
 
 BROKEN = {
     "unknown_key": (
@@ -75,7 +76,7 @@ def test_check_config_names_the_problem(tmp_path: Path, case: str) -> None:
     path = tmp_path / f"{case}.toml"
     path.write_text(text)
     with pytest.raises(ConfigError) as err:
-        cfg.load(path)
+        cfg.load(path, default_registry)
     assert any(expected in line for line in err.value.errors), err.value.errors
     assert all("\n" not in line for line in err.value.errors)
 
@@ -124,7 +125,7 @@ def test_default_config_round_trips() -> None:
         check=True,
     )
     assert out.stdout == cfg.DEFAULT_CONFIG
-    conf = cfg.loads(out.stdout)
+    conf = cfg.loads(out.stdout, default_registry)
     assert conf.agent.interval == 1.0
     assert conf.sensors["system"].plugin == "system"
     assert conf.policies["cpu_high"].config.above == 90.0  # type: ignore[attr-defined]
@@ -132,25 +133,27 @@ def test_default_config_round_trips() -> None:
 
 
 def test_plugin_defaults_to_instance_name() -> None:
-    conf = cfg.loads("[sensors.system]\ninterval = 5\ncpu = false\n")
+    conf = cfg.loads("[sensors.system]\ninterval = 5\ncpu = false\n", default_registry)
     inst = conf.sensors["system"]
     assert (inst.plugin, inst.common.interval, inst.config.cpu) == ("system", 5.0, False)  # type: ignore[attr-defined]
 
 
 def test_blocked_plugin_is_refused() -> None:
     with pytest.raises(ConfigError) as err:
-        cfg.loads("[plugins]\nblocked = ['system']\n[sensors.system]\n")
+        cfg.loads("[plugins]\nblocked = ['system']\n[sensors.system]\n", default_registry)
     assert "sensors.system.plugin: plugin 'system' is blocked" in err.value.errors
 
 
 def test_paths_resolution(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    conf = cfg.loads("[sensors.system]\n")
+    conf = cfg.loads("[sensors.system]\n", default_registry)
     monkeypatch.setenv("STATE_DIRECTORY", f"{tmp_path}/st:/other")
     monkeypatch.setenv("RUNTIME_DIRECTORY", f"{tmp_path}/rt")
     assert cfg.resolve_state_dir(conf) == tmp_path / "st"
     assert cfg.resolve_runtime_dir(conf) == tmp_path / "rt"
     assert cfg.resolve_state_dir(conf, "/x") == Path("/x")
-    conf2 = cfg.loads(f"[paths]\nstate_dir = '{tmp_path}/cfg'\n[sensors.system]\n")
+    conf2 = cfg.loads(
+        f"[paths]\nstate_dir = '{tmp_path}/cfg'\n[sensors.system]\n", default_registry
+    )
     assert cfg.resolve_state_dir(conf2) == tmp_path / "cfg"
     assert cfg.resolve_state_dir(conf2, "/flag") == Path("/flag")
     monkeypatch.delenv("STATE_DIRECTORY")

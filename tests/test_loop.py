@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from agentd.fanout import TickFanout
 from agentd.loop import LoopSettings, PerceptionLoop
 from agentd.model import Action, Observation, TickReport
 from agentd.plugins.base import PolicyState
@@ -57,22 +58,32 @@ class Garbage:
 async def run_for(loop: PerceptionLoop, ticks: int, timeout: float = 30.0) -> list[TickReport]:
     reports: list[TickReport] = []
 
-    def sink(report: TickReport) -> None:
-        reports.append(report)
-        if len(reports) >= ticks:
-            loop.stop()
+    class Sink:
+        def on_tick(self, report: TickReport) -> None:
+            reports.append(report)
+            if len(reports) >= ticks:
+                loop.stop()
 
-    loop.sinks.append(sink)
+        def on_late_result(self, result: object) -> None:
+            pass
+
+    fanout = next(o for o in loop.observers if isinstance(o, TickFanout))
+    unsubscribe = fanout.subscribe(Sink())
     try:
         await asyncio.wait_for(loop.run(), timeout)
     finally:
-        loop.sinks.remove(sink)
+        unsubscribe()
     return reports
 
 
 def make_loop(interval: float, sensors=None, policies=None, actuators=None, **kw) -> PerceptionLoop:
+    # built with a fan-out, as the daemon builds it, so run_for can watch any loop
     return PerceptionLoop(
-        LoopSettings(interval=interval, **kw), sensors or {}, policies or {}, actuators or {}
+        LoopSettings(interval=interval, **kw),
+        sensors or {},
+        policies or {},
+        actuators or {},
+        observers=[TickFanout()],
     )
 
 

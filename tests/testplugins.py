@@ -5,6 +5,7 @@ these built-ins. Behaviour is steered by files, so a test can flip it while the 
 from __future__ import annotations
 
 import asyncio
+import logging
 import sys
 from pathlib import Path
 
@@ -17,15 +18,23 @@ from agentd.plugins.builtin import BUILTINS
 
 class SlowConfig(msgspec.Struct, forbid_unknown_fields=True):
     seconds: float = 3600.0
+    #: how long stop() takes (it logs "slow: stopping" first)
+    stop_seconds: float = 0.0
 
 
 class SlowActuator:
     def __init__(self, config: SlowConfig) -> None:
         self.seconds = config.seconds
+        self.stop_seconds = config.stop_seconds
 
     async def act(self, action: Action) -> ActuatorReply:
         await asyncio.sleep(self.seconds)
         return ActuatorReply(output="slept")
+
+    async def stop(self) -> None:
+        if self.stop_seconds:
+            logging.getLogger("agentd.test").warning("slow: stopping")
+            await asyncio.sleep(self.stop_seconds)
 
 
 class SwitchConfig(msgspec.Struct, forbid_unknown_fields=True):
@@ -96,6 +105,6 @@ TEST_PLUGINS = [
 BUILTINS.extend(p for p in TEST_PLUGINS if p not in BUILTINS)
 
 if __name__ == "__main__":
-    from agentd.cli import main
+    from agentd.cli.main import main
 
     sys.exit(main())

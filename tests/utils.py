@@ -17,6 +17,7 @@ from pathlib import Path
 
 from agentd.plugins.base import PluginSpec
 from agentd.plugins.handle import PluginHandle
+from agentd.plugins.kinds import BY_KIND
 
 __all__ = ["AgentProcess", "short_tmpdir", "wait_for"]
 
@@ -198,7 +199,7 @@ def handle(
         config_type=config_type or Empty,
         actions=actions or ({"*": Empty} if kind == "actuator" else {}),
     )
-    return PluginHandle(kind, inst, spec, obj)
+    return BY_KIND[kind].runner(inst, spec, obj)
 
 
 def self_signed_cert(directory: Path) -> tuple[Path, Path]:

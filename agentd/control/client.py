@@ -15,14 +15,16 @@ import os
 import secrets
 import socket
 from collections.abc import Iterator
-from typing import Any
+from typing import TypeVar
 
 import msgspec
 
 from agentd.control.protocol import (
+    NIL,
     PROTOCOL_VERSION,
     FrameBuffer,
     FrameTooLarge,
+    HelloInfo,
     Message,
     Request,
     decode_message,
@@ -38,6 +40,8 @@ __all__ = [
     "RemoteError",
     "new_traceparent",
 ]
+
+T = TypeVar("T")
 
 #: a response can be as large as the server's max_frame (at most 64 MiB by config)
 CLIENT_MAX_FRAME = 64 * 1024 * 1024
@@ -131,34 +135,47 @@ class Client:
         self.close()
 
     # -- requests ----------------------------------------------------------------------------
-    def send(self, cmd: str, args: dict[str, Any] | None = None) -> int:
+    def send(self, cmd: str, args: dict[str, object] | None = None) -> int:
         """Send one request without waiting; returns its id."""
         rid = next(self._ids)
         self._write(self._frame(rid, cmd, args))
         return rid
 
-    def send_many(self, requests: list[tuple[str, dict[str, Any] | None]]) -> list[int]:
+    def send_many(self, requests: list[tuple[str, dict[str, object] | None]]) -> list[int]:
         """Pipeline several requests in one write; returns their ids."""
         ids = [next(self._ids) for _ in requests]
         self._write(b"".join(self._frame(i, c, a) for i, (c, a) in zip(ids, requests, strict=True)))
         return ids
 
-    def call(self, cmd: str, args: dict[str, Any] | None = None) -> Any:
-        """Send a request and return its result; raises `RemoteError` for an error answer."""
-        return self.result(self.wait(self.send(cmd, args)))
+    def call(self, cmd: str, args: dict[str, object] | None = None) -> object:
+        """Send a request and return its result as plain msgpack values (maps, lists, ...);
+        raises `RemoteError` for an error answer. `call_as` decodes into a reply Struct."""
+        return msgspec.msgpack.decode(self.call_raw(cmd, args))
 
-    def hello(self) -> dict[str, Any]:
-        result: dict[str, Any] = self.call(
-            "hello", {"protocol": PROTOCOL_VERSION, "client": "agentctl"}
+    def call_as(self, cmd: str, type: type[T], args: dict[str, object] | None = None) -> T:
+        """Send a request and decode its result into ``type`` (a reply Struct from
+        agentd/model.py or agentd/control/protocol.py, or a list of them)."""
+        return msgspec.msgpack.decode(self.call_raw(cmd, args), type=type)
+
+    def call_raw(self, cmd: str, args: dict[str, object] | None = None) -> msgspec.Raw:
+        """The result still encoded, for a caller that decodes it twice (typed and plain)."""
+        return self.result_raw(self.wait(self.send(cmd, args)))
+
+    def hello(self) -> HelloInfo:
+        return self.call_as(
+            "hello", HelloInfo, {"protocol": PROTOCOL_VERSION, "client": "agentctl"}
         )
-        return result
 
     @staticmethod
-    def result(message: Message) -> Any:
+    def result_raw(message: Message) -> msgspec.Raw:
         if not isinstance(message.error, msgspec.UnsetType):
             e = message.error
             raise RemoteError(e.code, e.message, list(e.details))
-        return None if isinstance(message.result, msgspec.UnsetType) else message.result
+        return NIL if isinstance(message.result, msgspec.UnsetType) else message.result
+
+    @classmethod
+    def result(cls, message: Message) -> object:
+        return msgspec.msgpack.decode(cls.result_raw(message))
 
     def wait(self, rid: int | str) -> Message:
         """The answer to request ``rid`` (answers to other ids are kept for later)."""
@@ -206,7 +223,7 @@ class Client:
             yield self.read()
 
     # -- internals ---------------------------------------------------------------------------
-    def _frame(self, rid: int, cmd: str, args: dict[str, Any] | None) -> bytes:
+    def _frame(self, rid: int, cmd: str, args: dict[str, object] | None) -> bytes:
         return encode_frame(Request(id=rid, cmd=cmd, args=args or {}, traceparent=self.traceparent))
 
     def _require(self) -> socket.socket:

@@ -1,48 +1,51 @@
-"""One control connection: cuts frames, checks roles, runs commands, writes answers, streams
-watch events. `ControlServer` (server.py) owns the connections, the listening socket, the tick
-guard and the budgets these read; see server.py for the rules they follow.
+"""One control connection: cuts frames (with the one codec in protocol.py), checks roles, runs
+commands, writes answers, streams watch events. It gets the server's `ServerState` (state.py),
+never the server: limits, counters, the command table, the frame budget and the role rule all
+live there; server.py says the rules they follow.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextvars
-import inspect
 import logging
 import socket
 import struct
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final, Literal, NamedTuple, cast
+from typing import TYPE_CHECKING, Final, cast
 
 import msgspec
 
-from agentd.control.protocol import HEADER, ErrorInfo, Event, Request, Response
+from agentd.control.commands import (
+    ROLE_RANK,
+    Command,
+    CommandError,
+    Peer,
+    RequestContext,
+    Role,
+)
+from agentd.control.protocol import (
+    HEADER,
+    ErrorCode,
+    ErrorInfo,
+    Event,
+    EventKind,
+    FrameBuffer,
+    FrameTooLarge,
+    Request,
+    Response,
+    encode_frame,
+)
 from agentd.errors import AgentdError, ConfigError, StoreError, VersionConflict
 
 if TYPE_CHECKING:
-    from agentd.control.server import ControlServer
-    from agentd.facade import DaemonFacade
+    from agentd.control.state import ServerState
 
-__all__ = [
-    "FRAMES_PER_TURN",
-    "MAX_IN_FLIGHT",
-    "ROLE_RANK",
-    "Command",
-    "CommandError",
-    "Connection",
-    "Peer",
-    "RequestContext",
-    "RequestHook",
-    "Role",
-]
+__all__ = ["FRAMES_PER_TURN", "MAX_IN_FLIGHT", "Connection"]
 
 log = logging.getLogger("agentd.control")
-
-Role = Literal["none", "read", "admin"]
-ROLE_RANK: Final[dict[str, int]] = {"none": 0, "read": 1, "admin": 2}
 
 #: frames handled per connection per loop iteration before yielding to the rest of the loop
 FRAMES_PER_TURN: Final = 64
@@ -53,81 +56,17 @@ WRITE_HIGH_WATER: Final = 256 * 1024
 WATCH_HIGH_WATER: Final = 16 * 1024
 _PEERCRED = struct.Struct("3i")
 
-
-class Peer(NamedTuple):
-    pid: int
-    uid: int
-    gid: int
-
-
-class CommandError(AgentdError):
-    """Raised by a handler: becomes ``error = {code, message, details}``."""
-
-    def __init__(self, code: str, message: str, details: list[str] | None = None) -> None:
-        self.code = code
-        self.details = details or []
-        super().__init__(message)
-
-
-@dataclass(frozen=True, slots=True)
-class Command:
-    """One protocol command. ``handler(ctx, args)`` returns the result or a coroutine of it;
-    ``args_type`` (a Struct) validates ``args`` first; ``role`` is the least role allowed."""
-
-    name: str
-    handler: Callable[[RequestContext, Any], Any]
-    args_type: type[msgspec.Struct] | None = None
-    role: Role = "read"
-    help: str = ""
-    #: the handler is a coroutine function (answered from a task); set from ``handler``
-    is_async: bool = field(init=False)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "is_async", inspect.iscoroutinefunction(self.handler))
-
-
-class RequestContext:
-    """What a handler gets besides its args."""
-
-    __slots__ = ("conn", "facade", "request", "server")
-
-    def __init__(
-        self, server: ControlServer, conn: Connection, request: Request, facade: DaemonFacade
-    ) -> None:
-        self.server = server
-        self.conn = conn
-        self.request = request
-        self.facade = facade
-
-    @property
-    def peer(self) -> Peer:
-        return self.conn.peer
-
-    @property
-    def role(self) -> Role:
-        return self.conn.role
-
-
-#: called before a request runs, inside a context copied for this request (so a hook may set
-#: context variables, e.g. the current span from ``request.traceparent``); returns a callable
-#: that gets the error code (None on success) once the response is sent, or None.
-RequestHook = Callable[[RequestContext], Callable[[str | None], None] | None]
-
 _request_decoder = msgspec.msgpack.Decoder(Request)
 _any_decoder = msgspec.msgpack.Decoder()
-_encoder = msgspec.msgpack.Encoder()
-
-
-def _frame(message: Any) -> bytes:
-    body = _encoder.encode(message)
-    return len(body).to_bytes(4, "big") + body
+#: a request's finisher: gets the error code (None: ok) once the response is made
+Finish = Callable[[str | None], None]
 
 
 def _error_frame(
-    rid: int | str | None, code: str, message: str, details: list[str] | None = None
+    rid: int | str | None, code: ErrorCode, message: str, details: list[str] | None = None
 ) -> bytes:
     error = ErrorInfo(code=code, message=message, details=details or [])
-    return _frame(Response(id=rid, error=error))
+    return encode_frame(Response(id=rid, error=error))
 
 
 class Connection(asyncio.Protocol):
@@ -136,29 +75,29 @@ class Connection(asyncio.Protocol):
 
     __slots__ = (
         "_blocked",
-        "_buf",
+        "_frames",
         "_pending_events",
         "_write_paused",
         "closed",
         "last_active",
         "peer",
         "role",
-        "server",
+        "state",
         "tasks",
         "transport",
         "watches",
     )
 
-    def __init__(self, server: ControlServer) -> None:
-        self.server = server
+    def __init__(self, state: ServerState) -> None:
+        self.state = state
         self.transport: asyncio.Transport | None = None
         self.peer = Peer(0, -1, -1)
         self.role: Role = "none"
-        self._buf = bytearray()
+        self._frames = FrameBuffer(state.max_frame)
         self._blocked: set[str] = set()
         self._write_paused = False
         self._pending_events: deque[bytes] = deque()
-        self.tasks: set[asyncio.Task[Any]] = set()
+        self.tasks: set[asyncio.Task[object]] = set()
         self.watches: dict[int | str, frozenset[str]] = {}
         self.last_active = time.monotonic()
         self.closed = False
@@ -167,23 +106,19 @@ class Connection(asyncio.Protocol):
     def connection_made(self, base: asyncio.BaseTransport) -> None:
         transport = cast(asyncio.Transport, base)  # uvloop's transports are not subclasses
         self.transport = transport
-        server = self.server
+        state = self.state
         try:
             sock = transport.get_extra_info("socket")
             pid, uid, gid = _PEERCRED.unpack(
                 sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
             )
             self.peer = Peer(pid, uid, gid)
-            self.role = server.role_of(self.peer)
+            self.role = state.role_of(self.peer)
         except OSError as exc:
             log.warning("control: cannot read peer credentials: %s", exc)
-        if not server.accept(self):
-            message = (
-                "the daemon is stopping"
-                if server._closing
-                else f"too many connections (limit {server.config.max_connections})"
-            )
-            code = "shutting_down" if server._closing else "busy"
+        refusal = state.admit(self)
+        if refusal is not None:
+            code, message = refusal
             transport.write(_error_frame(None, code, message))
             self.closed = True
             transport.close()
@@ -192,14 +127,14 @@ class Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        if self._buf and not self.server._closing:
-            self.server.errors["bad_frame"] += 1  # closed in the middle of a frame
-        self._buf.clear()
+        if self._frames.pending and not self.state.closing:
+            self.state.errors["bad_frame"] += 1  # closed in the middle of a frame
+        self._frames.clear()
         self._pending_events.clear()
-        self.server.forget(self)
+        self.state.forget(self)
 
     def data_received(self, data: bytes) -> None:
-        self._buf += data
+        self._frames.feed(data)
         self.last_active = time.monotonic()
         if not self._blocked:
             self._process()
@@ -228,7 +163,7 @@ class Connection(asyncio.Protocol):
         self._blocked.discard(reason)
         if not self._blocked and not self.closed and self.transport is not None:
             self.transport.resume_reading()
-            if len(self._buf) >= HEADER.size:
+            if self._frames.pending >= HEADER.size:
                 asyncio.get_running_loop().call_soon(self._process)
 
     def _next_turn(self) -> None:
@@ -248,40 +183,29 @@ class Connection(asyncio.Protocol):
     def _process(self) -> None:
         if self._blocked or self.closed:
             return
-        buf = self._buf
-        end_of_buf = len(buf)
-        pos = 0
+        frames = self._frames
         n = 0
         out: list[bytes] = []
-        server = self.server
-        max_frame = server.max_frame
-        allowed = server.take(FRAMES_PER_TURN)
-        while end_of_buf - pos >= 4:
-            size = int.from_bytes(buf[pos : pos + 4], "big")
-            if size > max_frame:
-                out.append(
-                    _error_frame(
-                        None,
-                        "bad_frame",
-                        f"frame of {size} bytes exceeds the limit of {max_frame} bytes; "
-                        "closing the connection",
-                    )
-                )
-                server.errors["bad_frame"] += 1
-                server.give_back(allowed - n)
-                del buf[:]
+        state = self.state
+        allowed = state.take(FRAMES_PER_TURN)
+        while True:
+            try:
+                if n == allowed:
+                    if frames.ready():
+                        self.block("turn")
+                        asyncio.get_running_loop().call_soon(self._next_turn)
+                    break
+                body = frames.next()
+            except FrameTooLarge as exc:
+                out.append(_error_frame(None, "bad_frame", f"{exc}; closing the connection"))
+                state.errors["bad_frame"] += 1
+                state.give_back(allowed - n)
+                frames.clear()
                 self._write(out)
                 self.close()
                 return
-            end = pos + 4 + size
-            if end > end_of_buf:
+            if body is None:
                 break
-            if n == allowed:
-                self.block("turn")
-                asyncio.get_running_loop().call_soon(self._next_turn)
-                break
-            body = bytes(buf[pos + 4 : end])
-            pos = end
             n += 1
             try:
                 reply = self._dispatch(body)
@@ -293,9 +217,7 @@ class Connection(asyncio.Protocol):
             if self._blocked or self.closed:
                 break
         if n < allowed:
-            server.give_back(allowed - n)
-        if pos:
-            del buf[:pos]
+            state.give_back(allowed - n)
         if out:
             self._write(out)
 
@@ -304,13 +226,13 @@ class Connection(asyncio.Protocol):
             self.transport.write(out[0] if len(out) == 1 else b"".join(out))
 
     def _dispatch(self, body: bytes) -> bytes | None:
-        server = self.server
-        server.requests += 1
+        state = self.state
+        state.requests += 1
         try:
             req = _request_decoder.decode(body)
         except Exception as exc:  # noqa: BLE001 - e.g. UnicodeDecodeError for a bad str
             return self._bad_request(body, exc)
-        cmd = server.commands.get(req.cmd)
+        cmd = state.commands.get(req.cmd)
         if cmd is None:
             return self._error(req.id, "unknown_command", f"unknown command {req.cmd!r}")
         if ROLE_RANK[self.role] < ROLE_RANK[cmd.role]:
@@ -319,21 +241,23 @@ class Connection(asyncio.Protocol):
                 "forbidden",
                 f"{req.cmd} needs the {cmd.role} role; uid {self.peer.uid} has {self.role}",
             )
-        args: Any = None
+        args: msgspec.Struct | None = None
         if cmd.args_type is not None:
             try:
                 args = msgspec.convert(req.args, cmd.args_type, str_keys=True)
             except msgspec.ValidationError as exc:
                 return self._error(req.id, "bad_args", f"{req.cmd}: {_args_message(exc)}")
-        ctx = RequestContext(server, self, req, server.facade)
-        if server.hooks:
+        ctx = RequestContext(state, self, req, state.api)
+        if state.hooks:
             reply: bytes | None = contextvars.copy_context().run(self._run_hooked, cmd, ctx, args)
             return reply
         return self._run(cmd, ctx, args, None)
 
-    def _run_hooked(self, cmd: Command, ctx: RequestContext, args: Any) -> bytes | None:
+    def _run_hooked(
+        self, cmd: Command, ctx: RequestContext, args: msgspec.Struct | None
+    ) -> bytes | None:
         finishers = []
-        for hook in self.server.hooks:
+        for hook in self.state.hooks:
             try:
                 fin = hook(ctx)
             except Exception:
@@ -355,8 +279,8 @@ class Connection(asyncio.Protocol):
         self,
         cmd: Command,
         ctx: RequestContext,
-        args: Any,
-        finish: Callable[[str | None], None] | None,
+        args: msgspec.Struct | None,
+        finish: Finish | None,
     ) -> bytes | None:
         rid = ctx.request.id
         try:
@@ -374,10 +298,10 @@ class Connection(asyncio.Protocol):
 
     def _done(
         self,
-        task: asyncio.Task[Any],
+        task: asyncio.Task[object],
         cmd: Command,
         rid: int | str,
-        finish: Callable[[str | None], None] | None,
+        finish: Finish | None,
     ) -> None:
         self.tasks.discard(task)
         if task.cancelled():
@@ -394,23 +318,21 @@ class Connection(asyncio.Protocol):
             self._write([frame])
         self.unblock("in_flight")
 
-    def _result(
-        self, rid: int | str, result: Any, finish: Callable[[str | None], None] | None
-    ) -> bytes:
+    def _result(self, rid: int | str, result: object, finish: Finish | None) -> bytes:
         try:
-            frame = _frame(Response(id=rid, result=result))
+            frame = encode_frame(Response(id=rid, result=result))
         except (TypeError, msgspec.EncodeError) as exc:
             log.error("control: cannot encode a result: %s", exc)
             frame = self._error(rid, "internal", f"cannot encode the result: {exc}")
-            code: str | None = "internal"
+            code: ErrorCode | None = "internal"
         else:
             code = None
-            if len(frame) - HEADER.size > self.server.max_frame:
+            if len(frame) - HEADER.size > self.state.max_frame:
                 frame = self._error(
                     rid,
                     "too_large",
                     f"the result is {len(frame)} bytes, over the frame limit of "
-                    f"{self.server.max_frame}; ask for less (e.g. --limit)",
+                    f"{self.state.max_frame}; ask for less (e.g. --limit)",
                 )
                 code = "too_large"
         if finish is not None:
@@ -422,9 +344,10 @@ class Connection(asyncio.Protocol):
         rid: int | str,
         cmd: Command,
         exc: BaseException,
-        finish: Callable[[str | None], None] | None,
+        finish: Finish | None,
     ) -> bytes:
         details: list[str] = []
+        code: ErrorCode
         if isinstance(exc, CommandError):
             code, message, details = exc.code, str(exc), exc.details
         elif isinstance(exc, VersionConflict):
@@ -443,9 +366,13 @@ class Connection(asyncio.Protocol):
         return self._error(rid, code, message, details)
 
     def _error(
-        self, rid: int | str | None, code: str, message: str, details: list[str] | None = None
+        self,
+        rid: int | str | None,
+        code: ErrorCode,
+        message: str,
+        details: list[str] | None = None,
     ) -> bytes:
-        self.server.errors[code] += 1
+        self.state.errors[code] += 1
         return _error_frame(rid, code, message, details)
 
     def _bad_request(self, body: bytes, exc: Exception) -> bytes:
@@ -465,29 +392,29 @@ class Connection(asyncio.Protocol):
     # -- watch -------------------------------------------------------------------------------
     def add_watch(self, rid: int | str, kinds: frozenset[str]) -> None:
         self.watches[rid] = kinds
-        self.server.watchers.add(self)
+        self.state.watchers.add(self)
         if self.transport is not None:
             # events wait in our own bounded queue (watch_buffer), not in a large transport one
             self.transport.set_write_buffer_limits(high=WATCH_HIGH_WATER)
 
-    def send_event(self, kind: str, raw: msgspec.Raw) -> None:
+    def send_event(self, kind: EventKind, raw: msgspec.Raw) -> None:
         if self.closed or self.transport is None:
             return
         for rid, kinds in self.watches.items():
             if kind not in kinds:
                 continue
-            frame = _frame(Event(id=rid, event=kind, data=raw))
+            frame = encode_frame(Event(id=rid, event=kind, data=raw))
             if not self._write_paused:
                 self.transport.write(frame)
                 continue
             self._pending_events.append(frame)
-            if len(self._pending_events) > self.server.config.watch_buffer:
+            if len(self._pending_events) > self.state.config.watch_buffer:
                 self._drop_watcher()
                 return
 
     def _drop_watcher(self) -> None:
-        server = self.server
-        server.watch_dropped += 1
+        state = self.state
+        state.watch_dropped += 1
         log.warning(
             "control: dropped a watch client (pid %d, uid %d): it stopped reading and "
             "%d events are waiting",
@@ -496,7 +423,7 @@ class Connection(asyncio.Protocol):
             len(self._pending_events),
         )
         self._pending_events.clear()
-        server.watchers.discard(self)
+        state.watchers.discard(self)
         self.watches.clear()
         self.closed = True
         if self.transport is not None:

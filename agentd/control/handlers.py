@@ -1,35 +1,61 @@
 """One function per control command. Each gets the `RequestContext` and its validated args
-Struct and returns a result (or a coroutine of one); errors are raised as `CommandError`.
+Struct and returns a reply Struct (or a coroutine of one); errors are raised as `CommandError`.
+Everything they read of the daemon comes through ``ctx.api`` (`ControlApi`).
 
-`COMMANDS` is the table the server starts from; other rooms extend a running server's table
-with `ControlServer.add_command` (telemetry adds ``metrics`` and ``health`` that way).
+`COMMANDS` is the table the server starts from; `ControlServer.add_command` extends a running
+server's table (tests do; the daemon's own commands are all here).
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import msgspec
 from msgspec import Meta
 
 from agentd import __version__
-from agentd.control.protocol import PROTOCOL_VERSION
-from agentd.control.server import Command, CommandError, RequestContext, Role
-from agentd.model import Action, ActionResult, Session, TickReport
+from agentd.control.commands import Command, CommandError, Handler, RequestContext, Role
+from agentd.control.protocol import (
+    PROTOCOL_VERSION,
+    CommandInfo,
+    Deleted,
+    EventKind,
+    Flushed,
+    HelloInfo,
+    LoopChange,
+    Reloaded,
+    ServerLimits,
+    WatchStarted,
+)
+from agentd.model import (
+    Action,
+    ActionResult,
+    HealthReport,
+    MetricPoint,
+    Observation,
+    PluginDetail,
+    PluginInfo,
+    Session,
+    StatusReport,
+    TickReport,
+)
 
-__all__ = ["COMMANDS", "command"]
+if TYPE_CHECKING:
+    from agentd.store import Store
+
+__all__ = ["COMMANDS", "EVENT_KINDS", "command"]
 
 COMMANDS: dict[str, Command] = {}
 
-Handler = Callable[[RequestContext, Any], Any]
+H = TypeVar("H", bound=Handler)
 
 
 def command(
     name: str, args: type[msgspec.Struct] | None = None, role: Role = "read", help: str = ""
-) -> Callable[[Handler], Handler]:
-    def register(fn: Handler) -> Handler:
+) -> Callable[[H], H]:
+    def register(fn: H) -> H:
         COMMANDS[name] = Command(name, fn, args, role, help or (fn.__doc__ or "").strip())
         return fn
 
@@ -53,45 +79,45 @@ class HelloArgs(_Args, frozen=True):
 
 
 @command("hello", HelloArgs, role="none")
-def hello(ctx: RequestContext, args: HelloArgs) -> dict[str, Any]:
+def hello(ctx: RequestContext, args: HelloArgs) -> HelloInfo:
     """Protocol version, server version, the caller's role and the commands it may use."""
     if args.protocol != PROTOCOL_VERSION:
         raise CommandError(
             "unsupported_version",
             f"this agentd speaks protocol {PROTOCOL_VERSION}, the client asked for {args.protocol}",
         )
-    server = ctx.server
-    return {
-        "protocol": PROTOCOL_VERSION,
-        "server": f"agentd {__version__}",
-        "pid": os.getpid(),
-        "role": ctx.role,
-        "uid": ctx.peer.uid,
-        "commands": {
-            name: {"role": c.role, "help": c.help} for name, c in sorted(server.commands.items())
+    state = ctx.state
+    return HelloInfo(
+        protocol=PROTOCOL_VERSION,
+        server=f"agentd {__version__}",
+        pid=os.getpid(),
+        role=ctx.role,
+        uid=ctx.peer.uid,
+        commands={
+            name: CommandInfo(role=c.role, help=c.help)
+            for name, c in sorted(state.commands.items())
         },
-        "limits": {
-            "max_frame": server.max_frame,
-            "max_connections": server.config.max_connections,
-            "idle_timeout": server.config.idle_timeout,
-            "watch_buffer": server.config.watch_buffer,
-        },
-    }
+        limits=ServerLimits(
+            max_frame=state.max_frame,
+            max_connections=state.config.max_connections,
+            idle_timeout=state.config.idle_timeout,
+            watch_buffer=state.config.watch_buffer,
+        ),
+    )
 
 
 # -- reads -----------------------------------------------------------------------------------
 @command("status")
-async def status(ctx: RequestContext, args: None) -> Any:
+async def status(ctx: RequestContext, args: None) -> StatusReport:
     """Version, PID, uptime, state, config, reload generation, tick statistics, plugins, store
     health, process RSS/CPU and control-plane counters."""
-    report = await ctx.facade.status()
-    return msgspec.structs.replace(report, control=ctx.server.stats())
+    return msgspec.structs.replace(ctx.api.status(), control=ctx.state.stats())
 
 
 @command("plugins")
-def plugins(ctx: RequestContext, args: None) -> Any:
+def plugins(ctx: RequestContext, args: None) -> list[PluginInfo]:
     """The configured plugin instances with their state and error counts."""
-    return ctx.facade.plugins()
+    return ctx.api.plugins()
 
 
 class PluginArgs(_Args, frozen=True):
@@ -99,18 +125,18 @@ class PluginArgs(_Args, frozen=True):
 
 
 @command("plugin", PluginArgs)
-def plugin(ctx: RequestContext, args: PluginArgs) -> Any:
+def plugin(ctx: RequestContext, args: PluginArgs) -> PluginDetail:
     """One plugin instance: status, config and JSON Schema."""
-    found = ctx.facade.plugin(args.name)
+    found = ctx.api.plugin(args.name)
     if found is None:
-        known = ", ".join(sorted(p.name for p in ctx.facade.plugins())) or "none"
+        known = ", ".join(sorted(p.name for p in ctx.api.plugins())) or "none"
         raise CommandError("not_found", f"no plugin named {args.name!r} (configured: {known})")
     return found
 
 
 # -- sessions --------------------------------------------------------------------------------
-def _store(ctx: RequestContext) -> Any:
-    store = ctx.facade.store
+def _store(ctx: RequestContext) -> Store:
+    store = ctx.api.store
     if store is None:
         raise CommandError("unavailable", "the store is disabled ([store] enabled = false)")
     return store
@@ -125,10 +151,7 @@ class SessionsListArgs(_Args, frozen=True):
 @command("sessions.list", SessionsListArgs)
 async def sessions_list(ctx: RequestContext, args: SessionsListArgs) -> list[Session]:
     """Sessions whose id starts with ``prefix``, in id order (page with ``after``)."""
-    result: list[Session] = await _store(ctx).sessions.list(
-        prefix=args.prefix, limit=args.limit, after=args.after
-    )
-    return result
+    return await _store(ctx).sessions.list(prefix=args.prefix, limit=args.limit, after=args.after)
 
 
 class SessionIdArgs(_Args, frozen=True):
@@ -138,7 +161,7 @@ class SessionIdArgs(_Args, frozen=True):
 @command("sessions.get", SessionIdArgs)
 async def sessions_get(ctx: RequestContext, args: SessionIdArgs) -> Session:
     """One session with its state."""
-    found: Session | None = await _store(ctx).sessions.get(args.id)
+    found = await _store(ctx).sessions.get(args.id)
     if found is None:
         raise CommandError("not_found", f"no session {args.id!r}")
     return found
@@ -146,7 +169,8 @@ async def sessions_get(ctx: RequestContext, args: SessionIdArgs) -> Session:
 
 class SessionPutArgs(_Args, frozen=True):
     id: Annotated[str, Meta(min_length=1, max_length=1024)]
-    state: Any
+    #: any msgpack value (stored as given)
+    state: object
     #: compare-and-set: the version the caller read (0: the session must not exist yet)
     expected_version: Annotated[int, Meta(ge=0)] | None = None
     ttl: Annotated[float, Meta(gt=0)] | None = None
@@ -155,18 +179,17 @@ class SessionPutArgs(_Args, frozen=True):
 @command("sessions.put", SessionPutArgs, role="admin")
 async def sessions_put(ctx: RequestContext, args: SessionPutArgs) -> Session:
     """Create or replace a session (compare-and-set with ``expected_version``)."""
-    stored: Session = await _store(ctx).sessions.put(
+    return await _store(ctx).sessions.put(
         args.id, args.state, expected_version=args.expected_version, ttl=args.ttl
     )
-    return stored
 
 
 @command("sessions.delete", SessionIdArgs, role="admin")
-async def sessions_delete(ctx: RequestContext, args: SessionIdArgs) -> dict[str, Any]:
+async def sessions_delete(ctx: RequestContext, args: SessionIdArgs) -> Deleted:
     """Remove a session."""
     if not await _store(ctx).sessions.delete(args.id):
         raise CommandError("not_found", f"no session {args.id!r}")
-    return {"deleted": args.id}
+    return Deleted(deleted=args.id)
 
 
 # -- journals --------------------------------------------------------------------------------
@@ -183,59 +206,53 @@ class ObservationsArgs(JournalArgs, frozen=True):
 
 
 @command("journal.observations", ObservationsArgs)
-async def journal_observations(ctx: RequestContext, args: ObservationsArgs) -> Any:
+async def journal_observations(ctx: RequestContext, args: ObservationsArgs) -> list[Observation]:
     """Journaled observations, by time range or tick range."""
-    rows: Any = await _store(ctx).query_observations(
+    return await _store(ctx).query_observations(
         since=args.since,
         until=args.until,
         tick_from=args.tick_from,
         tick_to=args.tick_to,
         limit=args.limit,
     )
-    return rows
 
 
 @command("journal.actions", JournalArgs)
-async def journal_actions(ctx: RequestContext, args: JournalArgs) -> Any:
+async def journal_actions(ctx: RequestContext, args: JournalArgs) -> list[ActionResult]:
     """The action journal: what the agent did, with results."""
-    rows: Any = await _store(ctx).query_actions(
-        since=args.since, until=args.until, limit=args.limit
-    )
-    return rows
+    return await _store(ctx).query_actions(since=args.since, until=args.until, limit=args.limit)
 
 
 @command("flush", role="admin")
-async def flush(ctx: RequestContext, args: None) -> dict[str, Any]:
+async def flush(ctx: RequestContext, args: None) -> Flushed:
     """Commit everything queued for the store now."""
     await _store(ctx).flush()
-    return {"flushed": True}
+    return Flushed(flushed=True)
 
 
 # -- the loop --------------------------------------------------------------------------------
 @command("tick", role="admin")
 async def tick(ctx: RequestContext, args: None) -> TickReport:
     """Run one perceive -> decide -> act now, outside the schedule."""
-    return await ctx.facade.tick()
+    return await ctx.api.tick()
 
 
 @command("pause", role="admin")
-def pause(ctx: RequestContext, args: None) -> dict[str, Any]:
+def pause(ctx: RequestContext, args: None) -> LoopChange:
     """Pause the loop (no ticks until resume)."""
-    changed = ctx.facade.pause()
-    return {"state": "paused", "changed": changed}
+    return LoopChange(state="paused", changed=ctx.api.pause())
 
 
 @command("resume", role="admin")
-def resume(ctx: RequestContext, args: None) -> dict[str, Any]:
+def resume(ctx: RequestContext, args: None) -> LoopChange:
     """Resume a paused loop on its original tick phase."""
-    changed = ctx.facade.resume()
-    return {"state": "running", "changed": changed}
+    return LoopChange(state="running", changed=ctx.api.resume())
 
 
 @command("reload", role="admin")
-async def reload(ctx: RequestContext, args: None) -> dict[str, Any]:
+async def reload(ctx: RequestContext, args: None) -> Reloaded:
     """Re-read the config (the SIGHUP path); error ``invalid_config`` lists what is wrong."""
-    errors, generation = await ctx.facade.reload()
+    errors, generation = await ctx.api.reload()
     if errors:
         raise CommandError(
             "invalid_config",
@@ -243,13 +260,13 @@ async def reload(ctx: RequestContext, args: None) -> dict[str, Any]:
             + (f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""),
             errors,
         )
-    return {"reloaded": True, "generation": generation}
+    return Reloaded(reloaded=True, generation=generation)
 
 
 class ActArgs(_Args, frozen=True):
     actuator: Annotated[str, Meta(min_length=1)]
     action: Annotated[str, Meta(min_length=1)]
-    params: dict[str, Any] = {}
+    params: dict[str, object] = {}
     priority: int = 0
     key: str | None = None
     deadline: float | None = None
@@ -259,9 +276,9 @@ class ActArgs(_Args, frozen=True):
 async def act(ctx: RequestContext, args: ActArgs) -> ActionResult:
     """A manual tool call, validated against the actuator's params schema; the result has
     status ``rejected`` with the validation message when the params are wrong."""
-    facade = ctx.facade
-    if not facade.has_actuator(args.actuator):
-        problem = facade.validate_action(Action(actuator=args.actuator, name=args.action))
+    api = ctx.api
+    if not api.has_actuator(args.actuator):
+        problem = api.validate_action(Action(actuator=args.actuator, name=args.action))
         raise CommandError("not_found", problem or f"no actuator named {args.actuator!r}")
     action = Action(
         actuator=args.actuator,
@@ -272,11 +289,27 @@ async def act(ctx: RequestContext, args: ActArgs) -> ActionResult:
         deadline=args.deadline,
         source=f"agentctl (uid {ctx.peer.uid})",
     )
-    return await facade.act(action)
+    return await api.act(action)
+
+
+# -- telemetry -------------------------------------------------------------------------------
+@command("health")
+def health(ctx: RequestContext, args: None) -> HealthReport:
+    """ok / degraded / failing with the reasons, from the [health] thresholds"""
+    return ctx.api.health()
+
+
+@command("metrics")
+async def metrics(ctx: RequestContext, args: None) -> list[MetricPoint]:
+    """agentd's own metrics (OpenTelemetry names) as they are now"""
+    points = await ctx.api.metrics()
+    if points is None:
+        raise CommandError("unavailable", "telemetry is off ([telemetry] enabled = false)")
+    return points
 
 
 # -- watch -----------------------------------------------------------------------------------
-EVENT_KINDS = frozenset({"tick", "action", "state"})
+EVENT_KINDS: frozenset[EventKind] = frozenset({"tick", "action", "state"})
 
 
 class WatchArgs(_Args, frozen=True):
@@ -284,7 +317,7 @@ class WatchArgs(_Args, frozen=True):
 
 
 @command("watch", WatchArgs)
-def watch(ctx: RequestContext, args: WatchArgs) -> dict[str, Any]:
+def watch(ctx: RequestContext, args: WatchArgs) -> WatchStarted:
     """Stream events (``tick``, ``action``, ``state``) on this connection until it closes. A
     client that stops reading is dropped once ``control.watch_buffer`` events wait for it."""
     unknown = sorted(set(args.events) - EVENT_KINDS)
@@ -294,4 +327,4 @@ def watch(ctx: RequestContext, args: WatchArgs) -> dict[str, Any]:
         )
     kinds = frozenset(args.events)
     ctx.conn.add_watch(ctx.request.id, kinds)
-    return {"watching": sorted(kinds), "buffer": ctx.server.config.watch_buffer}
+    return WatchStarted(watching=sorted(kinds), buffer=ctx.state.config.watch_buffer)

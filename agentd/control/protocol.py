@@ -13,7 +13,7 @@ Imported by agentctl: keep it free of asyncio and the daemon.
 from __future__ import annotations
 
 import struct
-from typing import Any, Final
+from typing import Final, Literal, get_args
 
 import msgspec
 
@@ -22,14 +22,26 @@ __all__ = [
     "DEFAULT_MAX_FRAME",
     "ERROR_CODES",
     "HEADER",
+    "NIL",
     "PROTOCOL_VERSION",
+    "CommandInfo",
+    "Deleted",
+    "ErrorCode",
     "ErrorInfo",
     "Event",
+    "EventKind",
+    "Flushed",
     "FrameBuffer",
     "FrameTooLarge",
+    "HelloInfo",
+    "LoopChange",
     "Message",
+    "Reloaded",
     "Request",
     "Response",
+    "ServerLimits",
+    "StateEvent",
+    "WatchStarted",
     "decode_message",
     "encode_frame",
 ]
@@ -39,8 +51,26 @@ PROTOCOL_VERSION: Final = 1
 HEADER: Final = struct.Struct(">I")
 DEFAULT_MAX_FRAME: Final = 1024 * 1024
 
+ErrorCode = Literal[
+    "bad_frame",
+    "bad_request",
+    "unsupported_version",
+    "unknown_command",
+    "bad_args",
+    "forbidden",
+    "not_found",
+    "conflict",
+    "invalid_config",
+    "unavailable",
+    "busy",
+    "too_large",
+    "failed",
+    "shutting_down",
+    "internal",
+]
+
 #: every ``error.code`` the server sends, with what it means
-ERROR_CODES: Final = {
+ERROR_CODES: Final[dict[ErrorCode, str]] = {
     "bad_frame": "the frame is too large or malformed; the server closes the connection",
     "bad_request": "the frame is not a msgpack map of the request shape",
     "unsupported_version": "the client asked for a protocol version this server does not speak",
@@ -64,8 +94,12 @@ ADMIN_COMMANDS: Final = frozenset(
 )
 
 
+if tuple(ERROR_CODES) != get_args(ErrorCode):  # pragma: no cover - caught at import
+    raise AssertionError("ERROR_CODES and ErrorCode disagree")
+
+
 class ErrorInfo(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc=False):
-    code: str
+    code: ErrorCode
     message: str
     #: extra lines, e.g. one per config validation error for ``invalid_config``
     details: list[str] = []
@@ -76,7 +110,8 @@ class Request(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc=
     #: chosen by the client (an integer or a string), echoed in the response
     id: int | str
     cmd: str
-    args: dict[str, Any] = {}
+    #: validated by the command's args Struct (``object``: any msgpack map until then)
+    args: dict[str, object] = {}
     #: W3C trace context of the caller: ``00-<trace id>-<span id>-<flags>``
     traceparent: str | None = None
 
@@ -84,34 +119,102 @@ class Request(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc=
 class Response(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc=False):
     #: None only when the request's id could not be read (a malformed request)
     id: int | str | None
-    result: Any = msgspec.UNSET
+    #: a reply Struct (model.py, or the small ones below), a list of them, or a string
+    result: object = msgspec.UNSET
     error: ErrorInfo | msgspec.UnsetType = msgspec.UNSET
 
 
+EventKind = Literal["tick", "action", "state"]
+
+
 class Event(msgspec.Struct, frozen=True, kw_only=True, gc=False):
-    """One streamed item of a `watch`: ``id`` is the watch request's id."""
+    """One streamed item of a `watch`: ``id`` is the watch request's id; ``data`` is a
+    `TickReport` (tick), an `ActionResult` (action) or a `StateEvent` (state), pre-encoded
+    once for every watcher."""
 
     id: int | str
-    event: str
-    data: Any
+    event: EventKind
+    data: msgspec.Raw
 
 
 class Message(msgspec.Struct, frozen=True, kw_only=True):
     """Any frame the server sends, as a client decodes it: a response has ``result`` or
-    ``error``; an event has ``event`` and ``data``."""
+    ``error``; an event has ``event`` and ``data``. ``result`` and ``data`` stay raw msgpack
+    until the caller decodes them into the reply Struct it expects."""
 
     id: int | str | None = None
-    result: Any = msgspec.UNSET
+    result: msgspec.Raw | msgspec.UnsetType = msgspec.UNSET
     error: ErrorInfo | msgspec.UnsetType = msgspec.UNSET
+    #: a str, not `EventKind`: a newer server may stream kinds this client skips
     event: str | msgspec.UnsetType = msgspec.UNSET
-    data: Any = None
+    data: msgspec.Raw | msgspec.UnsetType = msgspec.UNSET
 
+
+# -- replies of the control plane's own commands (the daemon's are in agentd/model.py) -------
+class CommandInfo(msgspec.Struct, frozen=True, kw_only=True):
+    role: Literal["none", "read", "admin"]
+    help: str
+
+
+class ServerLimits(msgspec.Struct, frozen=True, kw_only=True):
+    max_frame: int
+    max_connections: int
+    idle_timeout: float
+    watch_buffer: int
+
+
+class HelloInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """``hello``: what this server speaks and what the caller may do."""
+
+    protocol: int
+    server: str
+    pid: int
+    role: Literal["none", "read", "admin"]
+    uid: int
+    commands: dict[str, CommandInfo]
+    limits: ServerLimits
+
+
+class LoopChange(msgspec.Struct, frozen=True, kw_only=True):
+    """``pause`` / ``resume``: the loop's state now, and whether this request changed it."""
+
+    state: Literal["paused", "running"]
+    changed: bool
+
+
+class Reloaded(msgspec.Struct, frozen=True, kw_only=True):
+    reloaded: bool
+    generation: int
+
+
+class Deleted(msgspec.Struct, frozen=True, kw_only=True):
+    deleted: str
+
+
+class Flushed(msgspec.Struct, frozen=True, kw_only=True):
+    flushed: bool
+
+
+class WatchStarted(msgspec.Struct, frozen=True, kw_only=True):
+    watching: list[str]
+    buffer: int
+
+
+class StateEvent(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """A ``state`` watch event; ``generation`` only for ``reloaded``."""
+
+    state: Literal["paused", "running", "reloaded"]
+    generation: int | None = None
+
+
+#: msgpack nil: the raw result of a response that carried none
+NIL: Final = msgspec.Raw(b"\xc0")
 
 _encoder = msgspec.msgpack.Encoder()
 _message_decoder = msgspec.msgpack.Decoder(Message)
 
 
-def encode_frame(message: Any, encoder: msgspec.msgpack.Encoder = _encoder) -> bytes:
+def encode_frame(message: object, encoder: msgspec.msgpack.Encoder = _encoder) -> bytes:
     """One frame: the length header and the msgpack body."""
     buf = bytearray(HEADER.size)
     encoder.encode_into(message, buf, HEADER.size)
@@ -145,6 +248,20 @@ class FrameBuffer:
             del self._buf[: self._pos]
             self._pos = 0
         self._buf += data
+
+    def ready(self) -> bool:
+        """A complete frame is buffered (raises `FrameTooLarge` like `next`)."""
+        buf, pos = self._buf, self._pos
+        if len(buf) - pos < HEADER.size:
+            return False
+        size: int = HEADER.unpack_from(buf, pos)[0]
+        if size > self.max_frame:
+            raise FrameTooLarge(size, self.max_frame)
+        return len(buf) - pos - HEADER.size >= size
+
+    def clear(self) -> None:
+        self._buf.clear()
+        self._pos = 0
 
     def next(self) -> bytes | None:
         """The next complete frame body, or None if more bytes are needed. Raises

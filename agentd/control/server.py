@@ -26,54 +26,26 @@ import os
 import socket
 import stat
 import time
-from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Final
 
 import msgspec
 
-from agentd.control.connection import (
-    FRAMES_PER_TURN,
-    MAX_IN_FLIGHT,
-    ROLE_RANK,
-    Command,
-    CommandError,
-    Connection,
-    Peer,
-    RequestContext,
-    RequestHook,
-    Role,
-)
-from agentd.control.protocol import PROTOCOL_VERSION
+from agentd.control.commands import Command, RequestHook
+from agentd.control.connection import Connection
+from agentd.control.protocol import EventKind
+from agentd.control.state import ServerState
 from agentd.errors import AgentdError
 
 if TYPE_CHECKING:
     from agentd.config import ControlConfig
-    from agentd.facade import DaemonFacade
+    from agentd.control.api import ControlApi
 
-__all__ = [
-    "FRAMES_PER_ITERATION",
-    "FRAMES_PER_TURN",
-    "MAX_IN_FLIGHT",
-    "PROTOCOL_VERSION",
-    "ROLE_RANK",
-    "Command",
-    "CommandError",
-    "Connection",
-    "ControlServer",
-    "ControlStats",
-    "Peer",
-    "RequestContext",
-    "RequestHook",
-    "Role",
-    "activated_socket",
-]
+__all__ = ["ControlServer", "activated_socket"]
 
 log = logging.getLogger("agentd.control")
 
-#: frames handled by all connections together between two turns of the loop's ready queue
-FRAMES_PER_ITERATION: Final = 256
 #: the tick guard: stop reading this long before a deadline (adapts between the bounds)
 GUARD_MIN: Final = 0.002
 GUARD_MAX: Final = 0.006
@@ -84,68 +56,40 @@ SD_LISTEN_FDS_START: Final = 3
 _encoder = msgspec.msgpack.Encoder()
 
 
-class ControlStats(msgspec.Struct, kw_only=True):
-    connections: int = 0
-    connections_total: int = 0
-    connections_refused: int = 0
-    requests: int = 0
-    #: error responses and closed connections by code
-    errors: dict[str, int] = {}
-    idle_closed: int = 0
-    watchers: int = 0
-    watch_dropped: int = 0
-    #: how often and for how long reading was paused ahead of a tick
-    tick_holds: int = 0
-    tick_guard_ms: float = 0.0
-
-
 class ControlServer:
     def __init__(
         self,
-        facade: DaemonFacade,
+        api: ControlApi,
         config: ControlConfig,
         path: Path,
         commands: Mapping[str, Command] | None = None,
+        *,
+        hooks: Sequence[RequestHook] = (),
     ) -> None:
         if commands is None:
             from agentd.control.handlers import COMMANDS
 
             commands = COMMANDS
-        self.facade = facade
+        self.api = api
         self.config = config
         self.path = path
-        #: the command table; other rooms add theirs with `add_command`
-        self.commands: dict[str, Command] = dict(commands)
-        self.hooks: list[RequestHook] = []
-        self.connections: set[Connection] = set()
-        self.watchers: set[Connection] = set()
-        self.errors: Counter[str] = Counter()
-        self.connections_total = 0
-        self.connections_refused = 0
-        self.requests = 0
-        self.idle_closed = 0
-        self.watch_dropped = 0
-        self.tick_holds = 0
-        self.max_frame = config.max_frame
-        self.socket_gid = -1
+        #: shared with every connection (they never see the server)
+        self.state = ServerState(api, config, commands)
+        #: run around every request (telemetry's span per request), given at construction
+        self.state.hooks.extend(hooks)
+        self.state.guard = GUARD_MIN
+        self.state.on_admit = self._admitted
         self.activated = False
-        self.holding = False
-        self.guard = GUARD_MIN
         self._late = 0.0
         self._server: asyncio.AbstractServer | None = None
         self._inode: tuple[int, int] | None = None
-        self._closing = False
         self._arm_handle: asyncio.TimerHandle | asyncio.Handle | None = None
         self._sweeper: asyncio.TimerHandle | None = None
         self._unsubscribe: Callable[[], None] | None = None
-        self._uid = os.geteuid()
-        #: frames left for this loop iteration; refilled by a callback at the next one
-        self.budget = FRAMES_PER_ITERATION
-        self._refill_scheduled = False
 
     # -- extension points --------------------------------------------------------------------
     def add_command(self, command: Command) -> None:
-        self.commands[command.name] = command
+        self.state.commands[command.name] = command
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
@@ -158,15 +102,16 @@ class ControlServer:
             log.info("control socket passed by systemd: %s", self.path)
         else:
             sock = self._bind()
+        state = self.state
         try:
-            self.socket_gid = os.stat(self.path).st_gid
+            state.socket_gid = os.stat(self.path).st_gid
         except OSError:
-            self.socket_gid = os.getegid()
+            state.socket_gid = os.getegid()
         loop = asyncio.get_running_loop()
         self._server = await loop.create_unix_server(
-            lambda: Connection(self), sock=sock, backlog=LISTEN_BACKLOG
+            lambda: Connection(state), sock=sock, backlog=LISTEN_BACKLOG
         )
-        self._unsubscribe = self.facade.subscribe(self._on_event)
+        self._unsubscribe = self.api.subscribe(self._on_event)
         self._schedule_sweep()
         log.debug("control socket listening on %s", self.path)
 
@@ -201,9 +146,9 @@ class ControlServer:
     async def stop(self, timeout: float = 2.0) -> None:
         """Stop accepting, stop reading requests, let requests in flight finish (up to
         ``timeout``), then close every connection and remove the socket."""
-        if self._closing:
+        if self.state.closing:
             return
-        self._closing = True
+        self.state.closing = True
         if self._unsubscribe is not None:
             self._unsubscribe()
         for handle in (self._arm_handle, self._sweeper):
@@ -211,7 +156,7 @@ class ControlServer:
                 handle.cancel()
         if self._server is not None:
             self._server.close()
-        conns = list(self.connections)
+        conns = list(self.state.connections)
         for conn in conns:
             conn.block("stop")
         tasks = {t for c in conns for t in c.tasks}
@@ -242,45 +187,23 @@ class ControlServer:
         except OSError:
             pass
 
-    # -- statistics --------------------------------------------------------------------------
-    def stats(self) -> ControlStats:
-        return ControlStats(
-            connections=len(self.connections),
-            connections_total=self.connections_total,
-            connections_refused=self.connections_refused,
-            requests=self.requests,
-            errors=dict(self.errors),
-            idle_closed=self.idle_closed,
-            watchers=len(self.watchers),
-            watch_dropped=self.watch_dropped,
-            tick_holds=self.tick_holds,
-            tick_guard_ms=round(self.guard * 1e3, 3),
-        )
-
-    # -- authorization -----------------------------------------------------------------------
-    def role_of(self, peer: Peer) -> Role:
-        if peer.uid in (0, self._uid):
-            return "admin"
-        if peer.gid == self.socket_gid or self.socket_gid in _groups_of(peer):
-            return "read"
-        return "none"
-
     # -- the tick guard ----------------------------------------------------------------------
     def arm(self) -> None:
         """Schedule the next hold ahead of the loop's next deadline."""
         if self._arm_handle is not None:
             self._arm_handle.cancel()
             self._arm_handle = None
-        if self._closing or self.holding or not self.connections:
+        state = self.state
+        if state.closing or state.holding or not state.connections:
             return
         loop = asyncio.get_running_loop()
-        deadline = self.facade.next_deadline()
+        deadline = self.api.next_deadline()
         now = time.monotonic()
         if deadline is None:
             # paused or not started yet: look again soon
             self._arm_handle = loop.call_later(0.25, self.arm)
             return
-        guard = min(self.guard, self.facade.interval() / 4)
+        guard = min(state.guard, self.api.interval() / 4)
         start = deadline - guard
         if start <= now:
             self._hold(deadline, min(start, now))
@@ -289,21 +212,22 @@ class ControlServer:
 
     def _hold(self, deadline: float, planned: float) -> None:
         self._arm_handle = None
-        if self._closing or self.facade.next_deadline() != deadline:
+        state = self.state
+        if state.closing or self.api.next_deadline() != deadline:
             self.arm()
             return
         now = time.monotonic()
         # how late this timer fired says how long one busy loop iteration is: keep a decaying
         # maximum and give the guard twice that, within bounds
         self._late = max(now - planned, self._late * 0.9)
-        self.guard = min(GUARD_MAX, max(GUARD_MIN, 2 * self._late + 0.0005))
-        self.holding = True
-        self.tick_holds += 1
-        for conn in self.connections:
+        state.guard = min(GUARD_MAX, max(GUARD_MIN, 2 * self._late + 0.0005))
+        state.holding = True
+        state.tick_holds += 1
+        for conn in state.connections:
             conn.block("hold")
         # released when the tick has run (its event), at the latest max_hold past the deadline
         # (a tick that waits on a slow plugin must not starve the control plane)
-        max_hold = min(MAX_HOLD, self.facade.interval() / 2)
+        max_hold = min(MAX_HOLD, self.api.interval() / 2)
         self._arm_handle = asyncio.get_running_loop().call_later(
             max(0.0, deadline + max_hold - now), self._release
         )
@@ -312,24 +236,25 @@ class ControlServer:
         if self._arm_handle is not None:
             self._arm_handle.cancel()
         self._arm_handle = None
-        self.holding = False
-        for conn in list(self.connections):
+        self.state.holding = False
+        for conn in list(self.state.connections):
             conn.unblock("hold")
         # the next tick's event re-arms; this is the fallback when none comes
-        if not self._closing:
+        if not self.state.closing:
             self._arm_handle = asyncio.get_running_loop().call_later(0.25, self.arm)
 
     # -- events (watch) ----------------------------------------------------------------------
-    def _on_event(self, kind: str, data: Any) -> None:
-        if kind == "tick" and not self._closing:
+    def _on_event(self, kind: EventKind, data: msgspec.Struct) -> None:
+        state = self.state
+        if kind == "tick" and not state.closing:
             # the tick is done: let clients in, and plan the hold for the next one
-            if self.holding:
+            if state.holding:
                 self._release()
             asyncio.get_running_loop().call_soon(self.arm)
-        if not self.watchers:
+        if not state.watchers:
             return
         raw = msgspec.Raw(_encoder.encode(data))
-        for conn in list(self.watchers):
+        for conn in list(state.watchers):
             conn.send_event(kind, raw)
 
     # -- idle connections --------------------------------------------------------------------
@@ -339,70 +264,18 @@ class ControlServer:
 
     def _sweep(self) -> None:
         limit = time.monotonic() - self.config.idle_timeout
-        for conn in list(self.connections):
+        for conn in list(self.state.connections):
             if conn.last_active < limit and not conn.watches and not conn.tasks:
-                self.idle_closed += 1
+                self.state.idle_closed += 1
                 conn.close()
         self._schedule_sweep()
 
-    # -- the per-iteration budget ------------------------------------------------------------
-    def take(self, wanted: int) -> int:
-        """Frames a connection may handle now (0: wait until the loop has had a turn). The
-        budget is refilled by a callback once it runs out, so at most FRAMES_PER_ITERATION
-        frames are handled between two turns of the loop's ready queue."""
-        n = min(wanted, self.budget)
-        self.budget -= n
-        if self.budget == 0 and not self._refill_scheduled:
-            self._refill_scheduled = True
-            # runs before the connections that then wait for it (FIFO)
-            asyncio.get_running_loop().call_soon(self._refill)
-        return n
-
-    def give_back(self, n: int) -> None:
-        self.budget += n
-
-    def _refill(self) -> None:
-        self._refill_scheduled = False
-        self.budget = FRAMES_PER_ITERATION
-
     # -- connection bookkeeping --------------------------------------------------------------
-    def accept(self, conn: Connection) -> bool:
-        if self._closing:
-            return False
-        if len(self.connections) >= self.config.max_connections:
-            self.connections_refused += 1
-            self.errors["busy"] += 1
-            return False
-        self.connections.add(conn)
-        self.connections_total += 1
-        if self.holding:
+    def _admitted(self, conn: Connection) -> None:
+        if self.state.holding:
             conn.block("hold")
         elif self._arm_handle is None:
             self.arm()
-        return True
-
-    def forget(self, conn: Connection) -> None:
-        self.connections.discard(conn)
-        self.watchers.discard(conn)
-
-
-def _groups_of(peer: Peer) -> set[int]:
-    """The peer process's supplementary groups (from /proc; the user's groups as a
-    fallback)."""
-    try:
-        with open(f"/proc/{peer.pid}/status", encoding="ascii", errors="replace") as f:
-            for line in f:
-                if line.startswith("Groups:"):
-                    return {int(g) for g in line.split()[1:]}
-    except (OSError, ValueError):
-        pass
-    try:
-        import pwd
-
-        name = pwd.getpwuid(peer.uid).pw_name
-        return set(os.getgrouplist(name, peer.gid))
-    except (KeyError, OSError):
-        return set()
 
 
 def _remove_stale(path: Path) -> None:

@@ -7,12 +7,16 @@
 from __future__ import annotations
 
 import inspect
+import logging
 import time
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, final
 
 from agentd.plugins.base import SessionAccess
 
-__all__ = ["MemorySessions", "StoreSessions"]
+__all__ = ["Grants", "MemorySessions", "StoreSessions"]
+
+log = logging.getLogger("agentd")
 
 
 @final
@@ -66,6 +70,35 @@ class StoreSessions:
         if inspect.isawaitable(out):
             out = await out
         return bool(out)
+
+
+@final
+class Grants:
+    """The capabilities `PluginSupervisor` passes a plugin for the names in its ``requires``.
+    Sessions go to the store once `use_store` has been called, else to memory (lost at
+    exit)."""
+
+    __slots__ = ("_memory", "_store_sessions")
+
+    def __init__(self) -> None:
+        self._store_sessions: Any = None
+        self._memory: MemorySessions | None = None
+
+    def use_store(self, sessions: Any) -> None:
+        """The store's session API (``Store.sessions``), once the store is open."""
+        self._store_sessions = sessions
+
+    def __call__(self, wanted: Sequence[str]) -> Mapping[str, object]:
+        out: dict[str, object] = {}
+        if "sessions" in wanted:
+            if self._store_sessions is not None:
+                out["sessions"] = StoreSessions(self._store_sessions)
+            else:
+                if self._memory is None:
+                    log.warning("no store: the session actuator keeps sessions in memory only")
+                    self._memory = MemorySessions()
+                out["sessions"] = self._memory
+        return out
 
 
 if TYPE_CHECKING:  # both satisfy the protocol

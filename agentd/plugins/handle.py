@@ -7,16 +7,27 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import math
 import time
 from collections.abc import Mapping
-from typing import Any, final
+from typing import Any, ClassVar
 
-from agentd.config import ActuatorInstance, PluginInstance, PolicyInstance, SensorInstance
+from agentd.config import PluginInstance, SensorCommon
 from agentd.errors import PluginError
-from agentd.model import PluginState, PluginStatus
+from agentd.model import PluginState, PluginStatus, Value
 from agentd.plugins.base import PluginKind, PluginSpec, PolicyState
 
-__all__ = ["DEGRADED_AFTER", "MAX_BACKOFF_FACTOR", "PluginHandle", "build_handle", "kind_of"]
+__all__ = [
+    "DEGRADED_AFTER",
+    "MAX_BACKOFF_FACTOR",
+    "ActuatorRunner",
+    "PluginHandle",
+    "PolicyRunner",
+    "SensorRunner",
+    "build_handle",
+    "check_readings",
+    "wait_call",
+]
 
 log = logging.getLogger("agentd.plugins")
 
@@ -28,31 +39,32 @@ DEGRADED_AFTER = 3
 MAX_BACKOFF_FACTOR = 64
 
 
-@final
 class PluginHandle:
+    """What every kind shares: the instance, its spec and object, health and backoff. One
+    subclass per kind (as Telegraf's ``running_input``/``running_output``) adds what the loop
+    needs of that kind; `agentd.plugins.kinds` maps each kind to its runner type."""
+
     __slots__ = (
         "backoff",
         "calls",
         "config",
         "consecutive_failures",
         "errors",
-        "every",
         "instance",
-        "kind",
         "last_error",
         "name",
-        "next_tick",
         "obj",
-        "pending",
         "period",
-        "policy_state",
         "retry_at",
         "spec",
         "state",
     )
 
-    def __init__(self, kind: PluginKind, instance: PluginInstance, spec: PluginSpec, obj: Any):
-        self.kind = kind
+    kind: ClassVar[PluginKind]
+    #: whether consecutive failures make it `degraded` and back off (a policy never does)
+    degrades: ClassVar[bool] = True
+
+    def __init__(self, instance: PluginInstance, spec: PluginSpec, obj: Any) -> None:
         self.name = instance.name
         self.instance = instance
         self.config = instance.common
@@ -63,22 +75,12 @@ class PluginHandle:
         self.errors = 0
         self.consecutive_failures = 0
         self.last_error: str | None = None
-        #: sensors: poll every N ticks; ``backoff`` multiplies it while degraded
-        self.every = 1
+        #: multiplies the period while degraded
         self.backoff = 1
-        self.next_tick = 0
         #: seconds between two calls when healthy (sensors: every x loop interval; actuators: 1 s)
         self.period = 1.0
-        #: actuators: while degraded, calls before this monotonic time are skipped, not made
+        #: while degraded, calls before this monotonic time are skipped, not made
         self.retry_at = 0.0
-        #: a sensor call still running from an earlier tick (hung); never start a second one
-        self.pending: asyncio.Future[Any] | None = None
-        self.policy_state = PolicyState()
-
-    def set_interval(self, loop_interval: float) -> None:
-        interval = getattr(self.config, "interval", None)
-        self.every = max(1, round(interval / loop_interval)) if interval else 1
-        self.period = self.every * loop_interval
 
     @property
     def max_backoff(self) -> int:
@@ -86,16 +88,6 @@ class PluginHandle:
         if cap is None:
             return MAX_BACKOFF_FACTOR
         return max(1, int(cap / self.period))
-
-    def backing_off(self) -> float:
-        """Actuators: seconds left before a degraded actuator may be called again (0: now)."""
-        return max(0.0, self.retry_at - time.monotonic()) if self.state == "degraded" else 0.0
-
-    def due(self, tick: int) -> bool:
-        return tick >= self.next_tick
-
-    def schedule_next(self, tick: int) -> None:
-        self.next_tick = tick + self.every * self.backoff
 
     def ok(self) -> None:
         self.calls += 1
@@ -116,7 +108,7 @@ class PluginHandle:
         if self.state == "ok":
             self.state = "failing"
             log.error("%s %r is failing: %s", self.kind, self.name, error)
-        if self.kind != "policy" and self.consecutive_failures >= self.config.degraded_after:
+        if self.degrades and self.consecutive_failures >= self.config.degraded_after:
             if self.state != "degraded":
                 self.state = "degraded"
                 log.error(
@@ -159,23 +151,64 @@ class PluginHandle:
         self.state = "stopped"
 
 
-_KIND_OF: dict[type[PluginInstance], PluginKind] = {
-    SensorInstance: "sensor",
-    PolicyInstance: "policy",
-    ActuatorInstance: "actuator",
-}
+class SensorRunner(PluginHandle):
+    """A sensor: polled every N ticks (its own ``interval``), never called twice at once."""
+
+    __slots__ = ("every", "next_tick", "pending")
+    kind: ClassVar[PluginKind] = "sensor"
+
+    def __init__(self, instance: PluginInstance, spec: PluginSpec, obj: Any) -> None:
+        super().__init__(instance, spec, obj)
+        #: poll every N ticks; ``backoff`` multiplies it while degraded
+        self.every = 1
+        self.next_tick = 0
+        #: a call still running from an earlier tick (hung); never start a second one
+        self.pending: asyncio.Future[Any] | None = None
+
+    def set_interval(self, loop_interval: float) -> None:
+        common = self.instance.common
+        interval = common.interval if isinstance(common, SensorCommon) else None
+        self.every = max(1, round(interval / loop_interval)) if interval else 1
+        self.period = self.every * loop_interval
+
+    def due(self, tick: int) -> bool:
+        return tick >= self.next_tick
+
+    def schedule_next(self, tick: int) -> None:
+        self.next_tick = tick + self.every * self.backoff
 
 
-def kind_of(instance: PluginInstance) -> PluginKind:
-    return _KIND_OF[type(instance)]
+class PolicyRunner(PluginHandle):
+    """A policy: its memory (``policy_state``) lives here, across ticks and reloads."""
+
+    __slots__ = ("policy_state",)
+    kind: ClassVar[PluginKind] = "policy"
+    degrades: ClassVar[bool] = False
+
+    def __init__(self, instance: PluginInstance, spec: PluginSpec, obj: Any) -> None:
+        super().__init__(instance, spec, obj)
+        self.policy_state = PolicyState()
+
+
+class ActuatorRunner(PluginHandle):
+    """An actuator: a degraded one is left alone until its backoff ends."""
+
+    __slots__ = ()
+    kind: ClassVar[PluginKind] = "actuator"
+
+    def backing_off(self) -> float:
+        """Seconds left before a degraded actuator may be called again (0: now)."""
+        return max(0.0, self.retry_at - time.monotonic()) if self.state == "degraded" else 0.0
 
 
 def build_handle(
-    instance: PluginInstance, spec: PluginSpec, capabilities: Mapping[str, Any] | None = None
+    runner: type[PluginHandle],
+    instance: PluginInstance,
+    spec: PluginSpec,
+    capabilities: Mapping[str, Any] | None = None,
 ) -> PluginHandle:
     """Instantiate a plugin from its validated config, passing it the capabilities it declared
     in ``spec.requires`` (and nothing else); errors name the instance."""
-    kind = kind_of(instance)
     granted: dict[str, Any] = {}
     for need in spec.requires:
         if capabilities is None or capabilities.get(need) is None:
@@ -189,4 +222,40 @@ def build_handle(
         raise PluginError(
             instance.name, f"cannot be built: {type(exc).__name__}: {exc}", spec.origin
         ) from exc
-    return PluginHandle(kind, instance, spec, obj)
+    return runner(instance, spec, obj)
+
+
+_VALUE_TYPES = (float, int, bool, str)
+
+
+async def wait_call(fut: asyncio.Future[Any], timeout: float, nominal: float) -> str | None:
+    """Wait for a plugin call; None when it finished without raising, else the error line.
+    A call that times out is cancelled; if it cannot be (a hung thread) it stays `pending` and
+    no second call to that plugin is started."""
+    if not fut.done():
+        await asyncio.wait((fut,), timeout=timeout)
+    if not fut.done():
+        fut.cancel()
+        return f"timed out after {nominal:.3g}s"
+    if fut.cancelled():
+        return "cancelled"
+    exc = fut.exception()
+    if exc is not None:
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def check_readings(value: object) -> tuple[str | None, dict[str, Value]]:
+    if not isinstance(value, Mapping):
+        return f"returned {type(value).__name__}, expected a mapping of metric to value", {}
+    out: dict[str, Value] = {}
+    for k, v in value.items():
+        if not isinstance(k, str) or not isinstance(v, _VALUE_TYPES):
+            return (
+                f"returned a bad reading {k!r}: {type(v).__name__} "
+                "(expected a number, bool or string)"
+            ), {}
+        if isinstance(v, float) and not math.isfinite(v):
+            return f"returned a non-finite reading {k!r}: {v}", {}
+        out[k] = v
+    return None, out

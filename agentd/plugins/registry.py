@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from importlib import metadata
 from typing import Any, final
 
@@ -18,18 +18,20 @@ import msgspec
 
 from agentd.errors import PluginError
 from agentd.plugins.base import CAPABILITIES, PluginKind, PluginSpec
+from agentd.plugins.kinds import BY_KIND, KINDS, Kind
 
 __all__ = ["ENTRY_POINT_GROUP", "Registry", "default_registry"]
 
 ENTRY_POINT_GROUP = "agentd.plugins"
-_METHOD = {"sensor": "perceive", "policy": "decide", "actuator": "act"}
+_KIND_NAMES: tuple[PluginKind, ...] = tuple(k.name for k in KINDS)
 log = logging.getLogger("agentd.plugins")
 
 
 @final
 class Registry:
     """Plugin specs by kind and name (a sensor and an actuator may share a name, like the
-    built-in ``file`` ones). ``problems`` lists third-party plugins that were skipped."""
+    built-in ``file`` ones). ``problems`` lists third-party plugins that were skipped. It is
+    the `PluginCatalog` the config is validated through (`kinds`, `schema`, `known`)."""
 
     __slots__ = ("_blocked", "_failed", "_specs", "problems")
 
@@ -44,7 +46,8 @@ class Registry:
         if not isinstance(spec, PluginSpec):
             raise PluginError(repr(spec)[:60], "is not a PluginSpec", "?")
         where = spec.origin
-        if spec.kind not in _METHOD:
+        kind = BY_KIND.get(spec.kind)
+        if kind is None:
             raise PluginError(spec.name, f"unknown kind {spec.kind!r}", where)
         if not spec.name or not spec.name.replace("_", "").replace("-", "").isalnum():
             raise PluginError(spec.name, "plugin names use letters, digits, '_' and '-'", where)
@@ -57,7 +60,7 @@ class Registry:
             isinstance(spec.config_type, type) and issubclass(spec.config_type, msgspec.Struct)
         ):
             raise PluginError(spec.name, "config_type is not a msgspec.Struct", where)
-        method = _METHOD[spec.kind]
+        method = kind.method
         target = spec.factory
         if not callable(target):
             raise PluginError(spec.name, "factory is not callable", where)
@@ -70,7 +73,7 @@ class Registry:
                     f"(no {method}() method)",
                     where,
                 )
-            if spec.kind != "policy" and not inspect.iscoroutinefunction(impl):
+            if kind.coroutine and not inspect.iscoroutinefunction(impl):
                 raise PluginError(
                     spec.name,
                     f"{target.__name__}.{method}() must be `async def` (the {spec.kind} protocol)",
@@ -85,8 +88,8 @@ class Registry:
         for action, params in spec.actions.items():
             if not (isinstance(params, type) and issubclass(params, msgspec.Struct)):
                 raise PluginError(spec.name, f"params of action {action!r} is not a Struct", where)
-        if spec.kind == "actuator" and not spec.actions:
-            raise PluginError(spec.name, "an actuator must declare at least one action", where)
+        if kind.needs_actions and not spec.actions:
+            raise PluginError(spec.name, f"an {kind.name} must declare at least one action", where)
         self._specs[spec.kind, spec.name] = spec
 
     def find(self, name: str, kind: PluginKind | None = None) -> PluginSpec | None:
@@ -94,14 +97,14 @@ class Registry:
         actuator). None if unknown or blocked."""
         if name in self._blocked:
             return None
-        for k in (kind,) if kind else _METHOD:
+        for k in (kind,) if kind else _KIND_NAMES:
             spec = self._specs.get((k, name))
             if spec is not None:
                 return spec
         return None
 
     def find_all(self, name: str) -> list[PluginSpec]:
-        return [s for k in _METHOD if (s := self.find(name, k)) is not None]  # type: ignore[arg-type]
+        return [s for k in _KIND_NAMES if (s := self.find(name, k)) is not None]
 
     def get(self, name: str, kind: PluginKind | None = None) -> PluginSpec:
         spec = self.find(name, kind)
@@ -121,8 +124,22 @@ class Registry:
     def specs(self) -> list[PluginSpec]:
         return sorted(
             (s for s in self._specs.values() if s.name not in self._blocked),
-            key=lambda s: (s.name, list(_METHOD).index(s.kind)),
+            key=lambda s: (s.name, _KIND_NAMES.index(s.kind)),
         )
+
+    # -- the PluginCatalog the config is validated through -----------------------------------
+    def kinds(self) -> Sequence[Kind]:
+        return KINDS
+
+    def schema(self, name: str, kind: str | None = None) -> PluginSpec | None:
+        if kind is None:
+            return self.find(name)
+        k = BY_KIND.get(kind)
+        return None if k is None else self.find(name, k.name)
+
+    def known(self, kind: str) -> list[str]:
+        k = BY_KIND.get(kind)
+        return [] if k is None else self.names(k.name)
 
     def load_entry_points(self, group: str = ENTRY_POINT_GROUP) -> None:
         """Register third-party plugins; failures go to ``problems`` (and the log), not up."""

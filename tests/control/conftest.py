@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.control.helpers import TESTPLUGINS, Agent, config
+from tests.control.inprocess import Served, ServedThread
 from tests.utils import short_tmpdir
 
 
@@ -20,3 +21,11 @@ def agent() -> Iterator[Agent]:
             yield a
             assert a.stop() == 0
         assert "Traceback" not in a.log()
+
+
+@pytest.fixture
+def served() -> Iterator[Served]:
+    """A real ControlServer on a real socket in this process (tests/control/inprocess.py):
+    for protocol and handler tests that need no daemon process."""
+    with short_tmpdir() as base, ServedThread(base / "run") as s:
+        yield s

@@ -269,7 +269,7 @@ def test_not_running(short_tmp: Path) -> None:
 
 def test_agentctl_imports_stay_light() -> None:
     code = (
-        "import sys, agentd.ctl; "
+        "import sys, agentd.cli.main, agentd.cli.agentctl; "
         "heavy = [m for m in ('asyncio', 'uvloop', 'aiosqlite', 'opentelemetry', "
         "'agentd.daemon', 'agentd.store', 'psutil') if m in sys.modules]; print(heavy)"
     )

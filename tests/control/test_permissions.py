@@ -52,7 +52,7 @@ def users() -> Iterator[None]:
 
 def agentctl_as(user: str, *argv: str) -> tuple[int, str, str]:
     """Run ``agentctl ARGV`` as ``user`` (with its groups) in a forked child."""
-    from agentd import ctl
+    from agentd.cli import agentctl
 
     pw = pwd.getpwnam(user)
     out_r, out_w = os.pipe()
@@ -68,7 +68,7 @@ def agentctl_as(user: str, *argv: str) -> tuple[int, str, str]:
             os.setgroups(os.getgrouplist(user, pw.pw_gid))
             os.setgid(pw.pw_gid)
             os.setuid(pw.pw_uid)
-            code = ctl.main(list(argv))
+            code = agentctl.main(list(argv))
             sys.stdout.flush()
             sys.stderr.flush()
         finally:

@@ -1,8 +1,11 @@
 """The server against raw frames from a real socket: bad input answered and counted, limits,
-pipelining, the stale/live socket rules, socket activation, cleanup at shutdown."""
+pipelining (in process: tests/control/inprocess.py), the stale/live socket rules, socket
+activation, cleanup at shutdown (a real agentd)."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
 import signal
 import socket
@@ -12,18 +15,29 @@ import sys
 import time
 from pathlib import Path
 
+import msgspec
 import pytest
 
+from agentd.control.protocol import FrameBuffer, Message, StateEvent, encode_frame
+from agentd.model import TickReport
 from tests.control.helpers import TESTPLUGINS, Agent, Raw, config, frame, wait_ticks
+from tests.control.inprocess import CONFIG, Served, ServedThread, run_server
 from tests.utils import wait_for
 
 
-def _errors(agent: Agent) -> dict[str, int]:
+def _errors(agent: Agent | Served) -> dict[str, int]:
     errors: dict[str, int] = agent.call("status")["control"]["errors"]
     return errors
 
 
-def test_bad_input_is_answered_counted_and_harmless(agent: Agent) -> None:
+def _tracebacks(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.exc_info]
+
+
+def test_bad_input_is_answered_counted_and_harmless(
+    served: Served, caplog: pytest.LogCaptureFixture
+) -> None:
+    agent = served
     before = _errors(agent)
     with Raw(agent.socket) as raw:
         # not msgpack at all (0xc1 is never used in msgpack)
@@ -83,10 +97,11 @@ def test_bad_input_is_answered_counted_and_harmless(agent: Agent) -> None:
     assert after["bad_request"] - before.get("bad_request", 0) == 4
     assert after["unknown_command"] - before.get("unknown_command", 0) == 1
     assert after["bad_args"] - before.get("bad_args", 0) == 1
-    assert "Traceback" not in agent.log()
+    assert not _tracebacks(caplog)
 
 
-def test_pipelined_requests_are_all_answered_in_order(agent: Agent) -> None:
+def test_pipelined_requests_are_all_answered_in_order(served: Served) -> None:
+    agent = served
     with Raw(agent.socket) as raw:
         raw.send(b"".join(frame({"id": i, "cmd": "ping"}) for i in range(1000)))
         ids = []
@@ -103,10 +118,8 @@ def test_pipelined_requests_are_all_answered_in_order(agent: Agent) -> None:
 
 
 def test_limits_connections_and_idle_timeout(short_tmp: Path) -> None:
-    control = "max_connections = 3\nidle_timeout = 0.5"
-    with Agent(short_tmp, config(short_tmp, control=control), argv=TESTPLUGINS) as agent:
-        agent.ready()
-        time.sleep(1.5)  # let the readiness probes' connections close
+    control = "[control]\nmax_connections = 3\nidle_timeout = 0.5\n"
+    with ServedThread(short_tmp / "run", CONFIG + control) as agent:
         held = [Raw(agent.socket) for _ in range(3)]
         try:
             assert held[0].call("ping") == "pong"
@@ -126,7 +139,6 @@ def test_limits_connections_and_idle_timeout(short_tmp: Path) -> None:
         finally:
             for raw in held:
                 raw.sock.close()
-        assert agent.stop() == 0
 
 
 def test_socket_mode_stale_socket_and_cleanup(short_tmp: Path) -> None:
@@ -265,10 +277,10 @@ def test_shutdown_answers_requests_in_flight(short_tmp: Path) -> None:
         assert agent.proc.wait(20) == 0
 
 
-def test_client_module_roundtrip(agent: Agent) -> None:
+def test_client_module_roundtrip(served: Served) -> None:
     from agentd.control.client import Client, RemoteError
 
-    with Client(agent.socket) as c:
+    with Client(served.socket) as c:
         ids = c.send_many([("ping", None), ("plugins", None), ("ping", None)])
         results = [c.result(c.wait(i)) for i in reversed(ids)]
         assert results[0] == results[2] == "pong"
@@ -276,4 +288,37 @@ def test_client_module_roundtrip(agent: Agent) -> None:
         with pytest.raises(RemoteError) as caught:
             c.call("plugin", {"name": "nope"})
         assert caught.value.code == "not_found"
-        assert c.hello()["protocol"] == 1
+        assert c.hello().protocol == 1
+
+
+async def test_watch_streams_typed_events(short_tmp: Path) -> None:
+    """The async form of the fixture: a watcher on a real socket gets each tick as a
+    `TickReport` and a pause as a `StateEvent`, decoded from the frames the server sent."""
+    async with run_server(short_tmp / "run") as served:
+        reader, writer = await asyncio.open_unix_connection(str(served.socket))
+        frames = FrameBuffer()
+
+        async def next_message() -> Message:
+            while (body := frames.next()) is None:
+                frames.feed(await asyncio.wait_for(reader.read(65536), 5))
+            return msgspec.msgpack.decode(body, type=Message)
+
+        writer.write(encode_frame({"id": 1, "cmd": "watch", "args": {"events": ["tick", "state"]}}))
+        reply = await next_message()
+        assert reply.id == 1
+        assert msgspec.msgpack.decode(reply.result) == {
+            "watching": ["state", "tick"],
+            "buffer": 1000,
+        }
+        event = await next_message()
+        assert event.event == "tick"
+        tick = msgspec.msgpack.decode(event.data, type=TickReport)
+        assert tick.tick >= 1
+        assert "system" in tick.observation.readings
+        assert served.api.pause() is True
+        while (event := await next_message()).event == "tick":
+            pass
+        assert event.event == "state"
+        assert msgspec.msgpack.decode(event.data, type=StateEvent) == StateEvent(state="paused")
+        writer.close()
+        await writer.wait_closed()

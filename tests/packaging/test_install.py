@@ -100,7 +100,7 @@ def test_install_upgrade_rollback_uninstall_purge(frozen_dir: Path, short_tmp: P
     (state / "agentd.db").write_bytes(b"state")
     second = _install(image, "--binary", str(binary), "--prefix", "/opt/agentd")
     assert second.returncode == 0, second.stderr
-    assert "kept /etc/agentd/agentd.toml" in second.stdout
+    assert f"kept {image}/etc/agentd/agentd.toml" in second.stdout  # paths under the root
     assert "created user" not in second.stdout
     assert config.read_text().endswith("# edited\n")
     assert (state / "agentd.db").read_bytes() == b"state"
@@ -144,3 +144,23 @@ def test_install_refuses_a_missing_binary(short_tmp: Path) -> None:
         f"install.sh: no binary at {short_tmp / 'nope'} (build it: packaging/build.sh)"
     )
     assert _entry(image, "passwd", "agentd") is None  # nothing half-done
+
+
+def test_install_into_an_empty_directory(short_tmp: Path) -> None:
+    """`--root DIR` on a directory with no /etc at all (an image being assembled): install.sh
+    starts the account files itself instead of failing in groupadd ("cannot lock /etc/group"),
+    and every path it prints is under DIR."""
+    image = short_tmp / "empty"
+    image.mkdir()
+    binary = short_tmp / "agentd"
+    binary.write_text("#!/bin/sh\necho agentd 0.0.0\n")
+    binary.chmod(0o755)
+    result = _install(image, "--binary", str(binary))
+    assert result.returncode == 0, result.stderr
+    assert "cannot lock" not in result.stderr
+    assert _entry(image, "passwd", "agentd") is not None
+    assert _entry(image, "group", "agentd") is not None
+    assert _entry(image, "passwd", "root") is not None
+    assert (image / "usr/local/bin/agentd").read_bytes() == binary.read_bytes()
+    assert f"installed agentd 0.0.0 as {image}/usr/local/bin/agentd" in result.stdout
+    assert f"wrote {image}/etc/agentd/agentd.toml" in result.stdout

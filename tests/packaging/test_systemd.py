@@ -77,15 +77,16 @@ def test_watchdog_period_is_for_this_process_only() -> None:
 
 async def test_ready_after_first_tick_and_reloads_pair_up(short_tmp: Path) -> None:
     with NotifySocket(str(short_tmp / "n.sock")) as sock:
+        sd = ServiceNotifier(Notifier(sock.address), describe=lambda: "plugins 1/1 ok")
         loop = PerceptionLoop(
             LoopSettings(interval=0.05),
             sensors={"c": handle("sensor", "c", Counter())},
             policies={},
             actuators={},
+            observers=[sd],
         )
-        sd = ServiceNotifier(Notifier(sock.address), loop, describe=lambda: "plugins 1/1 ok")
         runner = asyncio.create_task(loop.run())
-        notify = asyncio.create_task(sd.run())
+        notify = asyncio.create_task(sd.run(loop))
         try:
             async with asyncio.timeout(10):
                 while not (found := [m for m in sock.drain() if "READY=1" in m]):
@@ -131,9 +132,10 @@ def test_a_far_first_tick_extends_the_start_timeout(short_tmp: Path) -> None:
 async def test_a_repeated_sigterm_is_one_stop_a_later_one_forces(short_tmp: Path) -> None:
     from agentd.config import loads
     from agentd.daemon import DUPLICATE_SIGNAL_WINDOW, Daemon, DaemonOptions
+    from agentd.plugins.registry import default_registry
 
     daemon = Daemon(
-        loads("[sensors.system]\n"),
+        loads("[sensors.system]\n", default_registry),
         DaemonOptions(state_dir=str(short_tmp / "s"), runtime_dir=str(short_tmp / "r")),
     )
     daemon.handle_exit(signal.SIGTERM)

@@ -40,7 +40,17 @@ class Hang:
         await asyncio.sleep(3600)
 
 
-def runner(*handles, concurrency: int = 8, **kw) -> ActionRunner:  # type: ignore[no-untyped-def]
+class Ledger:
+    """A key ledger from two plain or async functions, as the store provides one."""
+
+    def __init__(self, seen, claimed=None) -> None:  # type: ignore[no-untyped-def]
+        self.key_seen = seen
+        self.claim_key = claimed or (lambda actuator, key: None)
+
+
+def runner(*handles, concurrency: int = 8, key_seen=None, key_claimed=None, **kw) -> ActionRunner:  # type: ignore[no-untyped-def]
+    if key_seen is not None:
+        kw["ledger"] = Ledger(key_seen, key_claimed)
     return ActionRunner({h.name: h for h in handles}, 1.0, concurrency, **kw)
 
 
@@ -247,10 +257,12 @@ async def test_sensor_backoff_is_capped_by_max_interval() -> None:
 
 
 async def test_manual_results_reach_the_manual_sinks_tick_results_do_not() -> None:
-    r = runner(handle("actuator", "a", Recorder()))
     seen: list[tuple[str, int | None]] = []
-    r.manual_sinks.append(lambda res: seen.append((res.status, res.tick)))
-    r.manual_sinks.append(lambda res: 1 / 0)  # a broken sink loses nobody their result
+    sinks = [
+        lambda res: seen.append((res.status, res.tick)),
+        lambda res: 1 / 0,  # a broken sink loses nobody their result
+    ]
+    r = runner(handle("actuator", "a", Recorder()), manual_sinks=sinks)
     assert (await r.run(Action(actuator="a", name="go"))).status == "ok"
     assert (await r.run(Action(actuator="nope", name="go"))).status == "rejected"
     assert (await r.run(Action(actuator="a", name="go"), tick=7)).status == "ok"

@@ -18,7 +18,7 @@ from agentd.config import ActuatorCommon, ActuatorInstance
 from agentd.model import Action
 from agentd.plugins.builtin import exec_actuator, file_actuator, session, webhook
 from agentd.plugins.capabilities import MemorySessions
-from agentd.plugins.handle import build_handle
+from agentd.plugins.handle import ActuatorRunner, build_handle
 from tests.utils import self_signed_cert
 
 PY = sys.executable
@@ -35,7 +35,7 @@ def runner(module, name: str = "a", capabilities=None, **raw: Any) -> ActionRunn
         config=msgspec.convert(own, module.SPEC.config_type),
         raw=raw,
     )
-    h = build_handle(inst, module.SPEC, capabilities)
+    h = build_handle(ActuatorRunner, inst, module.SPEC, capabilities)
     return ActionRunner({name: h}, 5.0)
 
 

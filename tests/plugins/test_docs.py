@@ -9,6 +9,7 @@ import pytest
 
 from agentd import config as cfg
 from agentd.plugins.builtin import BUILTINS
+from agentd.plugins.registry import default_registry
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "plugins.md"
 BLOCKS = [b for b in re.findall(r"```toml\n(.*?)```", DOC.read_text(), re.S) if "[project" not in b]
@@ -21,7 +22,7 @@ def test_config_example_is_valid(block: str) -> None:
         text += "\n[sensors.system]\n"
     if 'actuator = "log"' in text and "[actuators.log]" not in text:
         text += "\n[actuators.log]\n"
-    conf = cfg.loads(text)
+    conf = cfg.loads(text, default_registry)
     assert list(conf.instances())
 
 

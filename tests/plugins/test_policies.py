@@ -140,3 +140,66 @@ def test_idempotency_keys_differ_between_policies_and_restarts() -> None:
     th = policy(threshold, metric="t.temp", above=70.0)
     first = th.decide(o, PolicyState())[0].key
     assert first != th.decide(obs(5, wall=9000.0, t={"temp": 80.0}), PolicyState())[0].key
+
+
+# -- a sensor read less often than every tick -------------------------------------------------
+# A sensor with `interval = 3 * agent.interval` appears in the observation one tick in three;
+# on the other ticks its metric is missing. "A reading missing this tick neither fires nor
+# clears": every policy must count its streak over the readings, not over the ticks.
+def _slow(values: list[float], every: int = 3) -> list[Observation]:
+    """The readings of a slow sensor `w.temp`, one every ``every`` ticks."""
+    out = []
+    for i, v in enumerate(values):
+        for j in range(every):
+            tick = i * every + j + 1
+            out.append(obs(tick, w={"temp": v}) if j == 0 else obs(tick))
+    return out
+
+
+def test_rules_for_ticks_counts_readings_of_a_slow_sensor() -> None:
+    p = policy(
+        rules,
+        conditions=[{"metric": "w.temp", "op": ">", "value": 30.0}],
+        for_ticks=3,
+        actuator="log",
+        action="hot",
+    )
+    st = PolicyState()
+    out = run(p, st, _slow([35.0, 36.0, 37.0, 38.0]))
+    fired = [o.tick for o, acts in zip(_slow([35.0, 36.0, 37.0, 38.0]), out, strict=True) if acts]
+    # the third reading above 30 (tick 7) fires; the missing ticks between kept the streak
+    assert fired == [7]
+
+
+def test_rules_a_reading_below_still_resets_the_streak_of_a_slow_sensor() -> None:
+    p = policy(
+        rules,
+        conditions=[{"metric": "w.temp", "op": ">", "value": 30.0}],
+        for_ticks=3,
+        actuator="log",
+        action="hot",
+    )
+    st = PolicyState()
+    out = run(p, st, _slow([35.0, 36.0, 20.0, 37.0, 38.0]))
+    assert not any(out)
+    assert st["count"] == 2
+
+
+def test_threshold_for_ticks_counts_readings_of_a_slow_sensor() -> None:
+    p = policy(threshold, metric="w.temp", above=30.0, for_ticks=3, actuator="log")
+    st = PolicyState()
+    series = _slow([35.0, 36.0, 37.0, 38.0])
+    out = run(p, st, series)
+    assert [o.tick for o, acts in zip(series, out, strict=True) if acts] == [7]
+
+
+def test_rate_over_a_slow_sensor_uses_its_readings_only() -> None:
+    # +10 per reading, one reading every 3 s: 3.33/s; the missing ticks add no samples
+    p = policy(rate, metric="w.temp", window=9.0, above=3.0, actuator="log", action="fast")
+    st = PolicyState()
+    series = _slow([0.0, 10.0, 20.0, 30.0, 40.0])
+    out = run(p, st, series)
+    fired = [o.tick for o, acts in zip(series, out, strict=True) if acts]
+    assert fired == [7]
+    assert len(st["samples"]) <= 4
+    assert st["rate"] == pytest.approx(10 / 3)

@@ -8,7 +8,7 @@ from pathlib import Path
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
-from agentd.otel import FileSpanExporter, RotatingFile
+from agentd.telemetry.export import FileSpanExporter, RotatingFile
 
 
 def test_rotation_keeps_the_files_and_the_total_bounded(tmp_path: Path) -> None:

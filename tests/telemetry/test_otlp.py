@@ -25,6 +25,7 @@ from agentd.config import TelemetryConfig, TelemetryOtlpConfig, loads
 from agentd.errors import ConfigError
 from agentd.loop import LoopSettings, PerceptionLoop
 from agentd.model import Action, Observation
+from agentd.plugins.registry import default_registry
 from agentd.telemetry import Telemetry
 from tests.utils import handle
 
@@ -44,18 +45,21 @@ class Actuator:
         return None
 
 
-def _loop(interval: float) -> PerceptionLoop:
-    return PerceptionLoop(
+def _loop(interval: float, tel: Telemetry, observers: tuple = ()) -> PerceptionLoop:  # type: ignore[type-arg]
+    loop = PerceptionLoop(
         LoopSettings(interval=interval),
         {"s": handle("sensor", "s", Sensor())},
         {"p": handle("policy", "p", Policy())},
         {"out": handle("actuator", "out", Actuator())},
+        observers=observers,
+        tracer=tel,
+        action_hook=tel.run_action,
     )
+    tel.observe(loop, tuple)
+    return loop
 
 
-def _telemetry(
-    loop: PerceptionLoop, state: Path, max_queue: int = 2048, **otlp: object
-) -> Telemetry:
+def _telemetry(state: Path, max_queue: int = 2048, **otlp: object) -> Telemetry:
     config = TelemetryConfig(
         exporter="otlp",
         tick_sample_ratio=1.0,
@@ -63,11 +67,7 @@ def _telemetry(
         batch_size=4,
         otlp=TelemetryOtlpConfig(**otlp),  # type: ignore[arg-type]
     )
-    tel = Telemetry(config, state)
-    tel.loop = loop
-    loop.telemetry = tel
-    loop.actions.hook = tel.run_action
-    return tel
+    return Telemetry(config, state)
 
 
 class Collector:
@@ -139,9 +139,9 @@ def blackhole() -> Iterator[str]:
 
 
 async def test_spans_and_metrics_reach_a_real_collector(tmp_path: Path) -> None:
-    loop = _loop(0.5)
     with Collector() as collector:
-        tel = _telemetry(loop, tmp_path, endpoint=collector.endpoint + "/", timeout=5.0)
+        tel = _telemetry(tmp_path, endpoint=collector.endpoint + "/", timeout=5.0)
+        loop = _loop(0.5, tel)
         for _ in range(5):
             await loop.tick_now()
         assert await asyncio.to_thread(tel.shutdown, 10.0)
@@ -164,16 +164,19 @@ async def test_collector_down_costs_counted_drops_not_loop_time(
     tmp_path: Path, blackhole: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     interval = 0.02
-    loop = _loop(interval)
-    tel = _telemetry(loop, tmp_path, max_queue=16, endpoint=blackhole, timeout=1.0)
+    tel = _telemetry(tmp_path, max_queue=16, endpoint=blackhole, timeout=1.0)
     totals: list[float] = []
     queued: list[int] = []
 
-    def sink(report: object) -> None:
-        totals.append(report.timings.total)  # type: ignore[attr-defined]
-        queued.append(tel.spans_queued)
+    class Sink:
+        def on_tick(self, report: object) -> None:
+            totals.append(report.timings.total)  # type: ignore[attr-defined]
+            queued.append(tel.spans_queued)
 
-    loop.sinks.append(sink)
+        def on_late_result(self, result: object) -> None:
+            pass
+
+    loop = _loop(interval, tel, observers=(Sink(),))
     task = asyncio.create_task(loop.run())
     run_for = 2.0
     await asyncio.sleep(run_for)
@@ -213,6 +216,6 @@ def test_without_the_otlp_extra_the_error_is_one_line(
     Telemetry(TelemetryConfig(exporter="file"), tmp_path).shutdown(5.0)
     # and `agentd check-config` says the same before anything starts
     with pytest.raises(ConfigError) as checked:
-        loads('[telemetry]\nexporter = "otlp"\n[sensors.system]\n')
+        loads('[telemetry]\nexporter = "otlp"\n[sensors.system]\n', default_registry)
     assert checked.value.errors == [str(caught.value)]
-    loads('[telemetry]\nexporter = "file"\n[sensors.system]\n')
+    loads('[telemetry]\nexporter = "file"\n[sensors.system]\n', default_registry)

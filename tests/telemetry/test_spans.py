@@ -64,12 +64,6 @@ def make(tmp_path: Path, spans: InMemorySpanExporter) -> Iterator:
     def build(
         sensors: dict, policies: dict, actuators: dict, ratio: float = 1.0, **kw: object
     ) -> tuple[PerceptionLoop, Telemetry, InMemoryMetricReader]:
-        loop = PerceptionLoop(
-            LoopSettings(interval=0.5),
-            {n: handle("sensor", n, o) for n, o in sensors.items()},
-            {n: handle("policy", n, o) for n, o in policies.items()},
-            {n: handle("actuator", n, o, **kw) for n, o in actuators.items()},
-        )
         reader = InMemoryMetricReader()
         tel = Telemetry(
             TelemetryConfig(tick_sample_ratio=ratio),
@@ -77,10 +71,15 @@ def make(tmp_path: Path, spans: InMemorySpanExporter) -> Iterator:
             span_processors=[SimpleSpanProcessor(spans)],
             metric_readers=[reader],
         )
-        tel.loop = loop
-        tel.handles = lambda: [*loop.sensors.values(), *loop.policies.values()]
-        loop.telemetry = tel
-        loop.actions.hook = tel.run_action
+        loop = PerceptionLoop(
+            LoopSettings(interval=0.5),
+            {n: handle("sensor", n, o) for n, o in sensors.items()},
+            {n: handle("policy", n, o) for n, o in policies.items()},
+            {n: handle("actuator", n, o, **kw) for n, o in actuators.items()},
+            tracer=tel,
+            action_hook=tel.run_action,
+        )
+        tel.observe(loop, lambda: [*loop.sensors.values(), *loop.policies.values()])
         made.append(tel)
         return loop, tel, reader
 

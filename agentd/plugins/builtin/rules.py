@@ -106,7 +106,14 @@ class RulesPolicy:
             return actions
         held = [self._holds(cond, v) for cond, v in zip(c.conditions, values, strict=True)]
         count = int(state.get("count", 0))
-        count = count + 1 if joined(h is True for h in held) else 0
+        if joined(h is True for h in held):
+            count += 1
+        elif None in held and not (c.match == "all" and False in held):
+            # a reading missing this tick (a sensor read less often than every tick) keeps the
+            # streak as it is: only a reading that breaks the condition resets it
+            return []
+        else:
+            count = 0
         state["count"] = count
         last = float(state.get("last_fired", 0.0))
         if count >= c.for_ticks and observation.wall - last >= c.cooldown:

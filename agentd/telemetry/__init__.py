@@ -24,12 +24,11 @@ import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, final
 
 import psutil
-from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.sdk.metrics import AlwaysOffExemplarFilter, MeterProvider
@@ -38,73 +37,44 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SpanExporter
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON
-from opentelemetry.trace import NonRecordingSpan, SpanContext, Status, StatusCode, TraceFlags
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from agentd import __version__
 from agentd.config import TelemetryConfig
-from agentd.model import Action, ActionResult, MetricPoint, TickReport
-from agentd.otel import (
+from agentd.model import MetricPoint
+from agentd.telemetry.export import (
     BoundedSpanProcessor,
-    ExportingReader,
     ExportState,
     FileMetricExporter,
     FileSpanExporter,
-    InProcessReader,
-    Points,
     PresetIds,
-    Produced,
     RotatingFile,
     WatchedMetricExporter,
-    metric_points,
     otlp_exporters,
 )
+from agentd.telemetry.metrics import (
+    ExportingReader,
+    InProcessReader,
+    Points,
+    Produced,
+    metric_points,
+)
+from agentd.telemetry.spans import LoopFigures, TickRecorder, TickSpans
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import SpanProcessor
 
-    from agentd.loop import PerceptionLoop
     from agentd.plugins.handle import PluginHandle
 
-__all__ = ["Telemetry", "TickRecorder", "metric_points"]
+__all__ = ["LoopFigures", "Telemetry", "TickRecorder", "metric_points"]
 
 log = logging.getLogger("agentd.telemetry")
 
 _NOT_OK: Final = frozenset({"failed", "timeout", "rejected"})
 
 
-# -- what the loop and the control plane call ------------------------------------------------
 @final
-class TickRecorder:
-    """One tick's notes, kept only while telemetry traces: the ids its context carries, and a
-    tuple per plugin call. Building spans from them happens after the tick, and only if the
-    tick is sampled, failed or overran."""
-
-    __slots__ = ("calls", "parent", "policies", "sampled", "span_id", "token", "trace_id")
-
-    def __init__(self, trace_id: int, span_id: int, sampled: bool, parent: Any) -> None:
-        self.trace_id = trace_id
-        self.span_id = span_id
-        self.sampled = sampled
-        self.parent = parent
-        self.token: object = None
-        #: (kind, name, start, end, error) with monotonic times
-        self.calls: list[tuple[str, str, float, float, str | None]] = []
-        #: (name, handle, start, errors before): a policy's end is the next one's start
-        self.policies: list[tuple[str, PluginHandle, float, int]] = []
-
-    def call(self, kind: str, name: str, start: float, end: float, error: str | None) -> None:
-        self.calls.append((kind, name, start, end, error))
-
-    def policy(self, name: str, handle: PluginHandle) -> None:
-        self.policies.append((name, handle, time.monotonic(), handle.errors))
-
-
-ActionRun = Callable[[Action, "int | None"], Awaitable[ActionResult]]
-
-
-@final
-class Telemetry:
+class Telemetry(TickSpans):
     """Providers, instruments and exporters for one daemon. ``Telemetry(config, state_dir)``;
     extra span processors and metric readers (tests: the SDK's in-memory ones) may be added."""
 
@@ -117,10 +87,9 @@ class Telemetry:
         metric_readers: Sequence[MetricReader] = (),
     ) -> None:
         self.config = config
-        self.loop: PerceptionLoop | None = None
-        #: the current plugin handles (the daemon replaces them on reload)
+        #: what `observe` hands in: the loop's counters, the plugins, the store's figures
+        self.loop: LoopFigures | None = None
         self.handles: Callable[[], Iterable[PluginHandle]] = tuple
-        #: the store's figures (`Store.health`), when there is a store
         self.store: Callable[[], Any] | None = None
         self.produced = Produced()
         self.recent: deque[tuple[float, float]] = deque(maxlen=10_000)
@@ -260,18 +229,14 @@ class Telemetry:
         self._err_seen: dict[tuple[str, str], tuple[int, int]] = {}
         self._err_base: dict[tuple[str, str], int] = {}
 
-    def _loop_value(self, name: str) -> Points:
-        loop = self.loop
-        return [(getattr(loop, name), {})] if loop is not None else []
-
     def _ticks(self) -> Points:
-        return self._loop_value("ticks")
+        return [(self.loop.ticks, {})] if self.loop is not None else []
 
     def _overruns(self) -> Points:
-        return self._loop_value("overruns")
+        return [(self.loop.overruns, {})] if self.loop is not None else []
 
     def _skipped(self) -> Points:
-        return self._loop_value("skipped")
+        return [(self.loop.skipped, {})] if self.loop is not None else []
 
     def _plugin_errors(self) -> Points:
         out: Points = []
@@ -319,11 +284,21 @@ class Telemetry:
         ]
         return out
 
-    def watch_store(self, store: Any) -> None:
-        """Read the store's figures (``store.health()``) and time its commits (its
-        ``on_commit`` hook: each successful commit's duration)."""
-        self.store = store.health
-        store.on_commit = self.produced.store_write.add
+    def observe(
+        self,
+        loop: LoopFigures,
+        plugins: Callable[[], Iterable[PluginHandle]],
+        store: Any = None,
+    ) -> None:
+        """What the observable instruments read: the loop's counters, the current plugin
+        handles (``plugins()``: the supervisor's, which a reload replaces) and, when there is
+        a store, its figures (``store.health()``); its commits are timed through its
+        ``on_commit`` hook (each successful commit's duration)."""
+        self.loop = loop
+        self.handles = plugins
+        if store is not None:
+            self.store = store.health
+            store.on_commit = self.produced.store_write.add
 
     def _proc(self) -> tuple[int, Any, int]:
         """One read of /proc/self shared by the process instruments of one collection."""
@@ -350,212 +325,6 @@ class Telemetry:
 
     def _threads(self, _: CallbackOptions) -> Iterable[Observation]:
         return [Observation(self._proc()[2])]
-
-    # -- the loop's hooks ----------------------------------------------------------------------
-    def begin_tick(self, tick: int) -> TickRecorder | None:
-        """Called as a tick starts. Returns None when nothing traces."""
-        if self.tracer is None:
-            return None
-        current = trace.get_current_span()
-        if current.is_recording():  # a control request (`agentctl tick`): traced, in its trace
-            rec = TickRecorder(
-                current.get_span_context().trace_id,
-                random.getrandbits(64) or 1,
-                True,
-                otel_context.get_current(),
-            )
-        else:
-            rec = TickRecorder(
-                random.getrandbits(128) or 1,
-                random.getrandbits(64) or 1,
-                self._random() < self._ratio,
-                None,
-            )
-        flags = TraceFlags(TraceFlags.SAMPLED if rec.sampled else TraceFlags.DEFAULT)
-        span = NonRecordingSpan(SpanContext(rec.trace_id, rec.span_id, False, flags))
-        rec.token = otel_context.attach(trace.set_span_in_context(span))
-        return rec
-
-    def end_tick(
-        self, report: TickReport, rec: TickRecorder | None, t0: float, t1: float, t2: float
-    ) -> None:
-        """Called after each tick (before the sinks): metrics, and spans when they are due."""
-        timings = report.timings
-        produced = self.produced
-        if not report.manual:
-            produced.lateness.add(report.lateness)
-            self.recent.append((report.started, report.lateness))
-        stages = produced.stages
-        stages["perceive"].add(timings.perceive)
-        stages["decide"].add(timings.decide)
-        stages["act"].add(timings.act)
-        stages["tick"].add(timings.total)
-        if rec is None:
-            return
-        otel_context.detach(rec.token)  # type: ignore[arg-type]
-        failed = bool(report.observation.errors) or any(r.status in _NOT_OK for r in report.results)
-        if not failed:
-            failed = any(h.errors != before for _, h, _, before in rec.policies)
-        loop = self.loop
-        slow = loop is not None and timings.total > loop.interval
-        if rec.sampled or slow or (failed and self.config.sample_failed_ticks):
-            self._build_tick(report, rec, (t0, t1, t2, t0 + timings.total), failed, slow)
-
-    def _build_tick(
-        self,
-        report: TickReport,
-        rec: TickRecorder,
-        marks: tuple[float, float, float, float],
-        failed: bool,
-        slow: bool,
-    ) -> None:
-        tracer = self.tracer
-        assert tracer is not None
-        offset = time.time_ns() - time.monotonic_ns()
-
-        def ns(mono: float) -> int:
-            return int(mono * 1e9) + offset
-
-        t0, t1, t2, t3 = marks
-        reason = "control" if rec.parent is not None else "ratio" if rec.sampled else "failed"
-        if slow and not rec.sampled:
-            reason = "overrun"
-        self._ids.next_trace_id, self._ids.next_span_id = rec.trace_id, rec.span_id
-        root = tracer.start_span(
-            "agentd.tick",
-            context=rec.parent,
-            start_time=ns(t0),
-            attributes={
-                "agentd.tick": report.tick,
-                "agentd.tick.manual": report.manual,
-                "agentd.tick.lateness": report.lateness,
-                "agentd.tick.sampled_by": reason,
-                "agentd.tick.actions": len(report.results),
-            },
-        )
-        self._ids.next_trace_id = self._ids.next_span_id = 0
-        if failed:
-            root.set_status(Status(StatusCode.ERROR, _failure_summary(report)))
-        in_root = trace.set_span_in_context(root)
-        errors = report.observation.errors
-        stage_spans = []
-        for name, start, end in (("perceive", t0, t1), ("decide", t1, t2), ("act", t2, t3)):
-            stage = tracer.start_span(f"agentd.{name}", context=in_root, start_time=ns(start))
-            stage_spans.append((stage, end))
-        perceive, decide, act = (trace.set_span_in_context(s) for s, _ in stage_spans)
-        for kind, name, start, end, error in rec.calls:
-            self._call_span(tracer, perceive, kind, name, ns(start), ns(end), error)
-        policies = rec.policies
-        for i, (name, handle, start, before) in enumerate(policies):
-            end = policies[i + 1][2] if i + 1 < len(policies) else t2
-            error = handle.last_error if handle.errors != before else None
-            self._call_span(tracer, decide, "policy", name, ns(start), ns(end), error)
-        for r in report.results:
-            end_ns = int(r.finished_at * 1e9)
-            span = tracer.start_span(
-                "agentd.actuator.act",
-                context=act,
-                start_time=end_ns - int(r.duration * 1e9),
-                attributes=_action_attributes(r),
-            )
-            if r.status in _NOT_OK:
-                span.set_status(Status(StatusCode.ERROR, r.error or r.status))
-            span.end(end_time=end_ns)
-        del errors
-        for stage, end in stage_spans:
-            stage.end(end_time=ns(end))
-        root.end(end_time=ns(t3))
-
-    @staticmethod
-    def _call_span(
-        tracer: trace.Tracer,
-        parent: Any,
-        kind: str,
-        name: str,
-        start: int,
-        end: int,
-        error: str | None,
-    ) -> None:
-        span = tracer.start_span(
-            f"agentd.{kind}.{'perceive' if kind == 'sensor' else 'decide'}",
-            context=parent,
-            start_time=start,
-            attributes={
-                "agentd.plugin": name,
-                "agentd.plugin.kind": kind,
-                "agentd.status": "ok" if error is None else "error",
-                "agentd.attempts": 1,
-            },
-        )
-        if error is not None:
-            span.set_status(Status(StatusCode.ERROR, error))
-        span.end(end_time=end)
-
-    async def run_action(self, action: Action, tick: int | None, run: ActionRun) -> ActionResult:
-        """The action runner's hook: counts every action; inside a traced request (e.g.
-        `agentctl act`) the actuator call is a live child span."""
-        span = None
-        token = None
-        tracer = self.tracer
-        if tracer is not None and trace.get_current_span().is_recording():
-            span = tracer.start_span(
-                "agentd.actuator.act",
-                attributes={"agentd.plugin": action.actuator, "agentd.action": action.name},
-            )
-            token = otel_context.attach(trace.set_span_in_context(span))
-        try:
-            result = await run(action, tick)
-        except BaseException as exc:
-            if span is not None:
-                span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
-                span.end()
-            raise
-        finally:
-            if token is not None:
-                otel_context.detach(token)
-        self._actions.add(
-            1, {"agentd.actuator": action.actuator, "agentd.action.status": result.status}
-        )
-        if span is not None:
-            span.set_attributes(_action_attributes(result))
-            if result.status in _NOT_OK:
-                span.set_status(Status(StatusCode.ERROR, result.error or result.status))
-            span.end()
-        return result
-
-    # -- the control plane's hook ------------------------------------------------------------
-    def request_hook(self, ctx: Any) -> Callable[[str | None], None]:
-        """`ControlServer.hooks` entry: runs in the request's own copied context, so the span
-        set current here is the parent of everything the request does (an `act`, a `tick`).
-        The span continues the caller's W3C ``traceparent`` and is always sampled. Returns the
-        finisher the server calls with the error code (None: ok) once the reply is sent."""
-        command: str = ctx.request.cmd
-        traceparent: str | None = ctx.request.traceparent
-        span = None
-        tracer = self.tracer
-        if tracer is not None:
-            parent = self._propagator.extract({"traceparent": traceparent}) if traceparent else None
-            span = tracer.start_span(
-                f"agentd.control {command}",
-                context=parent,
-                kind=trace.SpanKind.SERVER,
-                attributes={"agentd.control.command": command},
-            )
-            # not detached: the server discards this request's copied context afterwards
-            otel_context.attach(trace.set_span_in_context(span))
-
-        def finish(code: str | None) -> None:
-            result = code or "ok"
-            if span is not None:
-                span.set_attribute("agentd.control.result", result)
-                if code is not None:
-                    span.set_status(Status(StatusCode.ERROR, code))
-                span.end()
-            self._control.add(
-                1, {"agentd.control.command": command, "agentd.control.result": result}
-            )
-
-        return finish
 
     # -- reading -------------------------------------------------------------------------------
     def collect(self) -> list[MetricPoint]:
@@ -617,29 +386,6 @@ def _quietly(close: Callable[[], object]) -> None:
         close()
     except Exception as exc:  # noqa: BLE001 - shutdown goes on
         log.warning("telemetry shutdown: %s: %s", type(exc).__name__, exc)
-
-
-def _action_attributes(r: ActionResult) -> dict[str, Any]:
-    attrs: dict[str, Any] = {
-        "agentd.plugin": r.action.actuator,
-        "agentd.plugin.kind": "actuator",
-        "agentd.action": r.action.name,
-        "agentd.status": r.status,
-        "agentd.attempts": r.attempts,
-    }
-    if r.action.source:
-        attrs["agentd.action.source"] = r.action.source
-    return attrs
-
-
-def _failure_summary(report: TickReport) -> str:
-    parts = [f"sensor {name}: {err}" for name, err in report.observation.errors.items()]
-    parts += [
-        f"action {r.action.actuator}.{r.action.name}: {r.status}"
-        for r in report.results
-        if r.status in _NOT_OK
-    ]
-    return "; ".join(parts)[:500] or "a policy failed"
 
 
 def _instance_id() -> str:

@@ -1,20 +1,17 @@
-"""The entry point: ``agentd run|check-config|print-default-config|plugins|schema|version|ctl``.
-
-Invoked under the name ``agentctl`` (a symlink to the one frozen artifact) it runs the control
-CLI. Heavy imports (uvloop, the store, OpenTelemetry) are deferred so ``agentd version`` and
-``agentctl`` answer fast.
+"""``agentd run|check-config|print-default-config|plugins|schema|version`` (``agentd ctl`` and
+the name ``agentctl`` are dispatched to agentctl by agentd/cli/main.py). Heavy imports
+(uvloop, the store, OpenTelemetry) are deferred so ``agentd version`` answers fast.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Sequence
 
 from agentd import __version__
 
-__all__ = ["agentctl_main", "main"]
+__all__ = ["main"]
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -59,24 +56,8 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run a command; a closed stdout (``agentd schema | head``) ends it quietly."""
-    try:
-        return _main(argv)
-    except BrokenPipeError:
-        # stdout's reader went away: nothing more to say, and no traceback on exit either
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        return EXIT_ERROR
-
-
-def _main(argv: Sequence[str] | None) -> int:  # noqa: RET503 - parser.error exits
-    args_list = list(sys.argv[1:] if argv is None else argv)
-    prog = os.path.basename(sys.argv[0]) if argv is None else "agentd"
-    if prog.startswith("agentctl"):
-        return agentctl_main(args_list)
-    if args_list[:1] == ["ctl"]:
-        return agentctl_main(args_list[1:])
+def main(argv: Sequence[str]) -> int:  # noqa: RET503 - parser.error exits
+    args_list = list(argv)
     if args_list[:1] == ["version"]:
         print(f"agentd {__version__}")
         return EXIT_OK
@@ -101,12 +82,6 @@ def _main(argv: Sequence[str] | None) -> int:  # noqa: RET503 - parser.error exi
     parser.error(f"unknown command {args.command!r}")  # exits with status 2
 
 
-def agentctl_main(argv: Sequence[str] | None = None) -> int:
-    from agentd import ctl
-
-    return ctl.main(list(sys.argv[1:] if argv is None else argv))
-
-
 def _config_path(explicit: str | None) -> str | None:
     if explicit:
         return explicit
@@ -119,10 +94,11 @@ def _config_path(explicit: str | None) -> str | None:
 def _check_config(file: str | None) -> int:
     from agentd.config import load
     from agentd.errors import ConfigError
+    from agentd.plugins.registry import default_registry
 
     path = _config_path(file)
     try:
-        load(path)
+        load(path, default_registry)
     except ConfigError as exc:
         for line in exc.errors:
             print(line, file=sys.stderr)
@@ -180,11 +156,12 @@ def _run(args: argparse.Namespace) -> int:
     from agentd.daemon import DaemonOptions, run_daemon
     from agentd.errors import ConfigError
     from agentd.logs import setup_logging
+    from agentd.plugins.registry import default_registry
 
     path = _config_path(args.config)
     setup_logging(args.log_level or "info")
     try:
-        config = load(path)
+        config = load(path, default_registry)
     except ConfigError as exc:
         for line in exc.errors:
             print(f"agentd: bad config: {line}", file=sys.stderr)
