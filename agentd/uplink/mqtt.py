@@ -80,7 +80,9 @@ class MqttTransport:
         }[self.config.protocol]
         for n, version in enumerate(versions):
             try:
-                return await self._connect(client_id, will, password, version)
+                return await self._connect(
+                    self.config.client_id or client_id, will, password, version
+                )
             except _WrongVersion as exc:
                 if n + 1 == len(versions):
                     raise TransportError(str(exc), refused=True) from None

@@ -249,3 +249,12 @@ async def test_hostname_checking_is_on(tmp_path: Path, certs: Certs) -> None:
         assert "mismatch" in str(err.value).lower()
     finally:
         b.stop()
+
+
+async def test_client_id_from_the_config_wins(broker: Mosquitto) -> None:
+    t = MqttTransport(MqttConfig(url=broker.url, client_id="fleet-gw-7"))
+    await t.connect("agentd-default", WILL, _ignore)
+    await t.close(1.0)
+    log = broker.log()
+    assert " as fleet-gw-7 " in log
+    assert "agentd-default" not in log
