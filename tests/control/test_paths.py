@@ -12,6 +12,7 @@ import pytest
 from agentd import config as cfg
 from agentd import paths
 from agentd.cli.agentctl import default_socket
+from agentd.plugins.registry import default_registry
 
 CASES = [
     "",
@@ -24,7 +25,7 @@ CASES = [
 
 def daemon_socket(text: str) -> str:
     """Where a daemon started with this config file listens (Daemon._start_control)."""
-    conf = cfg.loads(text + "[sensors.system]\n")
+    conf = cfg.loads(text + "[sensors.system]\n", default_registry)
     return str(paths.socket_path(cfg.resolve_runtime_dir(conf), conf.control.socket))
 
 

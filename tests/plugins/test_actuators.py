@@ -54,6 +54,7 @@ async def test_exec_runs_allowlisted_argv_with_placeholders(tmp_path: Path) -> N
             ],
             "fail": [PY, "-c", "import sys; print('bad thing'); sys.exit(4)"],
         },
+        param_pattern=r"[^\n]*",  # the default (one path segment) refuses the '/' below
     )
     res = await r.run(Action(actuator="a", name="write", params={"value": "a b; rm -rf /"}))
     assert res.status == "ok", res.error

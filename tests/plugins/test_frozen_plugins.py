@@ -87,6 +87,7 @@ params = {{ lib = "{{probe.lib}}" }}
 [actuators.out]
 plugin = "exec"
 commands = {{ note = ["/bin/sh", "-c", "printf %s \\"$1\\" > {out}", "sh", "{{text}}"] }}
+param_pattern = '[^\\n]*'  # the text holds a path; the default is one segment
 [actuators.hook]
 plugin = "webhook"
 url = "{url}"

@@ -4,14 +4,26 @@ No shell; a scrubbed environment (built from a fixed PATH, the variables the con
 when running from a PyInstaller one-file binary, the *original* loader path, not the bundle's);
 its own process group, killed whole on timeout; stdout/stderr captured and truncated; resource
 limits set in the child with ``resource.setrlimit`` before exec.
+
+Nothing a run starts outlives it. agentd makes itself a child subreaper
+(``prctl(PR_SET_CHILD_SUBREAPER)``), so what a command leaves behind (``setsid sleep 60 &``, a
+double fork) is re-parented to agentd rather than to init; each run's environment carries an
+``AGENTD_RUN`` token. When the program exits (or is killed on timeout) every process of its
+group or session, every adopted orphan carrying the token, and all their descendants are killed
+with SIGKILL and reaped, and counted in ``ProcResult.strays``. The output pipes are agentd's own
+and are closed on every path, so no call leaks a file descriptor. A process that clears its
+environment *and* leaves the session and the group before its parent exits can still escape.
+How strays are found and reaped (and the zombies nobody can attribute) is ``_reaper``'s.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import os
 import resource
+import secrets
 import signal
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -20,16 +32,27 @@ from typing import Annotated
 import msgspec
 from msgspec import Meta
 
-__all__ = ["SAFE_PATH", "Limits", "ProcResult", "child_environ", "run_argv"]
+from agentd.plugins.builtin._reaper import (
+    RUN_MARKER,
+    RUNS,
+    become_subreaper,
+    boot_ticks,
+    reap_orphans,
+    sweep,
+)
+
+__all__ = ["RUN_MARKER", "SAFE_PATH", "Limits", "ProcResult", "child_environ", "run_argv"]
 
 SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 #: variables PyInstaller's bootloader rewrites, saving the user's value as ``<NAME>_ORIG``
 _LOADER_VARS = ("LD_LIBRARY_PATH",)
+_runs = itertools.count(1)
 
 
 class Limits(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
     """Resource limits of the child (``setrlimit``); unset keys are inherited. Core dumps are
-    always off."""
+    always off. ``processes`` (RLIMIT_NPROC) counts all processes of the user and does not bind
+    root (or CAP_SYS_RESOURCE): run agentd as its own user, or use the unit's ``TasksMax=``."""
 
     cpu_seconds: Annotated[int, Meta(ge=1)] | None = None
     memory_mb: Annotated[int, Meta(ge=1)] | None = None
@@ -43,6 +66,8 @@ class ProcResult(msgspec.Struct, frozen=True, kw_only=True):
     stdout: str
     stderr: str
     truncated: bool = False
+    #: processes the run left behind, killed when its program ended
+    strays: int = 0
 
 
 def original_environ() -> dict[str, str]:
@@ -131,46 +156,109 @@ async def run_argv(
     stdin: bytes | None = None,
 ) -> ProcResult:
     """Run ``argv`` (no shell) and wait at most ``timeout`` seconds; on timeout the whole
-    process group is killed and TimeoutError raised. OSError (no such program) propagates."""
-    proc = await asyncio.create_subprocess_exec(
-        *argv,
-        stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=dict(env),
-        cwd=cwd,
-        start_new_session=True,
-        preexec_fn=_preexec(limits or Limits()),
-        close_fds=True,
+    process group is killed and TimeoutError raised. OSError (no such program) propagates.
+    Whatever the program leaves running is killed when it exits (``ProcResult.strays``)."""
+    become_subreaper()
+    token = f"{os.getpid()}.{next(_runs)}.{secrets.token_hex(4)}"
+    since = boot_ticks()
+    loop = asyncio.get_running_loop()
+    pipes: list[asyncio.ReadTransport] = []
+    ends: list[int] = []
+    try:
+        readers = []
+        for _ in range(2):
+            r, w = os.pipe2(os.O_CLOEXEC)
+            ends.append(w)
+            reader = asyncio.StreamReader()
+            pipe, _ = await loop.connect_read_pipe(
+                lambda reader=reader: asyncio.StreamReaderProtocol(reader),  # type: ignore[misc]
+                os.fdopen(r, "rb", buffering=0),
+            )
+            pipes.append(pipe)
+            readers.append(reader)
+        RUNS.spawning += 1
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
+                stdout=ends[0],
+                stderr=ends[1],
+                env={**env, RUN_MARKER: token},
+                cwd=cwd,
+                start_new_session=True,
+                preexec_fn=_preexec(limits or Limits()),
+                close_fds=True,
+            )
+            RUNS.leaders.add(proc.pid)
+        finally:
+            RUNS.spawning -= 1
+    except BaseException:
+        for pipe in pipes:
+            pipe.close()
+        raise
+    finally:
+        for fd in ends:  # the child has its copies; ours would keep the pipes from ending
+            os.close(fd)
+    output = asyncio.ensure_future(
+        asyncio.gather(_read_capped(readers[0], max_output), _read_capped(readers[1], max_output))
     )
     try:
-        async with asyncio.timeout(timeout):
-            if stdin is not None and proc.stdin is not None:
-                proc.stdin.write(stdin)
-                with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-                    await proc.stdin.drain()
-                proc.stdin.close()
-            (out, t1), (err, t2) = await asyncio.gather(
-                _read_capped(proc.stdout, max_output), _read_capped(proc.stderr, max_output)
+        try:
+            async with asyncio.timeout(timeout):
+                if stdin is not None and proc.stdin is not None:
+                    proc.stdin.write(stdin)
+                    with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                        await proc.stdin.drain()
+                    proc.stdin.close()
+                code = await proc.wait()
+        except BaseException:
+            _kill_group(proc)
+            # reap it so no zombie (and no ResourceWarning) is left behind
+            with contextlib.suppress(ProcessLookupError):
+                await asyncio.shield(proc.wait())
+            raise
+        finally:
+            RUNS.leaders.discard(proc.pid)
+            # the program is gone: whatever still runs is a stray, and may hold the pipes
+            swept = await asyncio.shield(
+                asyncio.to_thread(sweep, proc.pid, token, since, frozenset(RUNS.leaders))
             )
-            code = await proc.wait()
+            reap_orphans(swept.orphans)
+            strays = swept.killed
     except TimeoutError:
-        _kill_group(proc)
-        with contextlib.suppress(ProcessLookupError):
-            await asyncio.shield(proc.wait())
         raise TimeoutError(f"{argv[0]} still running after {timeout:g}s: killed") from None
-    except BaseException:
-        _kill_group(proc)
-        # reap it so no zombie (and no ResourceWarning) is left behind
-        with contextlib.suppress(ProcessLookupError):
-            await asyncio.shield(proc.wait())
-        raise
+    finally:
+        # every writer we know of is dead, so the readers reach EOF once the buffer is read;
+        # closing our ends gives EOF (and a writer that escaped, SIGPIPE) in any case
+        await _settle(output, pipes)
+    if output.cancelled():
+        raise RuntimeError(f"{argv[0]}: its output pipes did not close")
+    (out, t1), (err, t2) = output.result()
     return ProcResult(
         returncode=code,
         stdout=out.decode("utf-8", "replace"),
         stderr=err.decode("utf-8", "replace"),
         truncated=t1 or t2,
+        strays=strays,
     )
+
+
+_Captured = tuple[tuple[bytes, bool], tuple[bytes, bool]]
+
+
+async def _settle(output: asyncio.Future[_Captured], pipes: list[asyncio.ReadTransport]) -> None:
+    for close in (False, True):
+        if close:
+            for pipe in pipes:
+                pipe.close()
+        if not output.done():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(1.0):
+                    await asyncio.shield(output)
+    if not output.done():  # cannot happen once the pipes are closed: never hang on it
+        output.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await output
 
 
 def _kill_group(proc: asyncio.subprocess.Process) -> None:

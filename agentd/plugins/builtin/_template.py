@@ -3,7 +3,12 @@
 A string param may hold ``{sensor.metric}`` or ``{sensor.metric:.1f}`` references (and the
 extra names a policy passes, like ``{rate}`` or ``{tick}``). A param that is exactly one
 reference keeps the reading's type (a number stays a number); a reference to a reading that is
-missing this tick becomes ``null`` (alone) or an empty string (inside text)."""
+missing this tick becomes ``null`` (alone) or an empty string (inside text).
+
+Bounded, so one firing cannot write a 100 MB log line or journal row: a format spec's width is at
+most ``MAX_WIDTH`` and its precision at most ``MAX_PRECISION`` (refused at config time), each
+filled-in value is cut to ``MAX_VALUE`` characters and each rendered string (or a string reading
+used alone) to ``MAX_TEXT``; a cut ends in "…" so it is never silent."""
 
 from __future__ import annotations
 
@@ -16,9 +21,37 @@ import msgspec
 
 from agentd.model import Observation
 
-__all__ = ["check_template", "config_ident", "firing_key", "render"]
+__all__ = [
+    "MAX_PRECISION",
+    "MAX_TEXT",
+    "MAX_VALUE",
+    "MAX_WIDTH",
+    "check_template",
+    "config_ident",
+    "firing_key",
+    "render",
+]
+
+#: the widest field a format spec may ask for (``{x:>256}``)
+MAX_WIDTH = 256
+#: the most digits (or characters, for a string) a precision may ask for (``{x:.64f}``)
+MAX_PRECISION = 64
+#: characters of one filled-in value inside a text
+MAX_VALUE = 1024
+#: characters of one rendered string, and of a string reading used alone as a param
+MAX_TEXT = 4096
 
 _REF = re.compile(r"\{([A-Za-z0-9_][A-Za-z0-9_.\-]*)(?::([^{}]*))?\}")
+#: Python's format-spec mini-language, to read the width and precision before formatting
+_SPEC = re.compile(
+    r"(?:(?P<fill>.)?[<>=^])?[-+ ]?z?#?0?(?P<width>\d+)?[_,]?(?:\.(?P<precision>\d+))?"
+    r"[bcdeEfFgGnosxX%]?",
+    re.S,
+)
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _lookup(ref: str, obs: Observation, extra: Mapping[str, Any]) -> Any:
@@ -30,19 +63,25 @@ def _lookup(ref: str, obs: Observation, extra: Mapping[str, Any]) -> Any:
 def _one(text: str, obs: Observation, extra: Mapping[str, Any]) -> Any:
     whole = _REF.fullmatch(text)
     if whole and not whole.group(2):
-        return _lookup(whole.group(1), obs, extra)
+        value = _lookup(whole.group(1), obs, extra)
+        return _clip(value, MAX_TEXT) if isinstance(value, str) else value
 
     def sub(m: re.Match[str]) -> str:
         value = _lookup(m.group(1), obs, extra)
         if value is None:
             return ""
+        if isinstance(value, str):
+            value = _clip(value, MAX_VALUE)
         spec = m.group(2)
+        if spec and _spec_problem(spec):
+            spec = None  # checked at config time; an extra name must not bypass the bound
         try:
-            return format(value, spec) if spec else str(value)
+            out = format(value, spec) if spec else str(value)
         except (ValueError, TypeError):
-            return str(value)
+            out = str(value)
+        return _clip(out, MAX_VALUE)
 
-    return _REF.sub(sub, text)
+    return _clip(_REF.sub(sub, text), MAX_TEXT)
 
 
 def render(params: Mapping[str, Any], obs: Observation, extra: Mapping[str, Any]) -> dict[str, Any]:
@@ -60,21 +99,44 @@ def render(params: Mapping[str, Any], obs: Observation, extra: Mapping[str, Any]
     return {k: walk(v) for k, v in params.items()}
 
 
-def check_template(params: Mapping[str, Any]) -> None:
-    """Raise ValueError for a format spec that can never work (checked at config time)."""
+def _spec_problem(spec: str) -> str | None:
+    """Why a format spec is refused (too wide, too precise, or not a format at all)."""
+    m = _SPEC.fullmatch(spec)
+    if m is None:
+        return "is not a format spec"
+    if m.group("width") and int(m.group("width")) > MAX_WIDTH:
+        return f"width {int(m.group('width'))} is over the maximum {MAX_WIDTH}"
+    if m.group("precision") and int(m.group("precision")) > MAX_PRECISION:
+        return f"precision {int(m.group('precision'))} is over the maximum {MAX_PRECISION}"
+    for sample in (1.5, "x"):
+        try:
+            format(sample, spec)
+        except ValueError:
+            continue
+        return None
+    return "can format neither a number nor a text"
+
+
+def check_template(params: Mapping[str, Any], where: str = "params") -> None:
+    """Raise ValueError naming the key for a format spec that can never work or asks for more
+    than the bounds (checked at config time, so check-config says it in one line)."""
+
+    def walk(node: Any, path: str) -> None:
+        if isinstance(node, str):
+            for m in _REF.finditer(node):
+                problem = _spec_problem(m.group(2)) if m.group(2) else None
+                if problem:
+                    ref = _clip(m.group(0), 60)
+                    raise ValueError(f"`{path}`: bad format {ref!r}: {problem}")
+        elif isinstance(node, dict):
+            for k, v in node.items():
+                walk(v, f"{path}.{k}")
+        elif isinstance(node, list):
+            for i, v in enumerate(node):
+                walk(v, f"{path}[{i}]")
+
     for key, value in params.items():
-        if isinstance(value, str):
-            for m in _REF.finditer(value):
-                if m.group(2):
-                    try:
-                        format(1.5, m.group(2))
-                    except ValueError:
-                        try:
-                            format("x", m.group(2))
-                        except ValueError:
-                            raise ValueError(
-                                f"`params.{key}`: bad format {m.group(2)!r} in {m.group(0)!r}"
-                            ) from None
+        walk(value, f"{where}.{key}")
 
 
 def config_ident(config: msgspec.Struct) -> str:

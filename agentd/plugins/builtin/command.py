@@ -16,6 +16,7 @@ from msgspec import Meta
 from agentd.model import Value
 from agentd.plugins.base import PluginSpec
 from agentd.plugins.builtin._proc import Limits, child_environ, run_argv
+from agentd.secrets import SECRET, redact_text
 
 __all__ = ["SPEC", "CommandConfig", "CommandSensor", "parse_output"]
 
@@ -35,7 +36,7 @@ class CommandConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     ok_codes: list[int] = msgspec.field(default_factory=lambda: [0])
     #: environment variables passed on from agentd's own environment; ``env`` adds fixed ones
     env_passthrough: list[str] = []
-    env: dict[str, str] = {}
+    env: Annotated[dict[str, str], SECRET] = {}  # values are secret (may hold a token)
     cwd: str | None = None
     limits: Limits = Limits()
 
@@ -102,7 +103,8 @@ class CommandSensor:
             limits=c.limits,
         )
         if res.returncode not in c.ok_codes:
-            detail = " ".join(res.stderr.split())[:200]
+            # a command may echo its environment: the error line never carries `env` values
+            detail = redact_text(" ".join(res.stderr.split()), c)[:200]
             raise RuntimeError(f"{c.argv[0]} exited with status {res.returncode}: {detail}")
         if res.truncated and c.parse == "json":
             raise ValueError(f"output longer than max_output ({c.max_output} bytes)")

@@ -1,7 +1,15 @@
 """`exec` actuator: run a command from an allowlist in the config. The action's name picks the
-command; the argv is fixed except for ``{param}`` placeholders, each replaced by one action
-param as exactly one argument (no shell, so no quoting games). The environment is scrubbed,
-the run has a timeout, output is captured and truncated, resource limits apply.
+command; the argv is fixed except for ``{param}`` placeholders, each filled with one action
+param inside exactly one argument (no shell, so no quoting games). The environment is scrubbed,
+the run has a timeout, output is captured and truncated, resource limits apply, and whatever
+the command leaves running is killed (see ``_proc``).
+
+What a param can do to an argument is bounded whatever the config says: its value (not the
+filled-in argument) must match ``param_pattern`` (by default one path segment: letters, digits
+and ``_.,:@%+=~ -``, no ``/``); an argument that does not start with ``-`` never starts with one
+after filling (a param cannot become an option); inside a path (an argument with a ``/`` of its
+own) a value is never absolute and the filled-in path has no more ``..`` segments than the
+config wrote, so a param cannot leave its directory; a value is at most ``MAX_PARAM`` characters.
 
 Not idempotent: an action with an idempotency key runs at most once, even across a restart."""
 
@@ -16,10 +24,22 @@ from msgspec import Meta
 from agentd.model import Action
 from agentd.plugins.base import ActuatorReply, PluginSpec
 from agentd.plugins.builtin._proc import Limits, child_environ, run_argv
+from agentd.secrets import SECRET, redact_text
 
-__all__ = ["SPEC", "ExecActuator", "ExecConfig", "ExecParams"]
+__all__ = ["DEFAULT_PARAM_PATTERN", "MAX_PARAM", "SPEC", "ExecActuator", "ExecConfig", "ExecParams"]
 
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+#: one path segment's worth of characters (no ``/``, no NUL, no line break)
+DEFAULT_PARAM_PATTERN = r"[\w.,:@%+=~ -]*"
+#: characters of one param value in an argument
+MAX_PARAM = 4096
+
+
+class _Refused(ValueError):
+    """A param that cannot go into its argument (the message is the one-line reason)."""
+
+
+_ESCAPE = "would leave the path (no '..' segment or absolute value inside a path)"
 
 
 class ExecConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -31,12 +51,13 @@ class ExecConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     max_output: Annotated[int, Meta(ge=0, le=16 * 1024 * 1024)] = 4096
     ok_codes: list[int] = msgspec.field(default_factory=lambda: [0])
     env_passthrough: list[str] = []
-    env: dict[str, str] = {}
+    #: fixed variables for the command; values are secret (hidden by agentd.secrets.redact)
+    env: Annotated[dict[str, str], SECRET] = {}
     cwd: str | None = "/"
     limits: Limits = Limits()
-    #: a param value used in an argument must match this (default: no leading '-', no NUL,
-    #: no newline), so a param can never turn into an option
-    param_pattern: str = r"[^\-\x00\n][^\x00\n]*|"
+    #: each param value used in an argument must match this whole (the value, not the filled-in
+    #: argument); the default is one path segment. The option and path rules hold regardless.
+    param_pattern: str = DEFAULT_PARAM_PATTERN
 
     def __post_init__(self) -> None:
         for name, argv in self.commands.items():
@@ -66,22 +87,38 @@ class ExecActuator:
             return f"no command {action.name!r} in the allowlist (allowed: {offered})"
         out = [argv[0]]
         for arg in argv[1:]:
-            missing: list[str] = []
-
-            def fill(m: re.Match[str], missing: list[str] = missing) -> str:
-                value: Any = action.params.get(m.group(1))
-                if value is None or isinstance(value, dict | list):
-                    missing.append(m.group(1))
-                    return ""
-                return str(value).lower() if isinstance(value, bool) else str(value)
-
-            filled = _PLACEHOLDER.sub(fill, arg)
-            if missing:
-                return f"{action.name}.params.{missing[0]}: required (a string or number)"
-            if filled != arg and not self.pattern.fullmatch(filled):
-                return f"{action.name}.params: {filled[:40]!r} is not allowed as an argument"
-            out.append(filled)
+            try:
+                out.append(self._fill(action, arg))
+            except _Refused as exc:
+                return str(exc)
         return out
+
+    def _fill(self, action: Action, arg: str) -> str:
+        """``arg`` with its placeholders filled; _Refused says why it cannot be."""
+        where = f"{action.name}.params"
+        in_path = "/" in _PLACEHOLDER.sub("", arg)
+        values: dict[str, str] = {}
+        for key in _PLACEHOLDER.findall(arg):
+            value: Any = action.params.get(key)
+            if value is None or isinstance(value, dict | list):
+                raise _Refused(f"{where}.{key}: required (a string or number)")
+            text = str(value).lower() if isinstance(value, bool) else str(value)
+            if len(text) > MAX_PARAM:
+                raise _Refused(f"{where}.{key}: longer than {MAX_PARAM} characters")
+            if "\0" in text or not self.pattern.fullmatch(text):
+                raise _Refused(f"{where}.{key}: {text[:40]!r} does not match param_pattern")
+            if in_path and (text.startswith("/") or ".." in text.split("/")):
+                raise _Refused(f"{where}.{key}: {text[:40]!r} {_ESCAPE}")
+            values[key] = text
+        if not values:
+            return arg
+        filled = _PLACEHOLDER.sub(lambda m: values[m.group(1)], arg)
+        if filled.startswith("-") and not arg.startswith("-"):
+            raise _Refused(f"{where}: {filled[:40]!r} is not allowed as an argument")
+        # two values can make a '..' only together ("{a}{b}" with "." and ".")
+        if in_path and filled.split("/").count("..") > arg.split("/").count(".."):
+            raise _Refused(f"{where}: {filled[:40]!r} {_ESCAPE}")
+        return filled
 
     def validate(self, action: Action) -> str | None:
         argv = self._argv(action)
@@ -105,9 +142,12 @@ class ExecActuator:
             "stdout": res.stdout,
             "stderr": res.stderr,
             "truncated": res.truncated,
+            # processes the command left running (daemonized), killed when it exited
+            "strays_killed": res.strays,
         }
         if res.returncode not in c.ok_codes:
-            detail = " ".join((res.stderr or res.stdout).split())[:200]
+            # a command may echo its environment: the error line never carries `env` values
+            detail = redact_text(" ".join((res.stderr or res.stdout).split()), c)[:200]
             raise RuntimeError(f"{argv[0]} exited with status {res.returncode}: {detail}")
         return ActuatorReply(output=output)
 

@@ -2,11 +2,14 @@
 (``/sys/class/thermal/thermal_zone0/temp``, scale 0.001), a 1-wire ``w1_slave`` (regex
 ``t=(-?\\d+)``), a status file. Reads run in a worker thread (sysfs reads can block) and are
 bounded in size. ``start()`` checks the file is readable, so ``startup_error`` applies to a
-missing device."""
+missing device. The path must be a regular file (sysfs attributes are): it is opened with
+``O_NONBLOCK`` and a FIFO, socket or device in its place is refused, never waited on. Symlinks
+are followed (sysfs is made of them)."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 from typing import Annotated, Literal
 
@@ -15,6 +18,7 @@ from msgspec import Meta
 
 from agentd.model import Value
 from agentd.plugins.base import PluginSpec
+from agentd.plugins.builtin._files import open_regular
 
 __all__ = ["SPEC", "FileSensor", "FileSensorConfig"]
 
@@ -56,8 +60,17 @@ class FileSensor:
         return {self.config.metric: self.parse(text)}
 
     def _read_text(self) -> str:
-        with open(self.config.path, "rb") as f:
-            return f.read(self.config.max_bytes).decode("utf-8", "replace")
+        fd = open_regular(self.config.path, os.O_RDONLY)
+        try:
+            data = bytearray()
+            while len(data) < self.config.max_bytes:
+                chunk = os.read(fd, self.config.max_bytes - len(data))
+                if not chunk:
+                    break
+                data += chunk
+        finally:
+            os.close(fd)
+        return data.decode("utf-8", "replace")
 
     def parse(self, text: str) -> Value:
         c = self.config

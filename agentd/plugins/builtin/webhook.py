@@ -5,16 +5,25 @@ fails the call, and the instance's ``retries``/``retry_on`` decide whether it is
 No extra dependency: a frozen binary has everything it needs.
 
 The body is ``{"actuator", "action", "params", "priority", "source", "key", "sent_at"}``; the
-idempotency key also goes in an ``Idempotency-Key`` header so the receiver can deduplicate."""
+idempotency key also goes in an ``Idempotency-Key`` header so the receiver can deduplicate.
+
+Headers are secrets (``headers`` is marked, so ``agentd.secrets.redact`` hides its values), and
+a token need not sit in the config at all: ``header_credentials`` takes a header's value from a
+systemd credential (``$CREDENTIALS_DIRECTORY/NAME``), ``header_files`` from a file only agentd
+can read; both are read when the actuator starts. An error never quotes a secret: the URL is
+shown without its ``user:password@``, and a response body is quoted only as a short excerpt
+with its tags stripped and every header value taken out (the journalled body too)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import re
 import ssl
 import time
 from typing import Annotated
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
 from msgspec import Meta
@@ -22,18 +31,42 @@ from msgspec import Meta
 from agentd import __version__
 from agentd.model import Action
 from agentd.plugins.base import ActuatorReply, PluginSpec
+from agentd.secrets import (
+    SECRET,
+    SECRET_URL,
+    SecretError,
+    read_credential,
+    read_secret_file,
+    redact_text,
+    secret_values,
+    valid_credential_name,
+)
 
-__all__ = ["SPEC", "HTTPError", "WebhookActuator", "WebhookConfig", "post_json"]
+__all__ = ["EXCERPT", "SPEC", "HTTPError", "WebhookActuator", "WebhookConfig", "post_json"]
+
+#: characters of a response body quoted in an error
+EXCERPT = 80
+_TAG = re.compile(r"<[^<>]{0,512}>")
 
 
 class HTTPError(Exception):
     pass
 
 
+def _bad_header(name: str, value: str = "") -> bool:
+    return not name or any(ch in name + value for ch in "\r\n\x00") or ":" in name
+
+
 class WebhookConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    url: str
-    #: extra request headers (e.g. an Authorization token)
-    headers: dict[str, str] = {}
+    #: the ``user:password@`` part of it is secret (and is not sent: use a header)
+    url: Annotated[str, SECRET_URL]
+    #: extra request headers (e.g. an Authorization token); all values are secret
+    headers: Annotated[dict[str, str], SECRET] = {}
+    #: header -> systemd credential name: the value is ``$CREDENTIALS_DIRECTORY/NAME``
+    #: (``LoadCredential=NAME:/etc/agentd/NAME`` in the unit)
+    header_credentials: dict[str, str] = {}
+    #: header -> absolute path of a file holding the value (not readable by other users)
+    header_files: dict[str, str] = {}
     #: seconds for connect + request + response
     request_timeout: Annotated[float, Meta(gt=0, le=600)] = 10.0
     #: bytes of the response body kept for the journal (and read at most)
@@ -47,8 +80,23 @@ class WebhookConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"`url` {self.url!r} is not an http:// or https:// URL")
         for name, value in self.headers.items():
-            if any(ch in name + value for ch in "\r\n\x00") or ":" in name:
+            if _bad_header(name, value):
                 raise ValueError(f"`headers.{name}`: not a valid header")
+        seen = {n.lower() for n in self.headers}
+        for table, sources in (
+            ("header_credentials", self.header_credentials),
+            ("header_files", self.header_files),
+        ):
+            for name, source in sources.items():
+                if _bad_header(name):
+                    raise ValueError(f"`{table}.{name}`: not a valid header name")
+                if name.lower() in seen:
+                    raise ValueError(f"`{table}.{name}`: the header is set twice")
+                seen.add(name.lower())
+                if table == "header_files" and not os.path.isabs(source):
+                    raise ValueError(f"`{table}.{name}`: {source!r} is not an absolute path")
+                if table == "header_credentials" and not valid_credential_name(source):
+                    raise ValueError(f"`{table}.{name}`: {source!r} is not a credential name")
 
 
 class WebhookParams(msgspec.Struct, kw_only=True):
@@ -162,6 +210,40 @@ class WebhookActuator:
             if not config.verify:
                 self.ssl.check_hostname = False
                 self.ssl.verify_mode = ssl.CERT_NONE
+        parts = urlsplit(config.url)
+        #: the URL as errors show it: never its user:password
+        self.shown_url = urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+        #: header values read from credentials and files (at start)
+        self.secret_headers: dict[str, str] | None = None
+        self.secrets = secret_values(config)
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self._load_secrets)
+
+    def _load_secrets(self) -> None:
+        loaded: dict[str, str] = {}
+        c = self.config
+        for table, sources, read in (
+            ("header_credentials", c.header_credentials, read_credential),
+            ("header_files", c.header_files, read_secret_file),
+        ):
+            for name, source in sources.items():
+                try:
+                    loaded[name] = read(source)
+                except SecretError as exc:
+                    raise SecretError(f"{table}.{name}: {exc}") from None
+        self.secret_headers = loaded
+        self.secrets = sorted(
+            {*secret_values(c), *loaded.values(), *(w for v in loaded.values() for w in v.split())},
+            key=len,
+            reverse=True,
+        )
+
+    def _excerpt(self, text: str) -> str:
+        """A short quotable piece of a response body: no tags, no secrets, one line."""
+        plain = " ".join(_TAG.sub(" ", text[: 16 * EXCERPT]).split())
+        plain = "".join(ch for ch in redact_text(plain, self.secrets) if ch.isprintable())
+        return plain[:EXCERPT]
 
     async def act(self, action: Action) -> ActuatorReply:
         c = self.config
@@ -176,7 +258,9 @@ class WebhookActuator:
                 sent_at=time.time(),
             )
         )
-        headers = dict(c.headers)
+        if self.secret_headers is None:
+            await asyncio.to_thread(self._load_secrets)
+        headers = {**c.headers, **(self.secret_headers or {})}
         if action.key and action.key.isprintable() and action.key.isascii():
             headers["Idempotency-Key"] = action.key  # never a CR/LF into the request head
         try:
@@ -185,11 +269,14 @@ class WebhookActuator:
                     c.url, body, headers=headers, max_response=c.max_response, ssl_context=self.ssl
                 )
         except TimeoutError:
-            raise TimeoutError(f"no answer from {c.url} within {c.request_timeout:g}s") from None
+            raise TimeoutError(
+                f"no answer from {self.shown_url} within {c.request_timeout:g}s"
+            ) from None
         text = data.decode("utf-8", "replace")
         if not 200 <= status < 300:
-            raise HTTPError(f"{c.url} answered {status}: {' '.join(text.split())[:120]}")
-        return ActuatorReply(output={"status": status, "body": text})
+            raise HTTPError(f"{self.shown_url} answered {status}: {self._excerpt(text)}")
+        # a server may echo the request: the journal keeps the body without the secrets
+        return ActuatorReply(output={"status": status, "body": redact_text(text, self.secrets)})
 
 
 SPEC = PluginSpec(
