@@ -44,6 +44,8 @@ class Message(msgspec.Struct, frozen=True, kw_only=True):
     payload: bytes
     retain: bool = False
     content_type: str = "application/msgpack"
+    #: MQTT 5 correlation data of the request this message answers (command replies)
+    correlation: bytes | None = None
 
 
 class Delivery(msgspec.Struct, frozen=True, kw_only=True):

@@ -32,10 +32,12 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersi
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from agentd.errors import ConfigError
 from agentd.uplink.base import Delivery, Link, Message, TransportError
 from agentd.uplink.config import MqttConfig, read_password
+from agentd.uplink.inbound import InboundSink, from_paho
 
 __all__ = ["MqttTransport"]
 
@@ -62,6 +64,11 @@ class MqttTransport:
         self._misc: asyncio.TimerHandle | None = None
         self._on_message: Callable[[str, bytes], None] | None = None
         self._ssl: ssl.SSLContext | None = None
+        self._inbound: InboundSink | None = None
+
+    def set_inbound(self, sink: InboundSink | None) -> None:
+        """The command channel sees each inbound message first; one it takes, it acks."""
+        self._inbound = sink
 
     # -- Uplink ------------------------------------------------------------------------------
     async def connect(
@@ -99,6 +106,8 @@ class MqttTransport:
         if self._v5:
             props = _properties(PacketTypes.PUBLISH)
             props.ContentType = message.content_type
+            if message.correlation is not None:  # a reply to an MQTT 5 request
+                props.CorrelationData = message.correlation
         info = client.publish(
             message.topic, message.payload, qos=1, retain=message.retain, properties=props
         )
@@ -112,7 +121,13 @@ class MqttTransport:
         client = self._client
         if client is None:
             raise TransportError("not connected")
-        rc, mid = client.subscribe(topic, qos=1)
+        # MQTT 5 Retain As Published: a command published with retain set is seen as retained
+        # (and ignored) live too, not only as the broker's stored copy on subscribe
+        if self._v5:
+            opts = SubscribeOptions(qos=1, retainAsPublished=True)
+            rc, mid = client.subscribe(topic, options=opts)
+        else:
+            rc, mid = client.subscribe(topic, qos=1)
         if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or mid is None:
             raise TransportError(f"subscribe {topic}: {paho.error_string(rc)}")
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -152,6 +167,8 @@ class MqttTransport:
             protocol=version,
             clean_session=None if v5 else True,
             reconnect_on_failure=False,  # reconnects are the engine's, with its backoff
+            # a command is acknowledged after its once-only claim commits (inbound.py)
+            manual_ack=True,
         )
         client.suppress_exceptions = False
         client.connect_timeout = self.config.connect_timeout
@@ -355,12 +372,24 @@ class MqttTransport:
         else:
             fut.set_result(None)
 
-    def _handle_message(self, _c: paho.Client, _u: Any, msg: paho.MQTTMessage) -> None:
-        if self._on_message is not None:
-            try:
+    def _handle_message(self, client: paho.Client, _u: Any, msg: paho.MQTTMessage) -> None:
+        qos, mid = msg.qos, msg.mid
+
+        def ack() -> None:
+            # a PUBACK belongs to the connection the PUBLISH came on; after a reconnect the
+            # mid means nothing (the clean session dropped the message)
+            if qos > 0 and self._client is client:
+                client.ack(mid, qos)
+
+        try:
+            sink = self._inbound
+            if sink is not None and sink(from_paho(msg), ack):
+                return
+            if self._on_message is not None:
                 self._on_message(msg.topic, bytes(msg.payload))
-            except Exception:  # a consumer's bad message must not take the link down
-                log.exception("mqtt: handling a message on %s failed", msg.topic)
+        except Exception:  # a consumer's bad message must not take the link down
+            log.exception("mqtt: handling a message on %s failed", msg.topic)
+        ack()
 
     def _handle_disconnect(
         self,
