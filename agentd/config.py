@@ -119,8 +119,12 @@ class StoreConfig(_Section, frozen=True):
     batch_size: Annotated[int, Meta(ge=1, le=100_000)] = 500
     queue_size: Annotated[int, Meta(ge=1, le=1_000_000)] = 10_000
     sweep_interval: Seconds = 60.0
+    #: seconds between background integrity checks (read-only, off the writer); none: never
+    check_interval: Seconds | None = 86400.0
     observations: JournalConfig = JournalConfig()
     actions: JournalConfig = JournalConfig(max_rows=100_000)
+    #: agentd's own state changes (the uplink's events stream); `every` does not apply
+    events: JournalConfig = JournalConfig(max_rows=100_000)
 
 
 class ControlConfig(_Section, frozen=True):

@@ -23,6 +23,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from zlib import crc32
 
 import aiosqlite
 import msgspec
@@ -67,7 +68,9 @@ def raw_batched(path: Path, n: int) -> float:
     t0 = time.perf_counter()
     for i in range(0, n, 100):
         now = time.time()
-        conn.executemany(UPSERT, [(sid, data, now, None) for sid, data in rows[i : i + 100]])
+        conn.executemany(
+            UPSERT, [(sid, data, now, None, crc32(data)) for sid, data in rows[i : i + 100]]
+        )
         conn.commit()
     elapsed = time.perf_counter() - t0
     conn.close()
@@ -83,7 +86,7 @@ async def bare_batched(path: Path, n: int) -> float:
         for i in range(0, n, 100):
             now = time.time()
             await db.executemany(
-                UPSERT, [(sid, data, now, None) for sid, data in rows[i : i + 100]]
+                UPSERT, [(sid, data, now, None, crc32(data)) for sid, data in rows[i : i + 100]]
             )
             await db.commit()
         return n / (time.perf_counter() - t0)
@@ -128,7 +131,7 @@ async def awaited_pair(
                 t = time.perf_counter()
                 await store.sessions.put(f"bench:{i % IDS:05d}", STATE)
                 t1 = time.perf_counter()
-                await db.execute(UPSERT, (sid, data, time.time(), None))
+                await db.execute(UPSERT, (sid, data, time.time(), None, crc32(data)))
                 await db.commit()
                 t2 = time.perf_counter()
                 ours.add(t1 - t)

@@ -1,13 +1,17 @@
-"""The two journals: observations (one row per journaled tick) and actions (one row per
-ActionResult: the audit log). Rows are msgpack; a few columns are copied out for queries and
-retention. The functions here run on the store's database thread, inside the writer's
-transaction, so retention and the inserts it bounds commit together."""
+"""The three journals: observations (one row per journaled tick), actions (one row per
+ActionResult: the audit log) and events (agentd's own state changes). Rows are msgpack; a few
+columns are copied out for queries and retention, and every row is stamped with the boot id,
+the boot-relative time and whether the clock was synchronized (`agentd.store.clock`). Ids are
+never reused (AUTOINCREMENT), so ``(epoch, stream, id)`` names one row forever. The functions
+here run on the store's database thread, inside the writer's transaction."""
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import time
-from dataclasses import dataclass
+import zlib
+from collections.abc import Mapping
 from typing import Any, Final, Literal
 
 import msgspec
@@ -17,27 +21,75 @@ from agentd.model import ActionResult, Observation
 
 __all__ = [
     "ACTION_ROW",
+    "EVENT_ROW",
     "OBSERVATION_ROW",
+    "STREAMS",
+    "Event",
     "Journal",
     "JournalName",
-    "Retention",
+    "Stream",
     "action_row",
+    "event_row",
     "observation_row",
 ]
 
-JournalName = Literal["observations", "actions"]
+Stream = Literal["observations", "actions", "events"]
+JournalName = Stream
+STREAMS: Final[tuple[Stream, ...]] = ("observations", "actions", "events")
 
-OBSERVATION_ROW: Final = "INSERT INTO observations (tick, wall, size, data) VALUES (?, ?, ?, ?)"
-ACTION_ROW: Final = (
-    "INSERT INTO actions (tick, finished_at, actuator, name, status, key, size, data) "
+_STAMPS: Final = "boot_id, uptime, synced"
+OBSERVATION_ROW: Final = (
+    f"INSERT INTO observations ({_STAMPS}, tick, wall, size, data, crc) "
     "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 )
+ACTION_ROW: Final = (
+    f"INSERT INTO actions ({_STAMPS}, tick, finished_at, actuator, name, status, key, size, "
+    "data, crc) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+EVENT_ROW: Final = (
+    f"INSERT INTO events ({_STAMPS}, kind, wall, size, data, crc) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_INSERT: Final[dict[Stream, str]] = {
+    "observations": OBSERVATION_ROW,
+    "actions": ACTION_ROW,
+    "events": EVENT_ROW,
+}
+#: the wall-clock column of each journal
+TIME_COLUMN: Final[dict[Stream, str]] = {
+    "observations": "wall",
+    "actions": "finished_at",
+    "events": "wall",
+}
 #: statuses for which the actuator was called: their idempotency keys count as used
 RAN: Final = ("ok", "failed", "timeout")
+#: a queued row is (boot_id, uptime, synced, *the journal's columns, size, data); a row as
+#: built here has its wall time (wall, finished_at) second
+SIZE: Final = -2
+WALL: Final = 1
+
+
+class Event(msgspec.Struct, frozen=True, kw_only=True):
+    """One row of the events journal: a state change of agentd itself (started, stopped,
+    reloaded, a plugin failing or recovered, the store degraded, an uplink gap...)."""
+
+    kind: str
+    wall: float
+    data: dict[str, Any] = {}
+
+
+log = logging.getLogger("agentd.store")
 
 _encoder = msgspec.msgpack.Encoder()
+#: an event's free-form values that msgpack cannot hold are kept as their repr
+_event_encoder = msgspec.msgpack.Encoder(enc_hook=repr)
 _observation = msgspec.msgpack.Decoder(Observation)
 _action = msgspec.msgpack.Decoder(ActionResult)
+_event = msgspec.msgpack.Decoder(Event)
+_DECODERS: Final[dict[Stream, msgspec.msgpack.Decoder[Any]]] = {
+    "observations": _observation,
+    "actions": _action,
+    "events": _event,
+}
 
 
 def observation_row(obs: Observation) -> tuple[Any, ...]:
@@ -57,25 +109,33 @@ def action_row(result: ActionResult) -> tuple[Any, ...]:
     return (result.tick, finished, a.actuator, a.name, result.status, a.key, len(data), data)
 
 
-@dataclass(slots=True)
-class Retention:
-    """What one commit's retention pass removed from one journal."""
-
-    rows: int = 0
-    size: int = 0
+def event_row(kind: str, wall: float, data: Mapping[str, object]) -> tuple[Any, ...]:
+    blob = _event_encoder.encode(Event(kind=kind, wall=wall, data=dict(data)))
+    return (kind, wall, len(blob), blob)
 
 
 class Journal:
     """Bookkeeping for one journal table: live row and byte counts (kept in memory so the size
-    bound costs nothing while under it) and drop counters."""
+    bound costs nothing while under it), the highest id committed, and drop counters."""
 
-    __slots__ = ("config", "dropped", "dropped_total", "name", "queue_dropped", "rows", "size")
+    __slots__ = (
+        "config",
+        "dropped",
+        "dropped_total",
+        "head",
+        "name",
+        "queue_dropped",
+        "rows",
+        "size",
+    )
 
-    def __init__(self, name: JournalName, config: JournalConfig) -> None:
-        self.name: JournalName = name
+    def __init__(self, name: Stream, config: JournalConfig) -> None:
+        self.name: Stream = name
         self.config = config
         self.rows = 0
         self.size = 0
+        #: the highest id ever committed (retention does not lower it)
+        self.head = 0
         #: rows removed by retention since open / over the database's life
         self.dropped = 0
         self.dropped_total = 0
@@ -84,7 +144,7 @@ class Journal:
 
     @property
     def time_column(self) -> str:
-        return "wall" if self.name == "observations" else "finished_at"
+        return TIME_COLUMN[self.name]
 
     def load(self, conn: sqlite3.Connection) -> None:
         row = conn.execute(f"SELECT count(*), coalesce(sum(size), 0) FROM {self.name}").fetchone()
@@ -93,66 +153,26 @@ class Journal:
             "SELECT dropped FROM journal_stats WHERE journal = ?", (self.name,)
         ).fetchone()
         self.dropped_total = int(got[0]) if got else 0
+        self.head = head(conn, self.name)
 
     def insert(self, conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> tuple[int, int]:
         """Insert rows; returns (rows, bytes) added."""
         if not rows:
             return 0, 0
-        sql = OBSERVATION_ROW if self.name == "observations" else ACTION_ROW
-        conn.executemany(sql, rows)
-        return len(rows), sum(r[-2] for r in rows)
+        # the checksum is taken here, on the database thread, not on the event loop
+        conn.executemany(_INSERT[self.name], [(*r, zlib.crc32(r[-1])) for r in rows])
+        return len(rows), sum(r[SIZE] for r in rows)
 
-    def retain(self, conn: sqlite3.Connection, rows: int, size: int, now: float) -> Retention:
-        """Apply the bounds to a journal holding ``rows`` rows of ``size`` bytes (counts that
-        include this transaction's inserts). Oldest rows go first."""
-        c = self.config
-        out = Retention()
-        if c.max_age is not None:
-            cutoff = now - c.max_age
-            got = conn.execute(
-                f"SELECT count(*), coalesce(sum(size), 0) FROM {self.name} "
-                f"WHERE {self.time_column} < ?",
-                (cutoff,),
-            ).fetchone()
-            if got[0]:
-                conn.execute(f"DELETE FROM {self.name} WHERE {self.time_column} < ?", (cutoff,))
-                out.rows += int(got[0])
-                out.size += int(got[1])
-        excess_rows = rows - out.rows - (c.max_rows if c.max_rows is not None else rows)
-        excess_bytes = size - out.size - (c.max_bytes if c.max_bytes is not None else size)
-        if excess_rows > 0 or excess_bytes > 0:
-            last, n, freed = self._oldest_to_drop(conn, max(0, excess_rows), max(0, excess_bytes))
-            if n:
-                conn.execute(f"DELETE FROM {self.name} WHERE id <= ?", (last,))
-                out.rows += n
-                out.size += freed
-        if out.rows:
-            conn.execute(
-                "UPDATE journal_stats SET dropped = dropped + ? WHERE journal = ?",
-                (out.rows, self.name),
-            )
-        return out
 
-    def _oldest_to_drop(
-        self, conn: sqlite3.Connection, rows: int, size: int
-    ) -> tuple[int, int, int]:
-        """The id up to which rows must go to remove at least ``rows`` rows and ``size``
-        bytes, with the count and bytes that removes."""
-        last, n, freed = 0, 0, 0
-        cursor = conn.execute(f"SELECT id, size FROM {self.name} ORDER BY id")
-        try:
-            for row_id, row_size in cursor:
-                if n >= rows and freed >= size:
-                    break
-                last, n, freed = row_id, n + 1, freed + row_size
-        finally:
-            cursor.close()
-        return last, n, freed
+def head(conn: sqlite3.Connection, name: Stream) -> int:
+    """The highest id ever handed out in ``name`` (AUTOINCREMENT's counter), 0 if none."""
+    got = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = ?", (name,)).fetchone()
+    return int(got[0]) if got else 0
 
 
 def query(
     conn: sqlite3.Connection,
-    journal: JournalName,
+    journal: Stream,
     *,
     since: float | None,
     until: float | None,
@@ -161,7 +181,7 @@ def query(
     limit: int,
     newest_first: bool,
 ) -> list[Any]:
-    time_column = "wall" if journal == "observations" else "finished_at"
+    time_column = TIME_COLUMN[journal]
     where: list[str] = []
     args: list[Any] = []
     for column, op, value in (
@@ -173,13 +193,29 @@ def query(
         if value is not None:
             where.append(f"{column} {op} ?")
             args.append(value)
-    sql = f"SELECT data FROM {journal}"
+    sql = f"SELECT id, size, data, crc FROM {journal}"
     if where:
         sql += " WHERE " + " AND ".join(where)
     sql += f" ORDER BY id {'DESC' if newest_first else 'ASC'} LIMIT ?"
     args.append(limit)
-    decoder = _observation if journal == "observations" else _action
-    return [decoder.decode(row[0]) for row in conn.execute(sql, args).fetchall()]
+    decoder: msgspec.msgpack.Decoder[Any] = _DECODERS[journal]
+    rows = conn.execute(sql, args).fetchall()
+    bad = [r[0] for r in rows if not intact(r[1], r[2], r[3])]
+    if bad:
+        log.error(
+            "store: %d corrupt rows of the %s journal left out (their checksums do not match): "
+            "ids %s",
+            len(bad),
+            journal,
+            ", ".join(map(str, bad[:10])),
+        )
+    return [decoder.decode(r[2]) for r in rows if intact(r[1], r[2], r[3])]
+
+
+def intact(size: int, data: bytes, crc: int | None) -> bool:
+    """Whether a stored row is what was written (rows from before version 5 carry no
+    checksum; their size is still checked)."""
+    return len(data) == size and (crc is None or zlib.crc32(data) == crc)
 
 
 def used_keys(conn: sqlite3.Connection, limit: int) -> list[tuple[str, str]]:

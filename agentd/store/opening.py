@@ -1,29 +1,28 @@
 """Opening the database: connect, check, configure, migrate; corrupt files are moved aside and
 replaced, a newer schema is refused untouched, anything else that stops us is `Unavailable`
-(the store then runs degraded). Also the two aiosqlite helpers the store uses everywhere."""
+(the store then runs degraded)."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import sqlite3
-from collections.abc import Callable, Iterable
+import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
-
-import aiosqlite
 
 from agentd.config import StoreConfig
 from agentd.errors import StoreError
-from agentd.store.journal import Journal, used_keys
-from agentd.store.recovery import describe, is_corruption, move_aside
+from agentd.store.journal import Journal, Stream, used_keys
+from agentd.store.recovery import Salvaged, describe, is_corruption, move_aside, salvage
 from agentd.store.schema import LATEST, migrate, user_version
+from agentd.store.streams import load_holds
+from agentd.store.thread import DatabaseThread
 
-__all__ = ["KEY_MEMORY", "Opened", "Unavailable", "call", "close_quietly", "open_database"]
+__all__ = ["KEY_MEMORY", "Opened", "Unavailable", "close_quietly", "open_database"]
 
 log = logging.getLogger("agentd.store")
-
-T = TypeVar("T")
 
 #: idempotency keys remembered (loaded from the action journal at open)
 KEY_MEMORY = 100_000
@@ -44,24 +43,38 @@ class _Corrupt(Exception):
 
 @dataclass(slots=True)
 class Opened:
-    db: aiosqlite.Connection
     schema_version: int
     journal_mode: str
     #: (actuator, key) of actions that ran, oldest first
     keys: list[tuple[str, str]]
+    #: the database's epoch: made once, when the database was created
+    epoch: str
+    #: retention holds (uplink, stream) -> keep_after, as last committed
+    holds: dict[tuple[str, Stream], int]
+    #: what was copied from the corrupt database this one replaces
+    salvaged: Salvaged | None = None
+    #: set when the database could only be opened read-only: why, in one line
+    read_only: str | None = None
 
 
-async def open_database(path: Path, config: StoreConfig, journals: Iterable[Journal]) -> Opened:
+async def open_database(
+    path: Path, config: StoreConfig, journals: Iterable[Journal]
+) -> tuple[DatabaseThread, Opened]:
     """Open ``path`` ready for use. Raises StoreError for a database from a newer agentd (left
     untouched) and Unavailable when it cannot be opened; a corrupt file is moved aside (logged
     in one line) and a fresh database takes its place."""
     journals = list(journals)
+    moved: Path | None = None
     for attempt in (1, 2):
-        db: aiosqlite.Connection | None = None
+        db: DatabaseThread | None = None
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            db = await aiosqlite.connect(path, isolation_level=None)
-            return await call(db, _prepare, db._conn, path, config, journals, db)
+            db = DatabaseThread()
+            await db.connect(lambda: sqlite3.connect(path, isolation_level=None))
+            opened = await db.call(_prepare, path, config, journals, moved)
+            if opened.salvaged is not None:
+                log.warning("store: from %s: %s", moved, opened.salvaged.summary())
+            return db, opened
         except _Newer as exc:
             await close_quietly(db)
             raise StoreError(
@@ -70,6 +83,8 @@ async def open_database(path: Path, config: StoreConfig, journals: Iterable[Jour
             ) from None
         except (_Corrupt, sqlite3.DatabaseError) as exc:
             await close_quietly(db)
+            if attempt == 1 and not (isinstance(exc, _Corrupt) or is_corruption(exc)):
+                return await _read_only(path, config, journals, describe(exc))
             if attempt == 2 or not (isinstance(exc, _Corrupt) or is_corruption(exc)):
                 raise Unavailable(f"cannot open {path}: {describe(exc)}") from None
             try:
@@ -87,8 +102,63 @@ async def open_database(path: Path, config: StoreConfig, journals: Iterable[Jour
             )
         except (sqlite3.Error, OSError) as exc:
             await close_quietly(db)
+            if attempt == 1:
+                return await _read_only(path, config, journals, describe(exc))
             raise Unavailable(f"cannot open {path}: {describe(exc)}") from None
     raise AssertionError("unreachable: the second attempt returns or raises")
+
+
+async def _read_only(
+    path: Path, config: StoreConfig, journals: list[Journal], why: str
+) -> tuple[DatabaseThread, Opened]:
+    """The database cannot be opened for writing (a read-only file system, say): open it
+    read-only so what it holds can still be read. ``immutable`` (no -shm needed, which a
+    read-only directory cannot hold) only when no WAL holds commits the file lacks. Raises
+    Unavailable (with ``why``) when that cannot be done either."""
+    for uri in _read_only_uris(path):
+        db = DatabaseThread()
+        try:
+            await db.connect(
+                functools.partial(sqlite3.connect, uri, uri=True, isolation_level=None)
+            )
+            opened = await db.call(_prepare_read_only, config, journals)
+        except _Newer as exc:
+            await close_quietly(db)
+            raise StoreError(
+                f"{path} was written by a newer agentd (schema version {exc.version}; "
+                f"this agentd knows up to {LATEST}); refusing to use or modify it"
+            ) from None
+        except (_Corrupt, sqlite3.Error, OSError):
+            await close_quietly(db)
+            continue
+        opened.read_only = f"{path} cannot be written ({why}); opened it read-only"
+        return db, opened
+    raise Unavailable(f"cannot open {path}: {why}")
+
+
+def _read_only_uris(path: Path) -> list[str]:
+    if not path.is_file():
+        return []
+    base = path.absolute().as_uri()
+    wal = path.with_name(path.name + "-wal")
+    if wal.exists() and wal.stat().st_size > 0:
+        return [f"{base}?mode=ro"]
+    return [f"{base}?mode=ro", f"{base}?mode=ro&immutable=1"]
+
+
+def _prepare_read_only(
+    conn: sqlite3.Connection, config: StoreConfig, journals: list[Journal]
+) -> Opened:
+    conn.execute(f"PRAGMA busy_timeout = {int(config.busy_timeout * 1000):d}")
+    version = user_version(conn)
+    if version > LATEST:
+        raise _Newer(version)
+    if version < LATEST:  # the queries need the current schema, and it cannot be migrated
+        raise _Corrupt(f"schema version {version} needs an upgrade")
+    check = [row[0] for row in conn.execute("PRAGMA quick_check").fetchall()]
+    if check != ["ok"]:
+        raise _Corrupt(f"quick_check: {check[0]}")
+    return _loaded(conn, journals, "read-only", None)
 
 
 def _prepare(
@@ -96,9 +166,10 @@ def _prepare(
     path: Path,
     config: StoreConfig,
     journals: list[Journal],
-    db: aiosqlite.Connection,
+    salvage_from: Path | None,
 ) -> Opened:
-    """On the database thread: check, configure and migrate. Reads only until the version is
+    """On the database thread: check, configure and migrate, then copy what can be read from
+    ``salvage_from`` (the corrupt file this one replaces). Reads only until the version is
     known to be ours."""
     conn.execute(f"PRAGMA busy_timeout = {int(config.busy_timeout * 1000):d}")
     version = user_version(conn)
@@ -117,28 +188,31 @@ def _prepare(
         log.debug("store: created %s (schema version %d)", path, applied[-1])
     elif applied:
         log.info("store: %s schema upgraded to version %d", path, applied[-1])
+    salvaged = None if salvage_from is None else salvage(conn, salvage_from, time.time())
+    return _loaded(conn, journals, mode, salvaged)
+
+
+def _loaded(
+    conn: sqlite3.Connection, journals: list[Journal], mode: str, salvaged: Salvaged | None
+) -> Opened:
     for j in journals:
         j.load(conn)
-    return Opened(db, user_version(conn), mode, used_keys(conn, KEY_MEMORY))
+    epoch = conn.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()
+    return Opened(
+        schema_version=user_version(conn),
+        journal_mode=mode,
+        keys=used_keys(conn, KEY_MEMORY),
+        epoch=str(epoch[0]),
+        holds=load_holds(conn),
+        salvaged=salvaged,
+    )
 
 
-async def call(db: aiosqlite.Connection, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """Run ``fn`` on the connection's thread: one hop for a whole transaction. aiosqlite's
-    public API is one hop per statement; its ``_execute`` is the documented-by-source way to
-    run a callable there, stable across releases."""
-    result: T = await db._execute(fn, *args, **kwargs)  # type: ignore[no-untyped-call]
-    return result
-
-
-async def close_quietly(db: aiosqlite.Connection | None) -> None:
+async def close_quietly(db: DatabaseThread | None) -> None:
+    """Close the connection and end its thread; a failure is logged, never raised."""
     if db is None:
         return
     try:
         await db.close()
-    except (sqlite3.Error, ValueError) as exc:
+    except sqlite3.Error as exc:
         log.warning("store: closing the database failed: %s", describe(exc))
-    # close() returns when the thread has handed back its last result, a moment before the
-    # thread itself ends; wait for that so no thread outlives the store
-    thread = getattr(db, "_thread", None)
-    if thread is not None and thread.is_alive():
-        thread.join(1.0)

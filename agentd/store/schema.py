@@ -13,6 +13,45 @@ from typing import Final
 
 __all__ = ["LATEST", "MIGRATIONS", "migrate"]
 
+#: the columns every journal row carries from version 4 on (defaults: rows from before it, and
+#: rows written by tools that know only the older columns)
+_STAMPS: Final = "boot_id TEXT NOT NULL DEFAULT '', uptime REAL, synced INTEGER NOT NULL DEFAULT 0"
+
+
+def _journal_v4(name: str, columns: str) -> str:
+    # a rebuilt table: SQLite cannot add AUTOINCREMENT to an existing one
+    return (
+        f"CREATE TABLE {name}_v4 (id INTEGER PRIMARY KEY AUTOINCREMENT, {columns}, "
+        f"size INTEGER NOT NULL, data BLOB NOT NULL, {_STAMPS})"
+    )
+
+
+def _copy_v4(name: str, columns: str) -> str:
+    # every row keeps its id; sqlite_sequence starts at the highest copied id
+    cols = f"id, {columns}, size, data"
+    return (
+        f"INSERT INTO {name}_v4 ({cols}) SELECT {cols} FROM {name} ORDER BY id; "
+        f"DROP TABLE {name}; ALTER TABLE {name}_v4 RENAME TO {name}"
+    )
+
+
+def _stamp_indexes(name: str, wall: str = "wall") -> str:
+    # retention by age: within a boot by boot-relative time, across boots by synced wall time
+    return (
+        f"CREATE INDEX {name}_boot ON {name}(boot_id, uptime); "
+        f"CREATE INDEX {name}_synced_wall ON {name}({wall}) WHERE synced = 1"
+    )
+
+
+def _legacy_gap(name: str) -> str:
+    # rows retention removed before ranges were logged: the ids below the oldest kept row
+    return (
+        "INSERT INTO dropped_ranges (stream, first, last, reason, at) "
+        f"SELECT '{name}', 1, low - 1, 'retention.before_upgrade', 0 "
+        f"FROM (SELECT min(id) AS low FROM {name}) WHERE low > 1"
+    )
+
+
 #: (what it does, the DDL); index i takes user_version i to i + 1
 MIGRATIONS: Final[tuple[tuple[str, str], ...]] = (
     (
@@ -71,6 +110,70 @@ MIGRATIONS: Final[tuple[tuple[str, str], ...]] = (
             claimed_at REAL NOT NULL,
             UNIQUE (actuator, key)
         );
+        """,
+    ),
+    (
+        "journal ids never reused (AUTOINCREMENT, rows kept); rows stamped with boot id, "
+        "boot-relative time and clock sync; the events journal; the database epoch; uplink "
+        "cursors and retention holds; the log of dropped id ranges",
+        f"""
+        {_journal_v4("observations", "tick INTEGER NOT NULL, wall REAL NOT NULL")};
+        {_copy_v4("observations", "tick, wall")};
+        CREATE INDEX observations_wall ON observations(wall);
+        CREATE INDEX observations_tick ON observations(tick);
+        {_stamp_indexes("observations")};
+        {
+            _journal_v4(
+                "actions",
+                "tick INTEGER, finished_at REAL NOT NULL, actuator TEXT NOT NULL, "
+                "name TEXT NOT NULL, status TEXT NOT NULL, key TEXT",
+            )
+        };
+        {_copy_v4("actions", "tick, finished_at, actuator, name, status, key")};
+        CREATE INDEX actions_finished ON actions(finished_at);
+        CREATE INDEX actions_key ON actions(actuator, key) WHERE key IS NOT NULL;
+        {_stamp_indexes("actions", "finished_at")};
+        CREATE TABLE events (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            kind TEXT NOT NULL,
+            wall REAL NOT NULL,
+            size INTEGER NOT NULL,
+            data BLOB NOT NULL,
+            {_STAMPS}
+        );
+        CREATE INDEX events_wall ON events(wall);
+        {_stamp_indexes("events")};
+        INSERT INTO journal_stats (journal) VALUES ('events');
+        CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+        INSERT INTO meta (key, value) VALUES ('epoch', lower(hex(randomblob(16))));
+        CREATE TABLE uplink_cursors (
+            uplink TEXT NOT NULL,
+            stream TEXT NOT NULL,
+            acked INTEGER NOT NULL DEFAULT 0,
+            hold INTEGER,
+            updated_at REAL NOT NULL,
+            PRIMARY KEY (uplink, stream)
+        ) WITHOUT ROWID;
+        CREATE TABLE dropped_ranges (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            stream TEXT NOT NULL,
+            first INTEGER NOT NULL,
+            last INTEGER NOT NULL,
+            reason TEXT NOT NULL,
+            at REAL NOT NULL
+        );
+        CREATE INDEX dropped_ranges_stream ON dropped_ranges(stream, last);
+        {_legacy_gap("observations")};
+        {_legacy_gap("actions")}
+        """,
+    ),
+    (
+        "a CRC-32 of each session state and journal row (NULL: written before version 5)",
+        """
+        ALTER TABLE sessions ADD COLUMN crc INTEGER;
+        ALTER TABLE observations ADD COLUMN crc INTEGER;
+        ALTER TABLE actions ADD COLUMN crc INTEGER;
+        ALTER TABLE events ADD COLUMN crc INTEGER
         """,
     ),
 )

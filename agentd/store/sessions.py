@@ -5,8 +5,10 @@ over it starts again at version 1."""
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import time
+import zlib
 from typing import TYPE_CHECKING, Any, Final, TypeVar, overload
 
 import msgspec
@@ -17,17 +19,21 @@ from agentd.model import Session
 if TYPE_CHECKING:
     from agentd.store.store import Store
 
-__all__ = ["SessionStore"]
+__all__ = ["SessionStore", "intact"]
+
+log = logging.getLogger("agentd.store")
 
 T = TypeVar("T")
 
 _LIVE: Final = "(expires_at IS NULL OR expires_at > ?)"
+_COLUMNS: Final = "id, state, version, created_at, updated_at, expires_at, crc"
 _EXPIRED: Final = "sessions.expires_at IS NOT NULL AND sessions.expires_at <= excluded.updated_at"
 UPSERT: Final = f"""
-INSERT INTO sessions (id, state, version, created_at, updated_at, expires_at)
-VALUES (?1, ?2, 1, ?3, ?3, ?4)
+INSERT INTO sessions (id, state, version, created_at, updated_at, expires_at, crc)
+VALUES (?1, ?2, 1, ?3, ?3, ?4, ?5)
 ON CONFLICT(id) DO UPDATE SET
     state = excluded.state,
+    crc = excluded.crc,
     version = CASE WHEN {_EXPIRED} THEN 1 ELSE sessions.version + 1 END,
     created_at = CASE WHEN {_EXPIRED} THEN excluded.created_at ELSE sessions.created_at END,
     updated_at = excluded.updated_at,
@@ -61,7 +67,9 @@ def put(
         current = None if row is None or (row[1] is not None and row[1] <= now) else int(row[0])
         if (current or 0) != expected:
             return VersionConflict(sid, expected, current)
-    version, created = conn.execute(UPSERT_RETURNING, (sid, data, now, expires_at)).fetchone()
+    version, created = conn.execute(
+        UPSERT_RETURNING, (sid, data, now, expires_at, zlib.crc32(data))
+    ).fetchone()
     return Session(
         id=sid,
         state=data,
@@ -87,8 +95,7 @@ def sweep(conn: sqlite3.Connection, now: float) -> int:
 
 def _get(conn: sqlite3.Connection, sid: str, now: float) -> tuple[Any, ...] | None:
     row: tuple[Any, ...] | None = conn.execute(
-        "SELECT id, state, version, created_at, updated_at, expires_at FROM sessions "
-        f"WHERE id = ? AND {_LIVE}",
+        f"SELECT {_COLUMNS} FROM sessions WHERE id = ? AND {_LIVE}",
         (sid, now),
     ).fetchone()
     return row
@@ -97,10 +104,7 @@ def _get(conn: sqlite3.Connection, sid: str, now: float) -> tuple[Any, ...] | No
 def _list(
     conn: sqlite3.Connection, prefix: str, limit: int, after: str | None, now: float
 ) -> list[tuple[Any, ...]]:
-    sql = (
-        "SELECT id, state, version, created_at, updated_at, expires_at FROM sessions "
-        f"WHERE {_LIVE} AND id >= ? AND substr(id, 1, ?) = ?"
-    )
+    sql = f"SELECT {_COLUMNS} FROM sessions WHERE {_LIVE} AND id >= ? AND substr(id, 1, ?) = ?"
     args: list[Any] = [now, prefix, len(prefix), prefix]
     if after is not None:
         sql += " AND id > ?"
@@ -130,7 +134,14 @@ class SessionStore:
         if store.pending_session(sid):
             await store.flush()
         row = await store.read(_get, sid, time.time())
-        return None if row is None else _session(row, type)
+        if row is None:
+            return None
+        if not intact(row):
+            raise StoreError(
+                f"session {sid!r} in {store.path} is corrupt (its checksum does not match); "
+                "put a new state or delete it"
+            )
+        return _session(row, type)
 
     async def list(
         self, prefix: str = "", limit: int = 100, after: str | None = None
@@ -143,7 +154,15 @@ class SessionStore:
         if store.pending_session(None):
             await store.flush()
         rows = await store.read(_list, prefix, limit, after, time.time())
-        return [_session(r, Any) for r in rows]
+        bad = [str(r[0]) for r in rows if not intact(r)]
+        if bad:
+            log.error(
+                "store: %d corrupt sessions in %s left out (their checksums do not match): %s",
+                len(bad),
+                store.path,
+                ", ".join(repr(b) for b in bad[:10]),
+            )
+        return [_session(r, Any) for r in rows if intact(r)]
 
     async def put(
         self,
@@ -181,8 +200,15 @@ class SessionStore:
         return int(await self._store.write("sweep"))
 
 
+def intact(row: tuple[Any, ...]) -> bool:
+    """Whether a session row's state matches its checksum (rows from before version 5 have
+    none)."""
+    crc = row[-1]
+    return crc is None or zlib.crc32(row[1]) == crc
+
+
 def _session(row: tuple[Any, ...], type: Any) -> Session:
-    sid, data, version, created, updated, expires = row
+    sid, data, version, created, updated, expires, _ = row
     state = msgspec.msgpack.decode(data) if type is Any else msgspec.msgpack.decode(data, type=type)
     return Session(
         id=sid,

@@ -8,6 +8,9 @@ reported as committed (the parent SIGKILLs it at a random moment):
 - ``O <first> <last>``: observations with ticks first..last were journaled, then flush() returned
 - ``A <first> <last>``: likewise for action results (tick numbers)
 - ``B <id> <n>``: a batched ``put_nowait`` followed by flush() returned
+- ``U <stream> <acked>``: ``save_cursor("fleet", stream, acked)`` followed by flush() returned
+  (the cursor is the stream's head: what an uplink would save after a PUBACK)
+- ``E <n>``: ``journal_event("loop", {"n": n})`` followed by flush() returned
 """
 
 from __future__ import annotations
@@ -74,10 +77,19 @@ async def main(path: Path, run: int, synchronous: str) -> None:
                 )
             )
         store.sessions.put_nowait(f"batched:{run}", {"n": n})
+        store.journal_event("loop", {"run": run, "n": n})
         await store.flush()
         report(f"O {first} {tick}")
         report(f"A {first} {tick}")
         report(f"B batched:{run} {n}")
+        report(f"E {run * 1_000_000 + n}")
+        # cursor saves ride the group commit like the rows; several coalesce into one write
+        for stream in ("observations", "actions"):
+            store.save_cursor("fleet", stream, store.stream_head(stream) - rng.randrange(0, 3))
+            store.save_cursor("fleet", stream, store.stream_head(stream))
+        await store.flush()
+        report(f"U observations {store.stream_head('observations')}")
+        report(f"U actions {store.stream_head('actions')}")
 
 
 if __name__ == "__main__":

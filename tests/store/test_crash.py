@@ -1,6 +1,7 @@
-"""Crash safety: a child process writes sessions and journal rows and reports each commit on a
-pipe; the parent SIGKILLs it at a random moment, 20 times. After each kill a fresh store opens
-on the same file, ``quick_check`` is ok, and every write reported as committed is there."""
+"""Crash safety: a child process writes sessions, journal rows and uplink cursors and reports
+each commit on a pipe; the parent SIGKILLs it at a random moment, 20 times. After each kill a
+fresh store opens on the same file, ``quick_check`` is ok, every write reported as committed is
+there, no cursor went back, and the committed journal ids are exactly 1..head (never reused)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from agentd.store import Store
@@ -81,6 +83,8 @@ def test_every_reported_commit_survives_sigkill(tmp_path: Path) -> None:
     rng.seed(seed)
     sessions: dict[str, tuple[int, int]] = {}  # id -> (version, n)
     batched: dict[str, int] = {}
+    cursors: dict[str, int] = {}
+    events: set[int] = set()
     ticks: set[int] = set()
     counter = 0
     reported = 0
@@ -98,8 +102,15 @@ def test_every_reported_commit_survives_sigkill(tmp_path: Path) -> None:
                 ticks.update(range(int(rest[0]), int(rest[1]) + 1))
             elif kind == "B":
                 batched[rest[0]] = int(rest[1])
+            elif kind == "U":
+                assert int(rest[1]) >= cursors.get(rest[0], 0), line
+                cursors[rest[0]] = int(rest[1])
+            elif kind == "E":
+                events.add(int(rest[0]))
             reported += 1
-        check(db, sessions, batched, ticks, counter, f"seed {seed}, after kill {run}")
+        where = f"seed {seed}, after kill {run}"
+        check(db, sessions, batched, ticks, counter, where)
+        check_streams(db, cursors, events, where)
     assert reported > KILLS * 5, "the child reported too little to test anything"
 
 
@@ -144,3 +155,23 @@ def check(
             await store.close()
 
     asyncio.run(verify())
+
+
+def check_streams(db: Path, cursors: dict[str, int], events: set[int], where: str) -> None:
+    conn = sqlite3.connect(db)
+    try:
+        for stream in ("observations", "actions", "events"):
+            count, top = conn.execute(f"SELECT count(*), max(id) FROM {stream}").fetchone()
+            # no retention in the child: committed ids are exactly 1..max, none skipped
+            assert count == (top or 0), f"{where}: {stream} ids are not 1..{top}"
+        got = dict(conn.execute("SELECT stream, acked FROM uplink_cursors WHERE uplink = 'fleet'"))
+        logged = {
+            int(msgspec.msgpack.decode(d)["data"]["run"]) * 1_000_000
+            + int(msgspec.msgpack.decode(d)["data"]["n"])
+            for (d,) in conn.execute("SELECT data FROM events")
+        }
+    finally:
+        conn.close()
+    for stream, acked in cursors.items():
+        assert got.get(stream, 0) >= acked, f"{where}: the {stream} cursor went back"
+    assert events <= logged, f"{where}: {len(events - logged)} flushed events missing"

@@ -159,3 +159,29 @@ def test_store_disabled_runs_without_a_database(short_tmp: Path) -> None:
     assert "Traceback" not in agent.log()
     assert "agentd.store" not in agent.log()
     assert not list((short_tmp / "state").glob("agentd.db*"))
+
+
+def test_journal_rows_carry_the_boot_id_and_ids_continue_under_one_epoch(
+    short_tmp: Path,
+) -> None:
+    db = short_tmp / "state" / "agentd.db"
+    boot_id = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    config = CONFIG.format(store="", for_ticks=100_000)
+    epochs = []
+    for _ in range(2):
+        with AgentProcess(short_tmp, config) as agent:
+            agent.wait_log(r"tick 3:")
+            assert agent.stop() == 0
+        conn = sqlite3.connect(db)
+        try:
+            epochs.append(conn.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone())
+            count, top = conn.execute("SELECT count(*), max(id) FROM observations").fetchone()
+            stamps = conn.execute(
+                "SELECT DISTINCT boot_id, uptime IS NOT NULL, crc IS NOT NULL FROM observations"
+            ).fetchall()
+        finally:
+            conn.close()
+        assert count == top  # ids 1..max: the second run continued where the first stopped
+        assert stamps == [(boot_id, 1, 1)]
+    assert epochs[0] == epochs[1]
+    assert len(epochs[0][0]) == 32

@@ -149,16 +149,16 @@ async def test_migrations_from_version_0_and_from_the_first_schema(
     v1 = tmp_path / "v1.db"
     _create_v1(v1)
     store = await open_store(path=v1)
-    assert store.health().schema_version == LATEST == 3
+    assert store.health().schema_version == LATEST == 5
     old = await store.sessions.get("old")
     assert old is not None
     assert (old.state, old.version) == ("abc", 4)
     assert (await store.sessions.put("old", "new")).version == 5
     assert store.key_seen("log", "k1")  # read through the index migration 2 added
-    assert store.health().dropped_total == {"observations": 0, "actions": 0}
+    assert store.health().dropped_total == {"observations": 0, "actions": 0, "events": 0}
     await store.close()
     conn = sqlite3.connect(v1)
-    assert conn.execute("PRAGMA user_version").fetchone() == (3,)
+    assert conn.execute("PRAGMA user_version").fetchone() == (5,)
     names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
     assert {"actions_key", "journal_stats", "action_keys"} <= names
     conn.close()
