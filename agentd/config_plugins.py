@@ -205,6 +205,10 @@ class PluginCatalog(Protocol):
 CatalogFactory = Callable[[Iterable[str]], PluginCatalog]
 
 
+def _defaults(common: type[PluginCommon]) -> PluginCommon:
+    return msgspec.convert({}, common)
+
+
 def decode_instance(
     kind: KindSchema, name: str, table: Any, catalog: PluginCatalog, errors: list[str]
 ) -> PluginInstance | None:
@@ -227,7 +231,7 @@ def decode_instance(
         errors.append(format_validation_error(where, exc, common_raw))
     plugin = table.get("plugin")
     # without a ``plugin`` key: the kind's default (an uplink's is "mqtt"), else the name
-    implied = common.plugin if common is not None else None
+    implied = (common or _defaults(kind.common)).plugin
     plugin_name = plugin if isinstance(plugin, str) else implied or name
     spec = catalog.schema(plugin_name, kind.name) or catalog.schema(plugin_name)
     if spec is None and catalog.is_blocked(plugin_name):

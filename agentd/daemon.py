@@ -183,9 +183,8 @@ class Daemon:
             c.source,
             self.state_dir,
         )
-        self.events.journal_event(
-            "agentd.started", {"version": __version__, "pid": os.getpid(), "config": c.source}
-        )
+        started = {"version": __version__, "pid": os.getpid(), "config": c.source}
+        self.events.journal_event("agentd.started", started)
         if self.systemd is not None:
             self.spawn(self.systemd.run(loop), name="systemd-notify")
 
@@ -229,8 +228,8 @@ class Daemon:
         log.info("stopping")
         if self.systemd is not None:
             self.systemd.stopping()
-        forced = {"exit_code": self.exit_code, "forced": self._force}
-        self.events.journal_event("agentd.stopping", forced)  # before the uplinks' last send
+        # before the uplinks' last send, so the fleet hears it
+        self.events.journal_event("agentd.stopping", {"exit_code": self.exit_code})
         await self._stage("stop_control", STOP_CONTROL_TIMEOUT, self._stop_control())
         if self.loop is not None and self._loop_task is not None:
             self.loop.stop()
@@ -378,10 +377,8 @@ class Daemon:
                 f" (was {old_interval:g}s)" if old_interval != new.agent.interval else "",
                 len(retired),
             )
-            self.events.journal_event(
-                "agentd.reloaded",
-                {"generation": self.reload_generation, "rebuilt": [h.name for h in retired]},
-            )
+            rebuilt = {"generation": self.reload_generation, "rebuilt": [h.name for h in retired]}
+            self.events.journal_event("agentd.reloaded", rebuilt)
             return []
 
     def _refused(self, errors: list[str], message: str) -> list[str]:
@@ -451,8 +448,7 @@ class Daemon:
 
     # -- the uplinks (agentd/uplinking.py, agentd/uplink/) ---------------------------------
     async def _start_uplinks(self) -> None:
-        """Engines for the running uplink transports (startup, and after a reload, when they
-        restart the changed ones). Only with a store: the config refuses uplinks without."""
+        """Engines for the running uplink transports; after a reload, the changed restart."""
         if self.store is None or (self.uplinks is None and not self.supervisor.uplinks()):
             return
         if self.uplinks is None:
@@ -470,7 +466,7 @@ class Daemon:
         if isinstance(handle, UplinkRunner):
             self.spawn(self._start_uplinks(), name=f"uplink-join:{handle.name}")
 
-    def uplink_states(self) -> list[UplinkStatus]:
+    def uplink_states(self) -> list[UplinkStatus]:  # for the control plane and telemetry
         return [] if self.uplinks is None else self.uplinks.states()
 
     async def _flush_uplink(self) -> None:
