@@ -4,6 +4,7 @@ replaced, a newer schema is refused untouched, anything else that stops us is `U
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import sqlite3
@@ -15,7 +16,17 @@ from pathlib import Path
 from agentd.config import StoreConfig
 from agentd.errors import StoreError
 from agentd.store.journal import Journal, Stream, used_keys
-from agentd.store.recovery import Salvaged, describe, is_corruption, move_aside, salvage
+from agentd.store.recovery import (
+    Salvaged,
+    describe,
+    is_corruption,
+    mark_salvage,
+    move_aside,
+    pending_salvage,
+    salvage,
+    salvage_marker,
+    salvaged_already,
+)
 from agentd.store.schema import LATEST, migrate, user_version
 from agentd.store.streams import load_holds
 from agentd.store.thread import DatabaseThread
@@ -64,7 +75,9 @@ async def open_database(
     untouched) and Unavailable when it cannot be opened; a corrupt file is moved aside (logged
     in one line) and a fresh database takes its place."""
     journals = list(journals)
-    moved: Path | None = None
+    moved = pending_salvage(path)  # a salvage a crash interrupted is finished first
+    if moved is not None:
+        log.warning("store: finishing the interrupted salvage of %s into %s", moved, path)
     for attempt in (1, 2):
         db: DatabaseThread | None = None
         try:
@@ -74,6 +87,9 @@ async def open_database(
             opened = await db.call(_prepare, path, config, journals, moved)
             if opened.salvaged is not None:
                 log.warning("store: from %s: %s", moved, opened.salvaged.summary())
+            if moved is not None:
+                with contextlib.suppress(OSError):
+                    salvage_marker(path).unlink()
             return db, opened
         except _Newer as exc:
             await close_quietly(db)
@@ -94,6 +110,8 @@ async def open_database(
                     f"{path} is corrupt ({describe(exc)}) and cannot be moved aside: "
                     f"{describe(err)}"
                 ) from None
+            with contextlib.suppress(OSError):  # without it, an interrupted salvage is lost
+                mark_salvage(path, moved)
             log.error(
                 "store: %s is corrupt (%s); moved it to %s and started a fresh database",
                 path,
@@ -188,7 +206,9 @@ def _prepare(
         log.debug("store: created %s (schema version %d)", path, applied[-1])
     elif applied:
         log.info("store: %s schema upgraded to version %d", path, applied[-1])
-    salvaged = None if salvage_from is None else salvage(conn, salvage_from, time.time())
+    salvaged = None
+    if salvage_from is not None and not salvaged_already(conn, salvage_from):
+        salvaged = salvage(conn, salvage_from, time.time())
     return _loaded(conn, journals, mode, salvaged)
 
 

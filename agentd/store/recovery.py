@@ -6,13 +6,25 @@ what is corrupt, not everything (issue 13)."""
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
-__all__ = ["SALVAGE", "Salvaged", "describe", "is_corruption", "move_aside", "salvage"]
+__all__ = [
+    "SALVAGE",
+    "Salvaged",
+    "describe",
+    "is_corruption",
+    "mark_salvage",
+    "move_aside",
+    "pending_salvage",
+    "salvage",
+    "salvage_marker",
+    "salvaged_already",
+]
 
 #: SQLite primary result codes (the low byte of an extended code)
 SQLITE_CORRUPT: Final = 11
@@ -121,6 +133,12 @@ def salvage(dst: sqlite3.Connection, source: Path, at: float) -> Salvaged:
             for table in SALVAGE:
                 _salvage_table(src, dst, table, out)
             _journal_heads(src, dst, out, at)
+            # done, in the same transaction: an interrupted salvage is resumed, a finished one
+            # never repeated (it would bring back rows retention has removed since)
+            dst.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('salvaged_from', ?)",
+                (str(source),),
+            )
             dst.execute("COMMIT")
         except BaseException:
             if dst.in_transaction:
@@ -129,6 +147,42 @@ def salvage(dst: sqlite3.Connection, source: Path, at: float) -> Salvaged:
     finally:
         src.close()
     return out
+
+
+def salvage_marker(path: Path) -> Path:
+    """The file that names the corrupt database whose salvage into ``path`` is not finished."""
+    return path.with_name(path.name + ".salvage")
+
+
+def pending_salvage(path: Path) -> Path | None:
+    """The corrupt database an interrupted salvage into ``path`` was copying from, if any."""
+    marker = salvage_marker(path)
+    try:
+        source = Path(marker.read_text().strip())
+    except OSError:
+        return None
+    if source.is_file():
+        return source
+    with contextlib.suppress(OSError):
+        marker.unlink()
+    return None
+
+
+def mark_salvage(path: Path, source: Path) -> None:
+    """Record, durably, that ``source`` is to be salvaged into ``path`` (done at the next open
+    if this one is interrupted)."""
+    marker = salvage_marker(path)
+    fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    try:
+        os.write(fd, str(source).encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def salvaged_already(conn: sqlite3.Connection, source: Path) -> bool:
+    got = conn.execute("SELECT value FROM meta WHERE key = 'salvaged_from'").fetchone()
+    return got is not None and got[0] == str(source)
 
 
 def _columns(conn: sqlite3.Connection, table: str) -> list[str]:

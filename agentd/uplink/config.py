@@ -3,15 +3,13 @@ and the MQTT transport's own (`MqttConfig`). A ``[uplinks.NAME]`` table is split
 between the two, like the common and own keys of a sensor.
 
 Secrets never live in the config file: the password comes from ``password_file`` or from a
-systemd credential (``password_credential`` names a file in ``$CREDENTIALS_DIRECTORY``).
+systemd credential (``password_credential`` names a file in ``$CREDENTIALS_DIRECTORY``), read
+with `agentd.secrets`' rules.
 """
 
 from __future__ import annotations
 
-import os
-import re
-from pathlib import Path
-from typing import Annotated, Final, Literal
+from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
 import msgspec
@@ -19,6 +17,7 @@ from msgspec import Meta
 
 from agentd.config_plugins import UplinkCommon, default_node
 from agentd.errors import ConfigError
+from agentd.secrets import SecretError, read_credential, read_secret_file, valid_credential_name
 
 __all__ = [
     "Format",
@@ -30,9 +29,6 @@ __all__ = [
 ]
 
 Format = Literal["msgpack", "json"]
-#: a credential or file name: one path component
-_NAME: Final = re.compile(r"^[A-Za-z0-9_.@-]{1,128}$")
-MAX_PASSWORD: Final = 4096
 
 
 class _Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
@@ -73,7 +69,7 @@ class MqttConfig(_Section, frozen=True):
             raise ValueError("password_file and password_credential: give one")
         if (self.password_file or self.password_credential) and not self.username:
             raise ValueError("a password needs a username")
-        if self.password_credential and not _NAME.match(self.password_credential):
+        if self.password_credential and not valid_credential_name(self.password_credential):
             raise ValueError("password_credential must be a plain credential name")
 
     def endpoint(self) -> MqttEndpoint:
@@ -101,30 +97,14 @@ class MqttEndpoint(msgspec.Struct, frozen=True, kw_only=True):
 
 
 def read_password(config: MqttConfig) -> str | None:
-    """The broker password, read at each connect (so a rotated credential is picked up).
-    Raises ConfigError naming the file, never showing its content."""
-    if config.password_credential:
-        creds = os.environ.get("CREDENTIALS_DIRECTORY")
-        if not creds:
-            raise ConfigError(
-                [
-                    f"password_credential {config.password_credential!r}: $CREDENTIALS_DIRECTORY "
-                    "is not set (LoadCredential= in the unit)"
-                ]
-            )
-        path = Path(creds) / config.password_credential
-    elif config.password_file:
-        path = Path(config.password_file)
-    else:
-        return None
+    """The broker password, read at each connect (so a rotated credential is picked up), with
+    the house rules for secret files (`agentd.secrets`: a regular file, not readable by other
+    users, one line). Raises ConfigError naming the file, never showing its content."""
     try:
-        with path.open("rb") as f:
-            raw = f.read(MAX_PASSWORD + 1)
-    except OSError as exc:
-        raise ConfigError([f"password file {path}: {exc.strerror or exc}"]) from None
-    if len(raw) > MAX_PASSWORD:
-        raise ConfigError([f"password file {path}: longer than {MAX_PASSWORD} bytes"])
-    try:
-        return raw.decode("utf-8").rstrip("\r\n")
-    except UnicodeDecodeError:
-        raise ConfigError([f"password file {path}: not UTF-8"]) from None
+        if config.password_credential:
+            return read_credential(config.password_credential)
+        if config.password_file:
+            return read_secret_file(config.password_file)
+    except SecretError as exc:
+        raise ConfigError([f"mqtt password: {exc}"]) from None
+    return None

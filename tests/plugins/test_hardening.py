@@ -22,12 +22,12 @@ from agentd.actions import ActionRunner
 from agentd.config import ActuatorCommon, ActuatorInstance
 from agentd.model import Action, Observation
 from agentd.plugins.builtin import _template, exec_actuator, file_actuator, file_sensor
-from agentd.plugins.handle import PluginHandle, build_handle
+from agentd.plugins.handle import ActuatorRunner, build_handle
 
 PY = sys.executable
 
 
-def actuator(module, name: str = "a", **raw: Any) -> tuple[ActionRunner, PluginHandle]:  # type: ignore[no-untyped-def]
+def actuator(module, name: str = "a", **raw: Any) -> tuple[ActionRunner, ActuatorRunner]:  # type: ignore[no-untyped-def]
     common_keys = set(ActuatorCommon.__struct_fields__)
     common = msgspec.convert({k: v for k, v in raw.items() if k in common_keys}, ActuatorCommon)
     own = {k: v for k, v in raw.items() if k not in common_keys}
@@ -38,7 +38,8 @@ def actuator(module, name: str = "a", **raw: Any) -> tuple[ActionRunner, PluginH
         config=msgspec.convert(own, module.SPEC.config_type),
         raw=raw,
     )
-    h = build_handle(inst, module.SPEC)
+    h = build_handle(ActuatorRunner, inst, module.SPEC)
+    assert isinstance(h, ActuatorRunner)
     return ActionRunner({name: h}, 10.0), h
 
 

@@ -77,7 +77,8 @@ run_timeout = 3.0
             wait_for(ran.exists, 20, what="the exec actuator")
             # the shell exits at once; what it left in its own session is killed and reaped
             wait_for(lambda: not _running_with(secs), 2.0, what="the stray to be killed")
-            assert _zombies_of(agent.pid) == []
+            # killed first, reaped just after: give the sweep its moment, no more
+            wait_for(lambda: _zombies_of(agent.pid) == [], 2.0, what="the stray to be reaped")
             # the device node becomes a FIFO: every read refuses it at once
             dev.unlink()
             os.mkfifo(dev)

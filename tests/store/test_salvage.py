@@ -9,7 +9,10 @@ import asyncio
 import logging
 import os
 import re
+import signal
 import sqlite3
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -144,3 +147,65 @@ def test_a_file_that_is_no_database_salvages_nothing_and_says_so(
     assert any(r.getMessage().endswith("nothing could be read from it") for r in caplog.records), (
         caplog.text
     )
+
+
+@pytest.mark.slow
+def test_a_salvage_killed_midway_is_finished_at_the_next_open(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "agentd.db"
+
+    async def fill() -> None:
+        store = Store(path, config(batch_size=5000, queue_size=100_000))
+        await store.open()
+        for i in range(40_000):
+            store.sessions.put_nowait(f"s:{i:06d}", {"i": i, "pad": "y" * 200})
+        await store.close()
+
+    asyncio.run(fill())
+    pages = leaf_pages(path, "sessions")
+    damage_page(path, pages[len(pages) // 2])
+    marker = tmp_path / "agentd.db.salvage"
+    child = subprocess.Popen(
+        [sys.executable, "-m", "tests.store.salvage_child", str(path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not marker.exists():  # moved aside, the fresh database being filled
+            assert child.poll() is None, "the child ended before it was killed"
+            assert time.monotonic() < deadline, "the salvage never started"
+            time.sleep(0.002)
+        child.send_signal(signal.SIGKILL)
+        child.wait(10)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait(10)
+    assert child.stdout is not None
+    assert child.stdout.read() == b"", "the open finished before the kill: nothing was tested"
+    child.stdout.close()
+    if path.exists():  # killed once the fresh database was there: nothing salvaged into it
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            assert conn.execute("SELECT count(*) FROM sessions").fetchone() == (0,)
+        except sqlite3.OperationalError:
+            pass  # before it had its tables
+        finally:
+            conn.close()
+
+    async def reopen() -> int:
+        store = Store(path, config())
+        with caplog.at_level(logging.WARNING, logger="agentd.store"):
+            await store.open()
+        try:
+            return len(await store.sessions.list(limit=100_000))
+        finally:
+            await store.close()
+
+    assert asyncio.run(reopen()) >= 40_000 - 40
+    assert "finishing the interrupted salvage" in caplog.text
+    assert not marker.exists()
+    assert asyncio.run(reopen()) >= 40_000 - 40  # finished once, not repeated
+    assert caplog.text.count("salvaged ") == 1

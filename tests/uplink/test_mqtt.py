@@ -68,6 +68,7 @@ async def test_refused_credentials(tmp_path: Path) -> None:
         b.start()
         secret = tmp_path / "secret"
         secret.write_text("wrong\n")
+        secret.chmod(0o600)
         t = MqttTransport(MqttConfig(url=b.url, username="gw", password_file=str(secret)))
         with pytest.raises(TransportError) as err:
             await t.connect("gw-a", WILL, _ignore)
@@ -149,11 +150,18 @@ async def test_password_from_a_systemd_credential(
         creds = tmp_path / "creds"
         creds.mkdir()
         (creds / "mqtt-password").write_text("s3cret-pw\n")
+        (creds / "mqtt-password").chmod(0o600)
         monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
         t = MqttTransport(MqttConfig(url=b.url, username="gw", password_credential="mqtt-password"))
         await t.connect("gw-a", WILL, _ignore)
         assert (await t.send(Message(topic="t/gw/x", payload=b"1"))).ok
         await t.close(1.0)
+        # readable by other users: refused before anything is sent, naming the fix
+        (creds / "mqtt-password").chmod(0o644)
+        with pytest.raises(TransportError) as err:
+            await t.connect("gw-a", WILL, _ignore)
+        assert "readable by other users" in str(err.value)
+        assert "s3cret" not in str(err.value)
         # no credential: a one-line refusal naming what is missing, not a traceback
         monkeypatch.delenv("CREDENTIALS_DIRECTORY")
         with pytest.raises(TransportError) as err:
