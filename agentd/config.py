@@ -31,6 +31,8 @@ from agentd.config_plugins import (
     PolicyInstance,
     SensorCommon,
     SensorInstance,
+    UplinkCommon,
+    UplinkInstance,
     decode_instance,
 )
 from agentd.errors import ConfigError
@@ -59,6 +61,8 @@ __all__ = [
     "SensorInstance",
     "StoreConfig",
     "TelemetryConfig",
+    "UplinkCommon",
+    "UplinkInstance",
     "default_config_path",
     "format_validation_error",
     "load",
@@ -251,6 +255,10 @@ class Config(msgspec.Struct, kw_only=True):
     def actuators(self) -> dict[str, ActuatorInstance]:
         return cast(dict[str, ActuatorInstance], self.section("actuators"))
 
+    @property
+    def uplinks(self) -> dict[str, UplinkInstance]:
+        return cast(dict[str, UplinkInstance], self.section("uplinks"))
+
     def instances(self) -> Iterable[PluginInstance]:
         for by_name in self.plugin_sections.values():
             yield from by_name.values()
@@ -427,6 +435,13 @@ def _cross_check(
             errors.append(
                 f"policies.{name}.actuator: no actuator named {target!r} is configured "
                 f"(configured: {known})"
+            )
+    store = sections.get("store", StoreConfig())
+    for name, inst in instances.get("uplinks", {}).items():
+        if inst.enabled and not store.enabled:
+            errors.append(
+                f"uplinks.{name}: an uplink sends the journals, so it needs the store "
+                "([store] enabled = true)"
             )
     if not any(i.enabled for i in instances.get("sensors", {}).values()):
         errors.append("sensors: at least one enabled sensor must be configured")

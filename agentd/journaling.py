@@ -1,12 +1,14 @@
 """`TickJournal`: the loop observer that writes every tick to the store: the observation, the
-action results (late ones too) and the policies' memory when it changed."""
+action results (late ones too) and the policies' memory when it changed. `EventLog`: the
+daemon's `EventSink`, agentd's own state changes into the events journal; `watch_store` adds
+the store's own (degraded, recovered) to it."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 from collections.abc import Callable, Mapping
-from typing import final
+from typing import Final, final
 
 from agentd.errors import StoreError
 from agentd.model import ActionResult, TickReport
@@ -14,7 +16,7 @@ from agentd.plugins.base import PolicyState
 from agentd.plugins.handle import PluginHandle, PolicyRunner
 from agentd.store import Store
 
-__all__ = ["TickJournal", "restore_policy_state", "sweep_sessions"]
+__all__ = ["EventLog", "TickJournal", "restore_policy_state", "sweep_sessions", "watch_store"]
 
 log = logging.getLogger("agentd")
 
@@ -71,3 +73,46 @@ async def sweep_sessions(store: Store, every: Callable[[], float]) -> None:
             continue
         if swept:
             log.info("store: removed %d expired sessions", swept)
+
+
+#: how often the store's state is looked at for `watch_store` (seconds)
+STORE_WATCH_INTERVAL: Final = 1.0
+
+
+@final
+class EventLog:
+    """The `agentd.plugins.base.EventSink` the daemon hands its parts when it builds them.
+    Events go to the store's events journal once the store is open (`use_store`, called by
+    the daemon that opened it); before that, or with no store, the log line the part writes
+    anyway is all there is."""
+
+    __slots__ = ("_store",)
+
+    def __init__(self) -> None:
+        self._store: Store | None = None
+
+    def use_store(self, store: Store) -> None:
+        self._store = store
+
+    def journal_event(self, kind: str, data: Mapping[str, object]) -> None:
+        store = self._store
+        if store is not None:
+            store.journal_event(kind, data)
+
+
+async def watch_store(store: Store, every: float = STORE_WATCH_INTERVAL) -> None:
+    """Journal the store's own state changes: ``store.degraded`` (with why) and, once it
+    writes again, ``store.recovered`` (with how long it was degraded). Events queued while
+    degraded are written when it recovers, so the fleet hears both."""
+    state, since = store.state, asyncio.get_running_loop().time()
+    while True:
+        await asyncio.sleep(every)
+        now = store.state
+        if now in (state, "closed"):
+            continue
+        t = asyncio.get_running_loop().time()
+        if now == "degraded":
+            store.journal_event("store.degraded", {"error": store.last_error or "writes fail"})
+        else:
+            store.journal_event("store.recovered", {"degraded_for": round(t - since, 3)})
+        state, since = now, t

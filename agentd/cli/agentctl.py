@@ -111,6 +111,9 @@ COMMANDS: Final[dict[str, CommandSpec]] = {
     ),
     "metrics": CommandSpec(_TELEMETRY, "agentd's own metrics, as they are now"),
     "health": CommandSpec(_TELEMETRY, "ok / degraded / failing with reasons; exit code 0 / 1 / 2"),
+    "uplink": CommandSpec(
+        "agentd.cli.commands.uplink", "the fleet uplinks: link, cursors, backlog"
+    ),
 }
 
 

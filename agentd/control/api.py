@@ -35,6 +35,7 @@ from agentd.model import (
     ProcessInfo,
     StatusReport,
     TickReport,
+    UplinkStatus,
 )
 
 if TYPE_CHECKING:
@@ -114,6 +115,7 @@ class ControlApi:
         registry: Registry,
         lifecycle: Lifecycle,
         feed: WatchFeed | None = None,
+        uplinks: Callable[[], list[UplinkStatus]] | None = None,
     ) -> None:
         self.loop = loop
         self.plugins_view = plugins
@@ -122,6 +124,8 @@ class ControlApi:
         self.registry = registry
         self.lifecycle = lifecycle
         self.feed = feed or WatchFeed()
+        #: the uplink engines' states (`agentd.uplinking.Uplinks.states`), if any
+        self._uplinks = uplinks
         self._proc: psutil.Process | None = None
 
     # -- scheduling facts for the control server's tick guard -------------------------------
@@ -152,7 +156,12 @@ class ControlApi:
             plugins=self.plugins_view.statuses(),
             process=self.process(),
             store=None if store is None else store.health(),
+            uplinks=self.uplinks(),
         )
+
+    def uplinks(self) -> list[UplinkStatus]:
+        """Per uplink and stream: connected, cursor, backlog, in flight, counters."""
+        return self._uplinks() if self._uplinks is not None else []
 
     def process(self) -> ProcessInfo:
         import psutil
@@ -182,6 +191,7 @@ class ControlApi:
         """One configured instance (or, failing that, a registered plugin): status, config and
         JSON Schema. None if neither exists."""
         from agentd.schema import plugin_schema
+        from agentd.secrets import redact
 
         for h in self.plugins_view.all():
             if h.name != name:
@@ -201,10 +211,8 @@ class ControlApi:
                 version=info.version,
                 description=info.description,
                 actions=info.actions,
-                config={
-                    **msgspec.to_builtins(h.instance.common),
-                    **msgspec.to_builtins(h.instance.config),
-                },
+                # fields marked agentd.secrets.SECRET are shown as <redacted>
+                config={**redact(h.instance.common), **redact(h.instance.config)},
                 schema=self._schema(f"{h.kind}:{h.spec.name}", plugin_schema),
             )
         schema = self._schema(name, plugin_schema)
@@ -246,6 +254,7 @@ class ControlApi:
             store_state=None if store is None else store.state,
             store_error=None if store is None else store.last_error,
             rss=psutil.Process().memory_info().rss,
+            uplinks=self.uplinks(),
         )
 
     async def metrics(self) -> list[MetricPoint] | None:

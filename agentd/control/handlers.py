@@ -40,6 +40,7 @@ from agentd.model import (
     Session,
     StatusReport,
     TickReport,
+    UplinkStatus,
 )
 
 if TYPE_CHECKING:
@@ -131,6 +132,25 @@ def plugin(ctx: RequestContext, args: PluginArgs) -> PluginDetail:
     if found is None:
         known = ", ".join(sorted(p.name for p in ctx.api.plugins())) or "none"
         raise CommandError("not_found", f"no plugin named {args.name!r} (configured: {known})")
+    return found
+
+
+class UplinkArgs(_Args, frozen=True):
+    #: one uplink (default: all of them)
+    name: str | None = None
+
+
+@command("uplink", UplinkArgs)
+def uplink(ctx: RequestContext, args: UplinkArgs) -> list[UplinkStatus]:
+    """The uplinks: per uplink and stream, connected since, acked id, backlog, in flight,
+    reconnects, duplicates, gap rows, last error."""
+    states = ctx.api.uplinks()
+    if args.name is None:
+        return states
+    found = [u for u in states if u.name == args.name]
+    if not found:
+        known = ", ".join(u.name for u in states) or "none"
+        raise CommandError("not_found", f"no uplink named {args.name!r} (running: {known})")
     return found
 
 

@@ -9,18 +9,15 @@ with `agentd.secrets`' rules.
 
 from __future__ import annotations
 
-import re
-import socket
-from pathlib import Path
-from typing import Annotated, Final, Literal
+from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
 import msgspec
 from msgspec import Meta
 
+from agentd.config_plugins import UplinkCommon, default_node
 from agentd.errors import ConfigError
 from agentd.secrets import SecretError, read_credential, read_secret_file, valid_credential_name
-from agentd.uplink.base import STREAMS, Stream
 
 __all__ = [
     "Format",
@@ -32,52 +29,15 @@ __all__ = [
 ]
 
 Format = Literal["msgpack", "json"]
-#: a topic level we build from: no wildcards, separators or NUL, not empty
-TopicLevel = Annotated[str, Meta(pattern=r"^[^/+#\x00]{1,128}$")]
-Prefix = Annotated[str, Meta(pattern=r"^[^+#\x00]{1,256}$")]
-_NODE_CHARS: Final = re.compile(r"[^A-Za-z0-9_.:-]")
 
 
 class _Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
     pass
 
 
-class UplinkSettings(_Section, frozen=True):
-    """The engine's keys (transport-independent)."""
-
-    plugin: str = "mqtt"
-    enabled: bool = True
-    #: this gateway's name in topics and envelopes; default: /etc/machine-id or the hostname
-    node: TopicLevel | None = None
-    prefix: Prefix = "agentd/v1"
-    streams: tuple[Stream, ...] = STREAMS
-    format: Format = "msgpack"
-    #: batches in flight (sent, not acknowledged); never above the broker's Receive Maximum
-    window: Annotated[int, Meta(ge=1, le=1024)] = 8
-    #: a batch closes on whichever comes first
-    batch_rows: Annotated[int, Meta(ge=1, le=65_535)] = 256
-    batch_bytes: Annotated[int, Meta(ge=1024, le=16 * 1024 * 1024)] = 128 * 1024
-    batch_interval: Annotated[float, Meta(gt=0, le=3600)] = 1.0
-    #: bytes/s of payload at most (a long outage must not saturate a cellular link); None: no cap
-    catch_up_rate: Annotated[int, Meta(ge=1024)] | None = None
-    #: keep rows past the PUBACK until the consumer's watermark on <prefix>/<node>/ack passes
-    end_to_end: bool = False
-    #: health turns degraded when the oldest unsent row is older than this (seconds)
-    backlog_max_age: Annotated[float, Meta(gt=0)] | None = 300.0
-    #: a batch not answered within this many seconds means the link is broken: reconnect
-    ack_timeout: Annotated[float, Meta(gt=0, le=3600)] = 60.0
-    #: full-jitter reconnect backoff: sleep uniform(0, min(max, min * 2**attempt))
-    reconnect_min: Annotated[float, Meta(gt=0, le=60)] = 0.5
-    reconnect_max: Annotated[float, Meta(gt=0, le=3600)] = 60.0
-
-    def __post_init__(self) -> None:
-        if len(set(self.streams)) != len(self.streams):
-            raise ValueError("streams: each stream at most once")
-        if self.reconnect_max < self.reconnect_min:
-            raise ValueError("reconnect_max must not be below reconnect_min")
-
-    def resolved_node(self) -> str:
-        return self.node or default_node()
+#: the engine's keys are the uplink kind's common keys (agentd.config_plugins), so the
+#: config loader splits a ``[uplinks.NAME]`` table without importing this package
+UplinkSettings = UplinkCommon
 
 
 class MqttConfig(_Section, frozen=True):
@@ -134,16 +94,6 @@ class MqttEndpoint(msgspec.Struct, frozen=True, kw_only=True):
     host: str
     port: int
     tls: bool
-
-
-def default_node() -> str:
-    """/etc/machine-id, else the hostname, made safe as one topic level."""
-    try:
-        node = Path("/etc/machine-id").read_text(encoding="ascii").strip()
-    except (OSError, UnicodeDecodeError):
-        node = ""
-    node = node or socket.gethostname() or "agentd"
-    return _NODE_CHARS.sub("_", node)[:128]
 
 
 def read_password(config: MqttConfig) -> str | None:
