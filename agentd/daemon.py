@@ -51,6 +51,7 @@ from agentd.systemd import ServiceNotifier, service_notifier
 
 if TYPE_CHECKING:
     from agentd.control.server import ControlServer
+    from agentd.fleet import FleetCommands
     from agentd.telemetry import Telemetry
     from agentd.uplinking import Uplinks
 
@@ -106,6 +107,7 @@ class Daemon:
         self.store: Store | None = None
         #: the uplink engines (agentd/uplinking.py); None until the first uplink starts
         self.uplinks: Uplinks | None = None
+        self.fleet: FleetCommands | None = None  # the fleet's commands (agentd/fleet.py)
         #: the control plane (agentd/control/server.py); None when [control] enabled = false
         self.control: ControlServer | None = None
         #: agentd/telemetry/; None when [telemetry] enabled = false
@@ -419,6 +421,7 @@ class Daemon:
             registry=self.registry,
             lifecycle=self,
             uplinks=self.uplink_states,
+            fleet=self.fleet,
         )
         # `agentctl watch` hears ticks and late results through the fan-out the loop was
         # built with; the control plane never touches the loop's own collaborators
@@ -452,9 +455,11 @@ class Daemon:
         if self.store is None or (self.uplinks is None and not self.supervisor.uplinks()):
             return
         if self.uplinks is None:
+            from agentd.fleet import FleetCommands
             from agentd.uplinking import Uplinks
 
-            self.uplinks = Uplinks(self.store)
+            self.fleet = FleetCommands(self)  # commands ride an uplink's connection
+            self.uplinks = Uplinks(self.store, factory=self.fleet.engine)
             await self.uplinks.start(self.supervisor.uplinks())
         else:
             await self.uplinks.apply(self.supervisor.uplinks())

@@ -11,7 +11,9 @@ __all__ = [
     "Action",
     "ActionResult",
     "ActionStatus",
+    "ConfigVersion",
     "ControlStats",
+    "FleetCommand",
     "HealthReport",
     "HealthStatus",
     "MetricPoint",
@@ -371,3 +373,36 @@ class StatusReport(msgspec.Struct, frozen=True, kw_only=True):
     control: ControlStats | None = None
     #: the configured uplinks (empty when there are none)
     uplinks: list[UplinkStatus] = []
+
+
+class FleetCommand(msgspec.Struct, frozen=True, kw_only=True):
+    """One command from the fleet and its outcome (`agentctl commands`)."""
+
+    id: str
+    verb: str
+    sender: str
+    topic: str
+    received: float
+    finished: float
+    ok: bool
+    code: str | None = None
+    message: str | None = None
+    #: the recorded outcome of an earlier delivery of the same id (nothing ran again)
+    duplicate: bool = False
+    #: why the reply did not reach the broker, if it did not
+    reply_error: str | None = None
+
+
+ConfigOutcome = Literal["probation", "committed", "rolled_back", "refused", "abandoned"]
+
+
+class ConfigVersion(msgspec.Struct, frozen=True, kw_only=True):
+    """A config version from the fleet and what became of it (`agentctl config history`)."""
+
+    version: str
+    outcome: ConfigOutcome
+    at: float
+    id: str = ""
+    sender: str = ""
+    reason: str = ""
+    sha256: str = ""

@@ -86,6 +86,7 @@ _DAEMON = "agentd.cli.commands.daemon"
 _LOOP = "agentd.cli.commands.loop"
 _STORE = "agentd.cli.commands.store"
 _TELEMETRY = "agentd.cli.commands.telemetry"
+_FLEET = "agentd.cli.commands.fleet"
 
 COMMANDS: Final[dict[str, CommandSpec]] = {
     "ping": CommandSpec(_DAEMON, "check that agentd answers"),
@@ -114,6 +115,8 @@ COMMANDS: Final[dict[str, CommandSpec]] = {
     "uplink": CommandSpec(
         "agentd.cli.commands.uplink", "the fleet uplinks: link, cursors, backlog"
     ),
+    "commands": CommandSpec(_FLEET, "recent commands from the fleet and their outcomes"),
+    "config": CommandSpec(_FLEET, "config history: versions the fleet pushed, and their fate"),
 }
 
 

@@ -27,6 +27,8 @@ from agentd.control.protocol import EventKind, StateEvent
 from agentd.model import (
     Action,
     ActionResult,
+    ConfigVersion,
+    FleetCommand,
     HealthReport,
     MetricPoint,
     PluginDetail,
@@ -47,7 +49,7 @@ if TYPE_CHECKING:
     from agentd.plugins.registry import Registry
     from agentd.store import Store
 
-__all__ = ["ControlApi", "Lifecycle", "PluginsView", "TelemetryView"]
+__all__ = ["ControlApi", "FleetView", "Lifecycle", "PluginsView", "TelemetryView"]
 
 log = logging.getLogger("agentd.control")
 
@@ -102,6 +104,14 @@ class Lifecycle(Protocol):
         ...
 
 
+class FleetView(Protocol):
+    """The fleet command channel's records (`agentd.fleet.FleetCommands`)."""
+
+    def recent(self) -> list[FleetCommand]: ...
+
+    def history(self) -> list[ConfigVersion]: ...
+
+
 class ControlApi:
     """What the control plane may see and do. Built once per daemon, after the loop exists."""
 
@@ -116,6 +126,7 @@ class ControlApi:
         lifecycle: Lifecycle,
         feed: WatchFeed | None = None,
         uplinks: Callable[[], list[UplinkStatus]] | None = None,
+        fleet: FleetView | None = None,
     ) -> None:
         self.loop = loop
         self.plugins_view = plugins
@@ -126,6 +137,8 @@ class ControlApi:
         self.feed = feed or WatchFeed()
         #: the uplink engines' states (`agentd.uplinking.Uplinks.states`), if any
         self._uplinks = uplinks
+        #: the fleet's commands and config versions (`agentd.fleet.FleetCommands`), if any
+        self.fleet = fleet
         self._proc: psutil.Process | None = None
 
     # -- scheduling facts for the control server's tick guard -------------------------------

@@ -32,6 +32,8 @@ from agentd.control.protocol import (
 from agentd.model import (
     Action,
     ActionResult,
+    ConfigVersion,
+    FleetCommand,
     HealthReport,
     MetricPoint,
     Observation,
@@ -326,6 +328,21 @@ async def metrics(ctx: RequestContext, args: None) -> list[MetricPoint]:
     if points is None:
         raise CommandError("unavailable", "telemetry is off ([telemetry] enabled = false)")
     return points
+
+
+# -- the fleet's commands (agentd/fleet.py) --------------------------------------------------
+@command("commands")
+def commands(ctx: RequestContext, args: None) -> list[FleetCommand]:
+    """recent commands from the fleet (MQTT) and their outcomes, oldest first"""
+    fleet = ctx.api.fleet
+    return fleet.recent() if fleet is not None else []
+
+
+@command("config_history")
+def config_history(ctx: RequestContext, args: None) -> list[ConfigVersion]:
+    """config versions pushed by the fleet: on probation, committed, rolled back, refused"""
+    fleet = ctx.api.fleet
+    return fleet.history() if fleet is not None else []
 
 
 # -- watch -----------------------------------------------------------------------------------

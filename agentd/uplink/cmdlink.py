@@ -85,7 +85,9 @@ def build_command_channel(
     state_dir: Path,
 ) -> tuple[CommandChannel, CommandLink, Rollout | None]:
     """The channel, the link to give the engine as its transport, and the rollout (None when
-    there is no config target). Then ``channel.verbs.uplink_state = engine.state``."""
+    there is no config target). A transport rebuilt later (a reload) gets a new
+    ``CommandLink(transport, channel)``: the channel, its records and probation stay.
+    Then ``channel.verbs.uplink_state = engine.state``."""
     rollout = (
         Rollout(
             target,
@@ -98,9 +100,15 @@ def build_command_channel(
     )
     node = settings.resolved_node()
     base = f"{settings.prefix.rstrip('/')}/{node}"
+    channel: CommandChannel | None = None
+
+    def send(message: Message) -> Awaitable[Delivery]:
+        assert channel is not None
+        return channel.send(message)
+
     replayer = Replayer(
         store,
-        transport.send,
+        send,
         node=node,
         topics={s: f"{base}/{s}" for s in settings.streams},
         fmt=settings.format,

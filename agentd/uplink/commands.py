@@ -19,23 +19,23 @@ import collections
 import fnmatch
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Final, Protocol
 
 import msgspec
 
 from agentd.config import CommandsConfig
 from agentd.errors import ConfigError, StoreError
-from agentd.model import Action, ActionResult, HealthReport, StatusReport
+from agentd.model import Action, ActionResult, FleetCommand, HealthReport, StatusReport
 from agentd.store import Store
 from agentd.uplink import cmdproto as cp
-from agentd.uplink.base import Message, TransportError
+from agentd.uplink.base import Delivery, Message, TransportError
 from agentd.uplink.inbound import Ack, Inbound
 from agentd.uplink.keys import read_key
 from agentd.uplink.state import UplinkState
 from agentd.uplink.verbs import Verbs, result_reply
 
-__all__ = ["CLAIM_NS", "CommandChannel", "CommandHost", "CommandRecord", "SendFn"]
+__all__ = ["CLAIM_NS", "CommandChannel", "CommandHost"]
 
 log = logging.getLogger("agentd.uplink.commands")
 
@@ -46,8 +46,6 @@ RECENT: Final = 200
 OUTCOMES: Final = 1000
 REPLY_TIMEOUT: Final = 10.0
 MSGPACK: Final = "application/msgpack"
-
-SendFn = Callable[[Message], "asyncio.Future[object] | object"]
 
 
 class CommandHost(Protocol):
@@ -62,23 +60,6 @@ class CommandHost(Protocol):
     def validate_action(self, action: Action) -> str | None: ...
 
     async def act(self, action: Action) -> ActionResult: ...
-
-
-class CommandRecord(msgspec.Struct, frozen=True, kw_only=True):
-    """One fleet command and its outcome (`agentctl commands`)."""
-
-    id: str
-    verb: str
-    sender: str
-    topic: str
-    received: float
-    finished: float
-    ok: bool
-    code: str | None = None
-    message: str | None = None
-    duplicate: bool = False
-    #: why the reply did not reach the broker, if it did not
-    reply_error: str | None = None
 
 
 class _Refused(Exception):
@@ -105,13 +86,13 @@ class CommandChannel:
         self.store = store
         self.verbs = verbs
         self._clock = clock
-        self._send: Callable[[Message], object] | None = None
+        self._send: Callable[[Message], Awaitable[Delivery]] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._arrivals: collections.deque[float] = collections.deque()
         self._running: dict[str, asyncio.Future[cp.Reply]] = {}
         self._outcomes: collections.OrderedDict[str, cp.Reply] = collections.OrderedDict()
         self._claimed: collections.OrderedDict[str, None] = collections.OrderedDict()
-        self.recent: collections.deque[CommandRecord] = collections.deque(maxlen=RECENT)
+        self.recent: collections.deque[FleetCommand] = collections.deque(maxlen=RECENT)
         self.counts: collections.Counter[str] = collections.Counter()
         self.subscribe_error: str | None = None
 
@@ -131,9 +112,14 @@ class CommandChannel:
                 return verb if "/" not in verb else None
         return None
 
-    def attach(self, send: Callable[[Message], object]) -> None:
-        """How replies (and replays) go out: the transport's ``send``."""
+    def attach(self, send: Callable[[Message], Awaitable[Delivery]]) -> None:
+        """How replies (and replays) go out: the current transport's ``send``."""
         self._send = send
+
+    def send(self, message: Message) -> Awaitable[Delivery]:
+        if self._send is None:
+            raise TransportError("not connected")
+        return self._send(message)
 
     # -- intake (on the loop, from the transport's callback) -----------------------------------
     def take(self, msg: Inbound, ack: Ack) -> bool:
@@ -346,7 +332,7 @@ class CommandChannel:
     # -- replies -----------------------------------------------------------------------------
     async def _finish(self, msg: Inbound, verb: str, sender: str, reply: cp.Reply) -> None:
         err = reply.error
-        rec = CommandRecord(
+        rec = FleetCommand(
             id=reply.id,
             verb=verb,
             sender=sender,
@@ -377,9 +363,6 @@ class CommandChannel:
         self.recent.append(rec)
 
     async def _reply(self, msg: Inbound, reply: cp.Reply) -> str | None:
-        send = self._send
-        if send is None:
-            return "no link"
         topic = msg.response_topic
         if not topic or "+" in topic or "#" in topic or len(topic) > 1024:
             topic = f"{self.prefix}/{self.node}/reply/{reply.id or 'unknown'}"
@@ -390,18 +373,25 @@ class CommandChannel:
             content_type=MSGPACK if packed else "application/json",
             correlation=msg.correlation,
         )
-        try:
-            answer = send(out)
-            if isinstance(answer, asyncio.Future) or asyncio.iscoroutine(answer):
-                got = await asyncio.wait_for(answer, REPLY_TIMEOUT)
-                if getattr(got, "ok", True) is False:
-                    why = f"reply refused by the broker ({getattr(got, 'reason', '')})"
-                    log.warning("commands: %s: %s", reply.id, why)
-                    return why
-        except (TransportError, TimeoutError) as exc:
-            log.warning("commands: the reply to %s was not delivered: %s", reply.id, exc)
-            return str(exc) or "no PUBACK"
-        return None
+        # a reply after a reload that restarted the uplink waits (bounded) for the new link
+        deadline = time.monotonic() + REPLY_TIMEOUT
+        while True:
+            try:
+                got = await asyncio.wait_for(self.send(out), REPLY_TIMEOUT)
+            except TimeoutError:
+                why = "no PUBACK"
+            except TransportError as exc:
+                why = str(exc) or "link lost"
+            else:
+                if got.ok:
+                    return None
+                why = f"reply refused by the broker ({got.reason or got.code})"
+                log.warning("commands: %s: %s", reply.id, why)
+                return why
+            if time.monotonic() + 0.2 >= deadline:
+                log.warning("commands: the reply to %s was not delivered: %s", reply.id, why)
+                return why
+            await asyncio.sleep(0.2)
 
     async def stop(self) -> None:
         for t in list(self._tasks):

@@ -37,6 +37,7 @@ from agentd.uplink.parts import (
     describe,
     full_jitter,
 )
+from agentd.uplink.rollout import ConfigView
 from agentd.uplink.state import Phase, StreamState, UplinkState
 from agentd.uplink.storeview import UplinkStore
 
@@ -60,8 +61,10 @@ class UplinkEngine:
         *,
         clock: Callable[[], float] | None = None,
         rng: random.Random | None = None,
+        config_view: Callable[[], ConfigView | None] | None = None,
     ) -> None:
         self.name = name
+        self._config_view = config_view  # the fleet config's version, in the status
         self.settings = settings
         self.transport = transport
         self.store = store
@@ -454,6 +457,11 @@ class UplinkEngine:
         self._track(fut)
         return fut
 
+    def publish_status(self) -> None:
+        """Publish the retained online status again (the config version changed)."""
+        if self._link is not None and not self._lost and self._stop_at is None:
+            self._send_status(online=True, clean=False)
+
     def _status(self, *, online: bool, clean: bool) -> Message:
         backlog: dict[str, int] = {
             st.name: max(0, self.store.stream_head(st.name) - st.acked)
@@ -468,6 +476,7 @@ class UplinkEngine:
             boot_id=self.store.boot_id,
             at=self._clock(),
             backlog=backlog,
+            config=self._config_view() if self._config_view is not None else None,
         )
         return Message(
             topic=self.topics["status"],

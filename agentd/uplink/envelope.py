@@ -16,6 +16,7 @@ import msgspec
 
 from agentd.uplink.base import Stream
 from agentd.uplink.config import Format
+from agentd.uplink.rollout import ConfigView
 from agentd.uplink.storeview import RowLike
 
 __all__ = [
@@ -87,6 +88,8 @@ class Status(msgspec.Struct, kw_only=True, frozen=True):
     at: float
     #: rows not yet acknowledged per stream (by id: head - cursor)
     backlog: dict[str, int] = {}
+    #: the running config's version from the fleet and whether it is on probation (commands)
+    config: ConfigView | None = None
 
 
 class Ack(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=False):

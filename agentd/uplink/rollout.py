@@ -21,10 +21,12 @@ import os
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Final, Literal, Protocol
+from typing import Final, Protocol
 
 import msgspec
 
+from agentd.model import ConfigOutcome as Outcome
+from agentd.model import ConfigVersion as HistoryEntry
 from agentd.model import HealthReport
 from agentd.uplink import cmdproto as cp
 
@@ -35,8 +37,6 @@ log = logging.getLogger("agentd.uplink.rollout")
 HISTORY: Final = 50
 STATE_FILE: Final = "config-rollout.json"
 CANDIDATE: Final = "config-candidate.toml"
-
-Outcome = Literal["probation", "committed", "rolled_back", "refused", "abandoned"]
 
 
 class ConfigTarget(Protocol):
@@ -66,16 +66,6 @@ class ConfigView(msgspec.Struct, frozen=True, kw_only=True):
     until: float | None = None
     #: the version a rollback returns to
     previous: str | None = None
-
-
-class HistoryEntry(msgspec.Struct, frozen=True, kw_only=True):
-    version: str
-    outcome: Outcome
-    at: float
-    id: str = ""
-    sender: str = ""
-    reason: str = ""
-    sha256: str = ""
 
 
 class _State(msgspec.Struct, kw_only=True):
@@ -127,6 +117,8 @@ class Rollout:
         self.check_every = check_every
         self._clock = clock
         self._lock = asyncio.Lock()
+        #: called when the view changes (the uplink republishes its status)
+        self.on_change: Callable[[], None] | None = None
         self._state = self._load()
         self._recover()
 
@@ -179,6 +171,14 @@ class Rollout:
         )
         self._state.history.append(entry)
         self._event(f"config.{outcome}", msgspec.to_builtins(entry))
+        self._changed()
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            try:
+                self.on_change()
+            except Exception:  # the status is a courtesy; the outcome is journaled
+                log.exception("rollout: announcing the change failed")
 
     # -- the verb ----------------------------------------------------------------------------
     async def apply(
@@ -232,6 +232,7 @@ class Rollout:
         self._state.history.append(entry)
         self._save()
         self._event("config.probation", msgspec.to_builtins(entry))
+        self._changed()
         log.info("config %s from %s applied; on probation for %gs", req.version, sender, probation)
         until = entry.at + probation
         interim(

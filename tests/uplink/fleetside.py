@@ -23,10 +23,17 @@ __all__ = ["Operator"]
 
 class Operator:
     def __init__(
-        self, port: int, prefix: str, node: str, *, v5: bool = True, sender: str = "ops-1"
+        self,
+        port: int,
+        prefix: str,
+        node: str,
+        *,
+        v5: bool = True,
+        sender: str = "ops-1",
+        reply_topic: str | None = None,
     ) -> None:
         self.prefix, self.node, self.v5, self.sender = prefix, node, v5, sender
-        self.reply_topic = f"ops/replies/{uuid.uuid4().hex[:8]}"
+        self.reply_topic = reply_topic or f"ops/replies/{uuid.uuid4().hex[:8]}"
         self.replies: queue.Queue[tuple[str, dict[str, Any], bytes | None]] = queue.Queue()
         self._subscribed = threading.Event()
         self.client = paho.Client(
@@ -49,7 +56,13 @@ class Operator:
         self.client.loop_stop()
 
     def _on_connect(self, client: paho.Client, *_: Any) -> None:
-        client.subscribe([(self.reply_topic, 1), (f"{self.prefix}/{self.node}/reply/+", 1)])
+        client.subscribe(
+            [
+                (self.reply_topic, 1),
+                (f"{self.prefix}/{self.node}/reply/+", 1),
+                ("ops/denied/#", 1),
+            ]
+        )
 
     def _on_message(self, _c: paho.Client, _u: Any, msg: paho.MQTTMessage) -> None:
         props = getattr(msg, "properties", None)
@@ -66,6 +79,7 @@ class Operator:
         body: dict[str, Any] | bytes,
         *,
         correlation: bytes | None = None,
+        response_topic: str | None = None,
         retain: bool = False,
         key: bytes | None = None,
         bad_signature: bool = False,
@@ -81,7 +95,7 @@ class Operator:
         props = None
         if self.v5:
             props = Properties(PacketTypes.PUBLISH)
-            props.ResponseTopic = self.reply_topic
+            props.ResponseTopic = response_topic or self.reply_topic
             props.CorrelationData = correlation or uuid.uuid4().bytes
             props.ContentType = "application/json"
             user = [("sender", self.sender)]
