@@ -214,9 +214,16 @@ async def test_a_retained_command_is_ignored(rig: Rig, broker: Mosquitto) -> Non
 
 async def test_signatures(rig: Rig, broker: Mosquitto, tmp_path: Path) -> None:
     key = b"k" * 32
-    (tmp_path / "key").write_bytes(key + b"\n")
-    rig.config.update(signature="hmac-sha256", key_file=str(tmp_path / "key"))
+    keyfile = tmp_path / "key"
+    keyfile.write_bytes(key + b"\n")
+    keyfile.chmod(0o644)
+    rig.config.update(signature="hmac-sha256", key_file=str(keyfile))
     with Operator(broker.port, PREFIX, NODE) as op:
+        # a key other users can read is no key: refused, nothing runs
+        _, exposed, _ = await ask(op, "act", act("s-0", "s"), key=key)
+        assert exposed["error"]["code"] == "unavailable", exposed
+        assert "readable by other users" in exposed["error"]["message"]
+        keyfile.chmod(0o600)
         _, unsigned, _ = await ask(op, "act", act("s-1", "s"))
         _, forged, _ = await ask(op, "act", act("s-2", "s"), key=key, bad_signature=True)
         _, other, _ = await ask(op, "act", act("s-3", "s"), key=b"x" * 32)
