@@ -29,6 +29,7 @@ GROUPS = [
     ["scaling"],
     ["telemetry"],
     ["uplink"],
+    ["commands"],
     ["footprint"],
 ]
 MODULES = [name for group in GROUPS for name in group]

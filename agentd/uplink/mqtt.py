@@ -278,6 +278,9 @@ class MqttTransport:
         if sock is None:
             raise TransportError("connect: no socket")
         self._fd = sock.fileno()
+        if isinstance(sock, socket.socket):  # a reply must not wait out Nagle + delayed ACK
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         client.on_connect = self._handle_connect
         client.on_publish = self._handle_publish
         client.on_subscribe = self._handle_subscribe
