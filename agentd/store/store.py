@@ -67,9 +67,11 @@ class Store(StreamView):
     # -- lifecycle ---------------------------------------------------------------------------
     async def open(self) -> None:
         """Open (or create) the database, check it and bring its schema up to date. A corrupt
-        or non-SQLite file is moved aside and replaced by a fresh database; a database from a
-        newer agentd raises StoreError untouched; a disk that cannot be written leaves the
-        store ``degraded`` (logged in one line) and retried, never raising."""
+        or non-SQLite file is moved aside and replaced by a fresh database holding what could
+        be salvaged from it; a database from a newer agentd raises StoreError untouched; one
+        that can only be read is opened read-only (reads served, ``degraded``); a disk that
+        cannot be used at all leaves the store ``degraded`` (logged in one line) and retried,
+        never raising."""
         if self._writer is not None:
             raise RuntimeError("the store is already open")
         await self._connect()
