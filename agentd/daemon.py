@@ -160,11 +160,10 @@ class Daemon:
         if self.telemetry is not None:
             self.telemetry.observe(loop, self.supervisor.all, self.store, self.uplink_states)
         if self.store is not None:
-            from agentd.journaling import sweep_sessions, watch_store
+            from agentd.journaling import sweep_sessions
 
             sweep = sweep_sessions(self.store, lambda: self.config.store.sweep_interval)
             self.spawn(sweep, name="session-sweep")
-            self.spawn(watch_store(self.store), name="store-watch")
         self.supervisor.start_retries(self._join)
         self._loop_task = asyncio.create_task(loop.run(), name="perception-loop")
         self._loop_task.add_done_callback(self._loop_done)

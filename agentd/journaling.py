@@ -1,14 +1,14 @@
 """`TickJournal`: the loop observer that writes every tick to the store: the observation, the
 action results (late ones too) and the policies' memory when it changed. `EventLog`: the
-daemon's `EventSink`, agentd's own state changes into the events journal; `watch_store` adds
-the store's own (degraded, recovered) to it."""
+daemon's `EventSink`, agentd's own state changes into the events journal (the store journals
+its own, degraded and recovered)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 from collections.abc import Callable, Mapping
-from typing import Final, final
+from typing import final
 
 from agentd.errors import StoreError
 from agentd.model import ActionResult, TickReport
@@ -16,7 +16,7 @@ from agentd.plugins.base import PolicyState
 from agentd.plugins.handle import PluginHandle, PolicyRunner
 from agentd.store import Store
 
-__all__ = ["EventLog", "TickJournal", "restore_policy_state", "sweep_sessions", "watch_store"]
+__all__ = ["EventLog", "TickJournal", "restore_policy_state", "sweep_sessions"]
 
 log = logging.getLogger("agentd")
 
@@ -75,10 +75,6 @@ async def sweep_sessions(store: Store, every: Callable[[], float]) -> None:
             log.info("store: removed %d expired sessions", swept)
 
 
-#: how often the store's state is looked at for `watch_store` (seconds)
-STORE_WATCH_INTERVAL: Final = 1.0
-
-
 @final
 class EventLog:
     """The `agentd.plugins.base.EventSink` the daemon hands its parts when it builds them.
@@ -98,21 +94,3 @@ class EventLog:
         store = self._store
         if store is not None:
             store.journal_event(kind, data)
-
-
-async def watch_store(store: Store, every: float = STORE_WATCH_INTERVAL) -> None:
-    """Journal the store's own state changes: ``store.degraded`` (with why) and, once it
-    writes again, ``store.recovered`` (with how long it was degraded). Events queued while
-    degraded are written when it recovers, so the fleet hears both."""
-    state, since = store.state, asyncio.get_running_loop().time()
-    while True:
-        await asyncio.sleep(every)
-        now = store.state
-        if now in (state, "closed"):
-            continue
-        t = asyncio.get_running_loop().time()
-        if now == "degraded":
-            store.journal_event("store.degraded", {"error": store.last_error or "writes fail"})
-        else:
-            store.journal_event("store.recovered", {"degraded_for": round(t - since, 3)})
-        state, since = now, t

@@ -29,7 +29,7 @@ __all__ = ["RELOAD_STOP_BUDGET", "WATCH_INTERVAL", "Uplinks", "status"]
 log = logging.getLogger("agentd")
 
 #: how often the engines' health is carried over to their plugin handles (seconds)
-WATCH_INTERVAL: Final = 1.0
+WATCH_INTERVAL: Final = 5.0
 #: a reload's restart of a changed uplink: the old engine's budget to publish offline and
 #: send what it has (the new one resends anything left: cursors are durable)
 RELOAD_STOP_BUDGET: Final = 2.0

@@ -74,7 +74,7 @@ class Event(msgspec.Struct, frozen=True, kw_only=True):
 
     kind: str
     wall: float
-    data: dict[str, Any] = {}
+    data: dict[str, object] = {}
 
 
 log = logging.getLogger("agentd.store")

@@ -67,9 +67,11 @@ class Store(StreamView):
     # -- lifecycle ---------------------------------------------------------------------------
     async def open(self) -> None:
         """Open (or create) the database, check it and bring its schema up to date. A corrupt
-        or non-SQLite file is moved aside and replaced by a fresh database; a database from a
-        newer agentd raises StoreError untouched; a disk that cannot be written leaves the
-        store ``degraded`` (logged in one line) and retried, never raising."""
+        or non-SQLite file is moved aside and replaced by a fresh database holding what could
+        be salvaged from it; a database from a newer agentd raises StoreError untouched; one
+        that can only be read is opened read-only (reads served, ``degraded``); a disk that
+        cannot be used at all leaves the store ``degraded`` (logged in one line) and retried,
+        never raising."""
         if self._writer is not None:
             raise RuntimeError("the store is already open")
         await self._connect()
@@ -119,6 +121,7 @@ class Store(StreamView):
         self.last_error = None
         if recovered:
             log.warning("store: %s is writable again; journaling resumed", self.path)
+            self.journal_event("store.recovered", {"path": str(self.path)})
 
     async def _disconnect(self) -> None:
         db, self._db = self._db, None
@@ -129,6 +132,7 @@ class Store(StreamView):
         if self.state != "degraded":
             self.state = "degraded"
             log.error("store: %s; journaling is degraded, the loop keeps running", message)
+            self.journal_event("store.degraded", {"error": message})  # written once it recovers
 
     # -- health ------------------------------------------------------------------------------
     def health(self) -> StoreHealth:
@@ -341,6 +345,8 @@ class Store(StreamView):
             self.state = "ok"
             self.last_error = None
             log.warning("store: commits to %s succeed again; journaling resumed", self.path)
+            # the events journal (and so the fleet) hears of it too, in this very queue
+            self.journal_event("store.recovered", {"path": str(self.path)})
         for name, (rows, size) in done.added.items():
             j = self.journals[name]
             gone = done.retained.get(name)

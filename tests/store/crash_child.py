@@ -10,7 +10,9 @@ reported as committed (the parent SIGKILLs it at a random moment):
 - ``B <id> <n>``: a batched ``put_nowait`` followed by flush() returned
 - ``U <stream> <acked>``: ``save_cursor("fleet", stream, acked)`` followed by flush() returned
   (the cursor is the stream's head: what an uplink would save after a PUBACK)
-- ``E <n>``: ``journal_event("loop", {"n": n})`` followed by flush() returned
+- ``E <n> <id>``: ``journal_event("loop", {"n": n})`` followed by flush() returned; ``id`` is
+  its row id. The events journal keeps 40 rows: retention removes the rest as it goes, and
+  each removal must be logged with it, kill or no kill
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ async def main(path: Path, run: int, synchronous: str) -> None:
         batch_size=64,
         observations=NO_RETENTION,
         actions=NO_RETENTION,
+        events=JournalConfig(max_age=None, max_rows=40),
     )
     store = Store(path, config)
     await store.open()
@@ -82,7 +85,7 @@ async def main(path: Path, run: int, synchronous: str) -> None:
         report(f"O {first} {tick}")
         report(f"A {first} {tick}")
         report(f"B batched:{run} {n}")
-        report(f"E {run * 1_000_000 + n}")
+        report(f"E {run * 1_000_000 + n} {store.stream_head('events')}")
         # cursor saves ride the group commit like the rows; several coalesce into one write
         for stream in ("observations", "actions"):
             store.save_cursor("fleet", stream, store.stream_head(stream) - rng.randrange(0, 3))

@@ -84,7 +84,7 @@ def test_every_reported_commit_survives_sigkill(tmp_path: Path) -> None:
     sessions: dict[str, tuple[int, int]] = {}  # id -> (version, n)
     batched: dict[str, int] = {}
     cursors: dict[str, int] = {}
-    events: set[int] = set()
+    events: dict[int, int] = {}  # event row id -> n
     ticks: set[int] = set()
     counter = 0
     reported = 0
@@ -106,7 +106,7 @@ def test_every_reported_commit_survives_sigkill(tmp_path: Path) -> None:
                 assert int(rest[1]) >= cursors.get(rest[0], 0), line
                 cursors[rest[0]] = int(rest[1])
             elif kind == "E":
-                events.add(int(rest[0]))
+                events[int(rest[1])] = int(rest[0])
             reported += 1
         where = f"seed {seed}, after kill {run}"
         check(db, sessions, batched, ticks, counter, where)
@@ -157,21 +157,37 @@ def check(
     asyncio.run(verify())
 
 
-def check_streams(db: Path, cursors: dict[str, int], events: set[int], where: str) -> None:
+def check_streams(db: Path, cursors: dict[str, int], events: dict[int, int], where: str) -> None:
     conn = sqlite3.connect(db)
     try:
-        for stream in ("observations", "actions", "events"):
+        for stream in ("observations", "actions"):
             count, top = conn.execute(f"SELECT count(*), max(id) FROM {stream}").fetchone()
-            # no retention in the child: committed ids are exactly 1..max, none skipped
+            # no retention there: committed ids are exactly 1..max, none skipped
             assert count == (top or 0), f"{where}: {stream} ids are not 1..{top}"
         got = dict(conn.execute("SELECT stream, acked FROM uplink_cursors WHERE uplink = 'fleet'"))
-        logged = {
-            int(msgspec.msgpack.decode(d)["data"]["run"]) * 1_000_000
+        kept = {
+            int(i): int(msgspec.msgpack.decode(d)["data"]["run"]) * 1_000_000
             + int(msgspec.msgpack.decode(d)["data"]["n"])
-            for (d,) in conn.execute("SELECT data FROM events")
+            for i, d in conn.execute("SELECT id, data FROM events")
         }
+        dropped: set[int] = set()
+        for first, last in conn.execute(
+            "SELECT first, last FROM dropped_ranges WHERE stream = 'events'"
+        ):
+            dropped.update(range(first, last + 1))
+        head = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
+        stats = conn.execute(
+            "SELECT dropped FROM journal_stats WHERE journal = 'events'"
+        ).fetchone()
     finally:
         conn.close()
     for stream, acked in cursors.items():
         assert got.get(stream, 0) >= acked, f"{where}: the {stream} cursor went back"
-    assert events <= logged, f"{where}: {len(events - logged)} flushed events missing"
+    # every id ever committed is either there or logged as removed, never both, none lost
+    assert not set(kept) & dropped, f"{where}: events both kept and logged as dropped"
+    assert set(kept) | dropped == set(range(1, (head[0] if head else 0) + 1)), where
+    assert stats == (len(dropped),), f"{where}: journal_stats disagrees with the ranges"
+    assert len(kept) <= 40, f"{where}: the events journal is over its bound"
+    for row_id, n in events.items():
+        assert kept.get(row_id, n) == n, f"{where}: event {row_id} is not the one flushed"
+        assert row_id in kept or row_id in dropped, f"{where}: flushed event {row_id} missing"
