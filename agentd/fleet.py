@@ -64,6 +64,9 @@ class DaemonTarget:
     def health(self) -> HealthReport:
         return self._api.health()
 
+    def source(self) -> str:
+        return self._daemon.config.source
+
 
 @final
 class FleetCommands:

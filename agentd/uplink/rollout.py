@@ -21,7 +21,7 @@ import os
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Final, Protocol
+from typing import Final, Literal, Protocol
 
 import msgspec
 
@@ -55,6 +55,10 @@ class ConfigTarget(Protocol):
         ...
 
     def health(self) -> HealthReport: ...
+
+    def source(self) -> str:
+        """Where the running config came from (a SIGHUP during probation changes it)."""
+        ...
 
 
 class ConfigView(msgspec.Struct, frozen=True, kw_only=True):
@@ -244,15 +248,25 @@ class Rollout:
             )
         )
         # cancelled (agentd stopping): the next start records it as abandoned
-        bad = await self._watch(probation, req.rollback_on)
+        bad = await self._watch(probation, req.rollback_on, str(candidate))
+        if bad == "reloaded":  # SIGHUP or agentctl reload: the file on disk runs, keep it
+            self._state.probation = None
+            why = "another reload replaced it during probation"
+            self._record(req.version, "abandoned", why, req.id, sender)
+            self._save()
+            return cp.error_reply(req.id, "rolled_back", f"{why}; the config on disk runs")
         if bad is not None:
             return await self._roll_back(req, sender, bad, previous)
         return await self._commit(req, sender, path, data)
 
-    async def _watch(self, probation: float, rollback_on: str) -> HealthReport | None:
+    async def _watch(
+        self, probation: float, rollback_on: str, candidate: str
+    ) -> HealthReport | Literal["reloaded"] | None:
         end = time.monotonic() + probation
         bad = ("failing",) if rollback_on == "failing" else ("failing", "degraded")
         while True:
+            if self.target.source() != candidate:
+                return "reloaded"
             health = self.target.health()
             if health.status in bad:
                 return health

@@ -293,3 +293,16 @@ async def test_replay_resends_held_rows_with_their_original_ids(
 
 def _ids(envelopes: list[dict[str, Any]]) -> list[int]:
     return [row[0] for e in envelopes if e.get("kind") == "rows" for row in e["rows"]]
+
+
+async def test_a_group_command(rig: Rig, broker: Mosquitto) -> None:
+    rig.config.update(groups=("site-7",))
+    await rig.engine.transport.close(0)  # the group topic is subscribed on the next connect
+    assert await until(lambda: rig.engine.state().connected, 10)
+    await asyncio.sleep(0.3)
+    with Operator(broker.port, PREFIX, NODE) as op:
+        _, reply, _ = await ask(op, "act", act("g-1", "g"), group="site-7")
+        assert reply["ok"] is True, reply
+        await asyncio.to_thread(op.publish, "act", act("g-2", "h"), group="site-8")
+        assert await asyncio.to_thread(op.no_reply, 1.0)  # not a group of this node
+    assert rig.ran() == ["g"]

@@ -4,6 +4,7 @@ rollback, commit to disk and restart."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import sys
 import time
@@ -262,3 +263,45 @@ def test_config_rollout_refused_rolled_back_and_committed(
         assert born is not None
         assert born["config"]["version"] == "v-good"
         assert born["config"]["probation"] is False
+
+
+def test_a_reload_during_probation_abandons_the_candidate(
+    broker: Mosquitto, short_tmp: Path
+) -> None:
+    runs = short_tmp / "runs"
+    original = config(broker.url, runs)
+    candidate = original.replace("interval = 0.1", "interval = 0.3")
+    with (
+        AgentProcess(short_tmp, original, log_level="info") as agent,
+        Operator(broker.port, PREFIX, NODE) as op,
+    ):
+        path = agent.config_path
+        assert path is not None
+        ready(agent)
+        wait_for(lambda: "commands: listening" in agent.log(), 15, what="commands")
+        time.sleep(0.5)
+        body = {
+            "id": "cfg-h",
+            "config": candidate,
+            "version": "v-h",
+            "probation": 60,
+            "deadline": time.time() + 30,
+        }
+        op.publish("config", body)
+        _, interim, _ = op.reply(30)
+        assert interim["final"] is False, interim
+        assert interim["result"]["state"] == "probation"
+        op.publish("status", {"id": "st-h", "deadline": time.time() + 30})
+        _, status, _ = op.reply()
+        assert status["result"]["config"]["probation"] is True
+        assert status["result"]["config"]["version"] == "v-h"
+        assert ctl(agent, "reload").returncode == 0  # the SIGHUP path: the file on disk
+        _, final, _ = op.reply(30)
+        assert final["error"]["code"] == "rolled_back", final
+        assert "another reload" in final["error"]["message"]
+        assert path.read_text() == original
+        hist = ctl(agent, "config", "history", "--json")
+        assert [h["outcome"] for h in json.loads(hist.stdout)] == [
+            "probation",
+            "abandoned",
+        ]
