@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, final
 
 from agentd.config import CommandsConfig, loads
 from agentd.errors import ConfigError
+from agentd.lifecycle import DaemonState
 from agentd.model import ConfigVersion, FleetCommand, HealthReport
 from agentd.plugins.registry import default_registry
 from agentd.plugins.transport import UplinkRunner
@@ -76,6 +77,9 @@ class FleetCommands:
         self.rollout: Rollout | None = None
         self.channel: CommandChannel | None = None
 
+    def _accepting(self) -> bool:
+        return self._daemon.state not in (DaemonState.STOPPING, DaemonState.STOPPED)
+
     def _config(self) -> CommandsConfig:
         return self._daemon.config.commands
 
@@ -119,6 +123,7 @@ class FleetCommands:
                 config=self._config,
                 target=DaemonTarget(self._daemon, api),
                 state_dir=self._daemon.state_dir,
+                accepting=self._accepting,
             )
         else:  # a reload rebuilt the transport: the same channel (and probation) on the new one
             link = CommandLink(transport, self.channel)

@@ -72,6 +72,8 @@ class CommandLink:
 
     async def close(self, timeout: float) -> None:
         await self.inner.close(timeout)
+        if not self.channel.accepting():  # agentd stops: end what is still running
+            await self.channel.stop()
 
 
 def build_command_channel(
@@ -83,6 +85,7 @@ def build_command_channel(
     config: Callable[[], CommandsConfig],
     target: ConfigTarget | None,
     state_dir: Path,
+    accepting: Callable[[], bool] = lambda: True,
 ) -> tuple[CommandChannel, CommandLink, Rollout | None]:
     """The channel, the link to give the engine as its transport, and the rollout (None when
     there is no config target). A transport rebuilt later (a reload) gets a new
@@ -116,6 +119,12 @@ def build_command_channel(
     )
     verbs = Verbs(host=host, uplink=lambda: None, replayer=replayer, rollout=rollout)
     channel = CommandChannel(
-        node=node, prefix=settings.prefix, config=config, host=host, store=store, verbs=verbs
+        node=node,
+        prefix=settings.prefix,
+        config=config,
+        host=host,
+        store=store,
+        verbs=verbs,
+        accepting=accepting,
     )
     return channel, CommandLink(transport, channel), rollout

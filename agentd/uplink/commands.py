@@ -78,6 +78,7 @@ class CommandChannel:
         store: Store,
         verbs: Verbs,
         clock: Callable[[], float] = time.time,
+        accepting: Callable[[], bool] = lambda: True,
     ) -> None:
         self.node = node
         self.prefix = prefix.rstrip("/")
@@ -86,6 +87,8 @@ class CommandChannel:
         self.store = store
         self.verbs = verbs
         self._clock = clock
+        #: False once agentd is stopping: commands are refused, none is started
+        self.accepting = accepting
         self._send: Callable[[Message], Awaitable[Delivery]] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._arrivals: collections.deque[float] = collections.deque()
@@ -95,6 +98,8 @@ class CommandChannel:
         self.recent: collections.deque[FleetCommand] = collections.deque(maxlen=RECENT)
         self.counts: collections.Counter[str] = collections.Counter()
         self.subscribe_error: str | None = None
+        #: when each refusal code was last logged at WARNING (a flood logs once a minute)
+        self._logged: dict[str, float] = {}
 
     # -- topics ------------------------------------------------------------------------------
     def filters(self) -> list[str]:
@@ -127,6 +132,10 @@ class CommandChannel:
         if verb is None:
             return False
         cfg = self._config()
+        if not self.accepting():
+            ack()
+            self._refuse_now(msg, verb, "unavailable", "agentd is stopping")
+            return True
         if len(self._tasks) >= cfg.max_concurrent:
             ack()
             self._refuse_now(msg, verb, "busy", f"more than {cfg.max_concurrent} commands at once")
@@ -292,6 +301,8 @@ class CommandChannel:
         if problem is not None:
             code: cp.ErrorCode = "rejected" if self.host.has_actuator(req.actuator) else "not_found"
             return cp.error_reply(req.id, code, problem)
+        if not self.accepting():  # stopping began during the checks: nothing starts
+            return cp.error_reply(req.id, "unavailable", "agentd is stopping")
         fut: asyncio.Future[cp.Reply] = asyncio.get_running_loop().create_future()
         self._running[key] = fut
         try:
@@ -346,7 +357,12 @@ class CommandChannel:
         )
         self.counts["ok" if reply.ok else (err.code if err else "error")] += 1
         if not reply.ok and err is not None:
-            log.warning(
+            now = time.monotonic()
+            quiet = now - self._logged.get(err.code, -120.0) < 60.0
+            if not quiet:
+                self._logged[err.code] = now
+            log.log(
+                logging.DEBUG if quiet else logging.WARNING,
                 "command %s %r from %s refused: %s: %s",
                 verb,
                 reply.id,
