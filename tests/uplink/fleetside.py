@@ -11,6 +11,7 @@ import time
 import uuid
 from typing import Any
 
+import msgspec
 from paho.mqtt import client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
@@ -67,9 +68,14 @@ class Operator:
     def _on_message(self, _c: paho.Client, _u: Any, msg: paho.MQTTMessage) -> None:
         props = getattr(msg, "properties", None)
         corr = getattr(props, "CorrelationData", None)
+        ctype = getattr(props, "ContentType", None)
         try:
-            body = json.loads(msg.payload)
-        except ValueError:
+            if ctype == "application/msgpack":
+                body = msgspec.msgpack.decode(msg.payload)
+                body["_msgpack"] = True
+            else:
+                body = json.loads(msg.payload)
+        except (ValueError, msgspec.DecodeError):
             body = {"_raw": bytes(msg.payload).hex()}
         self.replies.put((msg.topic, body, bytes(corr) if corr is not None else None))
 
@@ -85,19 +91,25 @@ class Operator:
         bad_signature: bool = False,
         expiry: int | None = None,
         group: str | None = None,
+        msgpack: bool = False,
     ) -> None:
         topic = (
             f"{self.prefix}/group/{group}/cmd/{verb}"
             if group
             else f"{self.prefix}/{self.node}/cmd/{verb}"
         )
-        payload = body if isinstance(body, bytes) else json.dumps(body).encode()
+        if isinstance(body, bytes):
+            payload = body
+        elif msgpack:
+            payload = msgspec.msgpack.encode(body)
+        else:
+            payload = json.dumps(body).encode()
         props = None
         if self.v5:
             props = Properties(PacketTypes.PUBLISH)
             props.ResponseTopic = response_topic or self.reply_topic
             props.CorrelationData = correlation or uuid.uuid4().bytes
-            props.ContentType = "application/json"
+            props.ContentType = "application/msgpack" if msgpack else "application/json"
             user = [("sender", self.sender)]
             if key is not None:
                 sig = sign(key, topic, payload)
