@@ -58,22 +58,24 @@ class Uplinks:
     def __len__(self) -> int:
         return len(self._engines)
 
-    async def start(self, handles: Mapping[str, UplinkRunner]) -> None:
+    async def start(self, handles: Mapping[str, UplinkRunner], *, strict: bool = True) -> None:
         """An engine per transport (after the loop started: its first rows are committed).
         Cursors that cannot be read: ``startup_error = "fail"`` raises (agentd refuses to
         start), otherwise it runs without that uplink, its handle ``failing``."""
         for name, handle in handles.items():
-            await self._start_one(name, handle)
+            await self._start_one(name, handle, strict=strict)
         if self._watch is None:
             self._watch = asyncio.create_task(self._carry_health(), name="uplink-health")
 
-    async def _start_one(self, name: str, handle: UplinkRunner) -> None:
+    async def _start_one(self, name: str, handle: UplinkRunner, *, strict: bool = False) -> None:
+        """``strict``: at startup, where ``startup_error = "fail"`` can still refuse; after a
+        reload (already committed) or a late start it can only run without the uplink."""
         engine = self._factory(name, handle, self._store)
         try:
             await engine.start()
         except StoreError as exc:
             message = f"uplink {name!r} cannot read its cursors: {exc}"
-            if handle.settings.startup_error == "fail":
+            if strict and handle.settings.startup_error == "fail":
                 raise AgentdError(message) from None
             log.error("%s; running without it", message)
             handle.fail(str(exc))
