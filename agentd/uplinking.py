@@ -113,9 +113,15 @@ class Uplinks:
         engines = [(n, self._engines.pop(n)) for n in names]
         for n in names:
             self._handles.pop(n, None)
-        results = await asyncio.gather(
-            *(e.stop(budget) for _, e in engines), return_exceptions=True
-        )
+        try:
+            results = await asyncio.gather(
+                *(e.stop(budget) for _, e in engines), return_exceptions=True
+            )
+        except asyncio.CancelledError:
+            # a second signal cut the stage short: drop the links now (the broker publishes the
+            # will, offline and not clean) rather than leave engines running over a closing store
+            await asyncio.gather(*(e.stop(0) for _, e in engines), return_exceptions=True)
+            raise
         for (name, _), result in zip(engines, results, strict=True):
             if isinstance(result, BaseException):
                 log.error("uplink %r did not stop cleanly: %s", name, result)
