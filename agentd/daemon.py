@@ -167,7 +167,7 @@ class Daemon:
         self.supervisor.start_retries(self._join)
         self._loop_task = asyncio.create_task(loop.run(), name="perception-loop")
         self._loop_task.add_done_callback(self._loop_done)
-        await self._start_uplinks()
+        await self._start_uplinks(strict=True)
         await self._start_control()
         self._start_heartbeat()
         self.state = DaemonState.RUNNING
@@ -449,7 +449,7 @@ class Daemon:
             self.events.use_store(self.store)
 
     # -- the uplinks (agentd/uplinking.py, agentd/uplink/) ---------------------------------
-    async def _start_uplinks(self) -> None:
+    async def _start_uplinks(self, strict: bool = False) -> None:
         """Engines for the running uplink transports; after a reload, the changed restart."""
         if self.store is None or (self.uplinks is None and not self.supervisor.uplinks()):
             return
@@ -459,7 +459,7 @@ class Daemon:
 
             self.fleet = FleetCommands(self)  # commands ride an uplink's connection
             self.uplinks = Uplinks(self.store, factory=self.fleet.engine)
-            await self.uplinks.start(self.supervisor.uplinks())
+            await self.uplinks.start(self.supervisor.uplinks(), strict=strict)
         else:
             await self.uplinks.apply(self.supervisor.uplinks())
 

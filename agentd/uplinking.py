@@ -46,7 +46,7 @@ def _engine(name: str, handle: UplinkRunner, store: Store) -> UplinkEngine:
 class Uplinks:
     """The running engines by uplink name, with the transport handle each drives."""
 
-    __slots__ = ("_engines", "_factory", "_handles", "_store", "_watch")
+    __slots__ = ("_changing", "_engines", "_factory", "_handles", "_store", "_watch")
 
     def __init__(self, store: Store, *, factory: EngineFactory = _engine) -> None:
         self._store = store
@@ -54,26 +54,31 @@ class Uplinks:
         self._engines: dict[str, UplinkEngine] = {}
         self._handles: dict[str, UplinkRunner] = {}
         self._watch: asyncio.Task[None] | None = None
+        #: a reload and a late start (``retry``) may both apply at once: one at a time
+        self._changing = asyncio.Lock()
 
     def __len__(self) -> int:
         return len(self._engines)
 
-    async def start(self, handles: Mapping[str, UplinkRunner]) -> None:
+    async def start(self, handles: Mapping[str, UplinkRunner], *, strict: bool = True) -> None:
         """An engine per transport (after the loop started: its first rows are committed).
         Cursors that cannot be read: ``startup_error = "fail"`` raises (agentd refuses to
         start), otherwise it runs without that uplink, its handle ``failing``."""
-        for name, handle in handles.items():
-            await self._start_one(name, handle)
+        async with self._changing:
+            for name, handle in handles.items():
+                await self._start_one(name, handle, strict=strict)
         if self._watch is None:
             self._watch = asyncio.create_task(self._carry_health(), name="uplink-health")
 
-    async def _start_one(self, name: str, handle: UplinkRunner) -> None:
+    async def _start_one(self, name: str, handle: UplinkRunner, *, strict: bool = False) -> None:
+        """``strict``: at startup, where ``startup_error = "fail"`` can still refuse; after a
+        reload (already committed) or a late start it can only run without the uplink."""
         engine = self._factory(name, handle, self._store)
         try:
             await engine.start()
         except StoreError as exc:
             message = f"uplink {name!r} cannot read its cursors: {exc}"
-            if handle.settings.startup_error == "fail":
+            if strict and handle.settings.startup_error == "fail":
                 raise AgentdError(message) from None
             log.error("%s; running without it", message)
             handle.fail(str(exc))
@@ -86,12 +91,13 @@ class Uplinks:
         or that is gone, has its engine stopped (publishing offline first); a new or rebuilt
         one gets a fresh engine that resumes from the durable cursors. Returns how many
         engines were restarted, started or stopped."""
-        changed = [n for n, h in self._handles.items() if handles.get(n) is not h]
-        await self._stop(changed, RELOAD_STOP_BUDGET)
-        new = {n: h for n, h in handles.items() if n not in self._handles}
-        for name, handle in new.items():
-            await self._start_one(name, handle)
-        return len(set(changed) | set(new))
+        async with self._changing:
+            changed = [n for n, h in self._handles.items() if handles.get(n) is not h]
+            await self._stop(changed, RELOAD_STOP_BUDGET)
+            new = {n: h for n, h in handles.items() if n not in self._handles}
+            for name, handle in new.items():
+                await self._start_one(name, handle)
+            return len(set(changed) | set(new))
 
     async def stop(self, budget: float) -> None:
         """The ``flush_uplink`` stage: every engine at once publishes offline, sends what it
@@ -100,15 +106,22 @@ class Uplinks:
         if watch is not None:
             watch.cancel()
             await asyncio.gather(watch, return_exceptions=True)
-        await self._stop(list(self._engines), budget)
+        async with self._changing:
+            await self._stop(list(self._engines), budget)
 
     async def _stop(self, names: list[str], budget: float) -> None:
         engines = [(n, self._engines.pop(n)) for n in names]
         for n in names:
             self._handles.pop(n, None)
-        results = await asyncio.gather(
-            *(e.stop(budget) for _, e in engines), return_exceptions=True
-        )
+        try:
+            results = await asyncio.gather(
+                *(e.stop(budget) for _, e in engines), return_exceptions=True
+            )
+        except asyncio.CancelledError:
+            # a second signal cut the stage short: drop the links now (the broker publishes the
+            # will, offline and not clean) rather than leave engines running over a closing store
+            await asyncio.gather(*(e.stop(0) for _, e in engines), return_exceptions=True)
+            raise
         for (name, _), result in zip(engines, results, strict=True):
             if isinstance(result, BaseException):
                 log.error("uplink %r did not stop cleanly: %s", name, result)

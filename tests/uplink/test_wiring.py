@@ -211,3 +211,36 @@ def test_agentctl_plugin_never_shows_a_secret(broker: Mosquitto, short_tmp: Path
     assert secret not in log
     assert "hunter2" not in log
     assert msgspec.json.decode(fleet.stdout)["config"]["password_file"] == str(short_tmp / "pw")
+
+
+def test_a_second_sigterm_cuts_flush_uplink_short(tmp_path: Path, short_tmp: Path) -> None:
+    import os
+    import signal
+    import time
+
+    b = Mosquitto(tmp_path / "broker")
+    b.start()
+    try:
+        with AgentProcess(short_tmp, config(b.url), log_level="info") as agent:
+            ready(agent)
+            wait_for(lambda: uplink_json(agent)[0]["connected"], 20, what="connected")
+            assert b.proc is not None
+            os.kill(b.proc.pid, signal.SIGSTOP)  # it keeps the link and never answers
+            try:
+                time.sleep(0.5)
+                agent.signal(signal.SIGTERM)
+                agent.wait_log(r"stopping")
+                time.sleep(1.0)  # inside flush_uplink, waiting for PUBACKs that never come
+                t0 = time.monotonic()
+                agent.signal(signal.SIGTERM)
+                assert agent.proc is not None
+                assert agent.proc.wait(10) == 1
+                assert time.monotonic() - t0 < 5.0
+            finally:
+                os.kill(b.proc.pid, signal.SIGCONT)
+            log = agent.log()
+        assert "received SIGTERM again: forcing exit" in log
+        assert "flush_uplink: cut short by a second signal" in log
+        assert "Traceback" not in log
+    finally:
+        b.stop()
