@@ -136,6 +136,11 @@ def test_daemon_delivers_every_observation_once_in_order(
         assert "fleet: connected since" in table.stdout
         assert "BACKLOG" in table.stdout
         assert "observations" in table.stdout
+        one = ctl(agent, "uplink", "fleet", "--json")
+        assert [u["name"] for u in json.loads(one.stdout)] == ["fleet"]
+        nope = ctl(agent, "uplink", "nope")
+        assert nope.returncode == 1
+        assert "no uplink named 'nope' (running: fleet)" in nope.stderr
         status = ctl(agent, "status")
         assert "Uplinks: fleet connected, backlog" in status.stdout
         health = ctl(agent, "health", "--json")

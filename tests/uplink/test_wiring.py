@@ -244,3 +244,57 @@ def test_a_second_sigterm_cuts_flush_uplink_short(tmp_path: Path, short_tmp: Pat
         assert "Traceback" not in log
     finally:
         b.stop()
+
+
+def test_an_uplink_recovers_when_the_broker_allows_it_again(
+    tmp_path: Path, short_tmp: Path
+) -> None:
+    import os
+    import signal
+
+    deny = f"topic write {PREFIX}/{NODE}/status\ntopic write {PREFIX}/{NODE}/events\ntopic read #\n"
+    b = Mosquitto(tmp_path / "broker", acl=deny)
+    b.start()
+    try:
+        with (
+            Collector(b.port, f"{PREFIX}/{NODE}/+") as fleet,
+            AgentProcess(short_tmp, config(b.url), log_level="info") as agent,
+        ):
+            ready(agent)
+            wait_for(lambda: uplink_json(agent)[0]["health"] == "degraded", 30, what="degraded")
+            # the transport's state follows the engine's health (sampled every 5 s)
+            wait_for(
+                lambda: any(
+                    p["state"] == "failing"
+                    for p in json.loads(ctl(agent, "plugins", "--json").stdout)
+                ),
+                15,
+                what="the uplink plugin failing",
+            )
+            # the operator fixes the ACL; mosquitto re-reads it on SIGHUP
+            (b.workdir / "acl").write_text(f"topic write {PREFIX}/{NODE}/#\ntopic read #\n")
+            assert b.proc is not None
+            os.kill(b.proc.pid, signal.SIGHUP)
+            wait_for(
+                lambda: (
+                    (u := uplink_json(agent)[0])["health"] == "ok"
+                    and stream(u, "observations")["acked"] > 0
+                ),
+                30,
+                what="delivering again",
+            )
+            assert ctl(agent, "health").returncode == 0
+            wait_for(
+                lambda: all(
+                    p["state"] == "ok" for p in json.loads(ctl(agent, "plugins", "--json").stdout)
+                ),
+                15,
+                what="the uplink plugin ok again",
+            )
+            assert agent.stop() == 0
+            ids = _ids(agent.state_dir / "agentd.db")
+            assert fleet.wait_for(lambda: set(arrived(fleet.snapshot(), "observations")) >= ids, 10)
+        kinds = event_kinds(fleet.snapshot())
+        assert kinds.index("plugin.failing") < kinds.index("plugin.recovered")
+    finally:
+        b.stop()
