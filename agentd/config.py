@@ -32,6 +32,8 @@ from agentd.config_plugins import (
     PolicyInstance,
     SensorCommon,
     SensorInstance,
+    UplinkCommon,
+    UplinkInstance,
     decode_instance,
 )
 from agentd.config_refs import did_you_mean
@@ -45,6 +47,7 @@ __all__ = [
     "ActuatorCommon",
     "ActuatorInstance",
     "AgentSection",
+    "CommandsConfig",
     "Config",
     "ControlConfig",
     "HealthConfig",
@@ -60,6 +63,8 @@ __all__ = [
     "SensorInstance",
     "StoreConfig",
     "TelemetryConfig",
+    "UplinkCommon",
+    "UplinkInstance",
     "default_config_path",
     "format_validation_error",
     "load",
@@ -205,6 +210,38 @@ class PluginsSection(_Section, frozen=True):
     blocked: tuple[str, ...] = ()
 
 
+class CommandsConfig(_Section, frozen=True):
+    """Fleet commands over the uplink's MQTT connection (docs/uplink.md, "Commands"). Deny by
+    default: a verb runs only if a rule of ``allow`` matches it (``"status"``, ``"act"``,
+    ``"act:valve.*"``: ``verb`` or ``verb:detail`` as a shell pattern, the detail of ``act``
+    being ``actuator.action`` and of ``replay`` the stream)."""
+
+    allow: tuple[Annotated[str, Meta(min_length=1, max_length=256)], ...] = ()
+    #: the uplink whose connection carries commands (default: the only mqtt one)
+    uplink: str | None = None
+    #: also listen on <prefix>/group/<name>/cmd/<verb> for these groups
+    groups: tuple[Annotated[str, Meta(pattern=r"^[^/+#\x00]{1,128}$")], ...] = ()
+    rate_per_minute: Annotated[int, Meta(ge=1, le=60_000)] = 60
+    max_concurrent: Annotated[int, Meta(ge=1, le=256)] = 8
+    max_payload: Annotated[int, Meta(ge=1024, le=4 * 1024 * 1024)] = 1024 * 1024
+    #: a deadline further ahead than this is refused (the once-only memory must outlive it)
+    max_deadline: Annotated[float, Meta(gt=0, le=7 * 86_400)] = 3600.0
+    #: "hmac-sha256": every command carries the MQTT 5 user property signature
+    signature: Literal["none", "hmac-sha256"] = "none"
+    key_file: str | None = None
+    #: a systemd credential name holding the key (LoadCredential=NAME:...)
+    key_credential: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.@-]{1,128}$")] | None = None
+    #: default probation of a config pushed by the fleet (seconds)
+    probation: Annotated[float, Meta(ge=0, le=86_400)] = 300.0
+    replay_max_rows: Annotated[int, Meta(ge=1, le=10_000_000)] = 100_000
+
+    def __post_init__(self) -> None:
+        if self.signature != "none" and not (self.key_file or self.key_credential):
+            raise ValueError("signature needs key_file or key_credential")
+        if self.key_file and self.key_credential:
+            raise ValueError("key_file and key_credential: give one")
+
+
 class Config(msgspec.Struct, kw_only=True):
     agent: AgentSection = AgentSection()
     paths: PathsSection = PathsSection()
@@ -214,6 +251,7 @@ class Config(msgspec.Struct, kw_only=True):
     plugins: PluginsSection = PluginsSection()
     telemetry: TelemetryConfig = TelemetryConfig()
     health: HealthConfig = HealthConfig()
+    commands: CommandsConfig = CommandsConfig()
     #: plugin instances by kind section (``sensors``, ``policies``, ...), in kind order
     plugin_sections: dict[str, dict[str, PluginInstance]] = {}
     #: where it came from: a file path or "<default>"
@@ -234,6 +272,10 @@ class Config(msgspec.Struct, kw_only=True):
     @property
     def actuators(self) -> dict[str, ActuatorInstance]:
         return cast(dict[str, ActuatorInstance], self.section("actuators"))
+
+    @property
+    def uplinks(self) -> dict[str, UplinkInstance]:
+        return cast(dict[str, UplinkInstance], self.section("uplinks"))
 
     def instances(self) -> Iterable[PluginInstance]:
         for by_name in self.plugin_sections.values():
@@ -260,6 +302,7 @@ SECTIONS: dict[str, type[msgspec.Struct]] = {
     "plugins": PluginsSection,
     "telemetry": TelemetryConfig,
     "health": HealthConfig,
+    "commands": CommandsConfig,
 }
 
 DEFAULT_CONFIG = """\
@@ -412,6 +455,13 @@ def _cross_check(
             errors.append(
                 f"policies.{name}.actuator: no actuator named {target!r} is configured"
                 f"{did_you_mean(target, actuators)} (configured: {known})"
+            )
+    store = sections.get("store", StoreConfig())
+    for name, inst in instances.get("uplinks", {}).items():
+        if inst.enabled and not store.enabled:
+            errors.append(
+                f"uplinks.{name}: an uplink sends the journals, so it needs the store "
+                "([store] enabled = true)"
             )
     if not any(i.enabled for i in instances.get("sensors", {}).values()):
         errors.append("sensors: at least one enabled sensor must be configured")

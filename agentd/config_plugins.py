@@ -9,12 +9,15 @@ plugin config Struct decodes each instance's own keys.
 from __future__ import annotations
 
 import re
+import socket
 from collections.abc import Callable, Iterable, Sequence
-from typing import Annotated, Any, Literal, Protocol
+from pathlib import Path
+from typing import Annotated, Any, Final, Literal, Protocol, get_args
 
 import msgspec
 from msgspec import Meta
 
+from agentd.model import Stream
 from agentd.validation import format_validation_error, show
 
 __all__ = [
@@ -30,7 +33,10 @@ __all__ = [
     "PolicyInstance",
     "SensorCommon",
     "SensorInstance",
+    "UplinkCommon",
+    "UplinkInstance",
     "decode_instance",
+    "default_node",
 ]
 
 Seconds = Annotated[float, Meta(gt=0)]
@@ -69,6 +75,64 @@ class ActuatorCommon(PluginCommon, frozen=True):
     retry_on: tuple[Literal["timeout", "error"], ...] = ("timeout", "error")
 
 
+#: a topic level we build from: no wildcards, separators or NUL, not empty
+TopicLevel = Annotated[str, Meta(pattern=r"^[^/+#\x00]{1,128}$")]
+Prefix = Annotated[str, Meta(pattern=r"^[^+#\x00]{1,256}$")]
+STREAMS: Final[tuple[Stream, ...]] = get_args(Stream)
+_NODE_CHARS: Final = re.compile(r"[^A-Za-z0-9_.:-]")
+
+
+class UplinkCommon(PluginCommon, frozen=True):
+    """An uplink's engine keys (``[uplinks.NAME]``, whatever its transport): what the engine
+    (`agentd.uplink.UplinkEngine`, which calls this `UplinkSettings`) forwards and how. The
+    transport's own keys (``url``, TLS, credentials) go to its plugin's config Struct.
+    ``timeout`` and ``degraded_after`` do not apply; ``startup_error`` decides what happens
+    when the transport cannot be built or the cursors cannot be read."""
+
+    plugin: str | None = "mqtt"
+    #: this gateway's name in topics and envelopes; default: /etc/machine-id or the hostname
+    node: TopicLevel | None = None
+    prefix: Prefix = "agentd/v1"
+    streams: tuple[Stream, ...] = STREAMS
+    format: Literal["msgpack", "json"] = "msgpack"
+    #: batches in flight (sent, not acknowledged); never above the broker's Receive Maximum
+    window: Annotated[int, Meta(ge=1, le=1024)] = 8
+    #: a batch closes on whichever comes first
+    batch_rows: Annotated[int, Meta(ge=1, le=65_535)] = 256
+    batch_bytes: Annotated[int, Meta(ge=1024, le=16 * 1024 * 1024)] = 128 * 1024
+    batch_interval: Annotated[float, Meta(gt=0, le=3600)] = 1.0
+    #: bytes/s of payload at most (a long outage must not saturate a cellular link); None: no cap
+    catch_up_rate: Annotated[int, Meta(ge=1024)] | None = None
+    #: keep rows past the PUBACK until the consumer's watermark on <prefix>/<node>/ack passes
+    end_to_end: bool = False
+    #: health turns degraded when the oldest unsent row is older than this (seconds)
+    backlog_max_age: Annotated[float, Meta(gt=0)] | None = 300.0
+    #: a batch not answered within this many seconds means the link is broken: reconnect
+    ack_timeout: Annotated[float, Meta(gt=0, le=3600)] = 60.0
+    #: full-jitter reconnect backoff: sleep uniform(0, min(max, min * 2**attempt))
+    reconnect_min: Annotated[float, Meta(gt=0, le=60)] = 0.5
+    reconnect_max: Annotated[float, Meta(gt=0, le=3600)] = 60.0
+
+    def __post_init__(self) -> None:
+        if len(set(self.streams)) != len(self.streams):
+            raise ValueError("streams: each stream at most once")
+        if self.reconnect_max < self.reconnect_min:
+            raise ValueError("reconnect_max must not be below reconnect_min")
+
+    def resolved_node(self) -> str:
+        return self.node or default_node()
+
+
+def default_node() -> str:
+    """/etc/machine-id, else the hostname, made safe as one topic level."""
+    try:
+        node = Path("/etc/machine-id").read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError):
+        node = ""
+    node = node or socket.gethostname() or "agentd"
+    return _NODE_CHARS.sub("_", node)[:128]
+
+
 class PluginInstance(msgspec.Struct, kw_only=True):
     """One configured plugin instance: its name, the plugin it runs, common and own settings."""
 
@@ -94,6 +158,10 @@ class PolicyInstance(PluginInstance, kw_only=True):
 
 class ActuatorInstance(PluginInstance, kw_only=True):
     common: ActuatorCommon
+
+
+class UplinkInstance(PluginInstance, kw_only=True):
+    common: UplinkCommon
 
 
 class KindSchema(Protocol):
@@ -141,6 +209,10 @@ class PluginCatalog(Protocol):
 CatalogFactory = Callable[[Iterable[str]], PluginCatalog]
 
 
+def _defaults(common: type[PluginCommon]) -> PluginCommon:
+    return msgspec.convert({}, common)
+
+
 def decode_instance(
     kind: KindSchema, name: str, table: Any, catalog: PluginCatalog, errors: list[str]
 ) -> PluginInstance | None:
@@ -162,7 +234,9 @@ def decode_instance(
     except msgspec.ValidationError as exc:
         errors.append(format_validation_error(where, exc, common_raw))
     plugin = table.get("plugin")
-    plugin_name = plugin if isinstance(plugin, str) else name
+    # without a ``plugin`` key: the kind's default (an uplink's is "mqtt"), else the name
+    implied = (common or _defaults(kind.common)).plugin
+    plugin_name = plugin if isinstance(plugin, str) else implied or name
     spec = catalog.schema(plugin_name, kind.name) or catalog.schema(plugin_name)
     if spec is None and catalog.is_blocked(plugin_name):
         if table.get("enabled", True) is not False:

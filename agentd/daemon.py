@@ -10,35 +10,55 @@ there before are put back at exit. Plugins are the `PluginSupervisor`'s.
 from __future__ import annotations
 
 import asyncio
-import enum
 import logging
 import os
 import signal
 import time
 from collections.abc import Awaitable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
 from agentd import __version__
 from agentd.config import Config, load, resolve_runtime_dir, resolve_state_dir
 from agentd.errors import AgentdError, ConfigError
 from agentd.fanout import TickFanout
+from agentd.journaling import EventLog
+from agentd.lifecycle import (
+    DUPLICATE_SIGNAL_WINDOW,
+    FINISH_TICK_TIMEOUT,
+    FLUSH_STORE_TIMEOUT,
+    FLUSH_UPLINK_TIMEOUT,
+    MAX_DRAIN_TIMEOUT,
+    SHUTDOWN_STAGES,
+    STOP_CONTROL_TIMEOUT,
+    STOP_PLUGINS_TIMEOUT,
+    STOP_TELEMETRY_TIMEOUT,
+    DaemonOptions,
+    DaemonState,
+    loop_settings,
+    run_stage,
+)
 from agentd.lock import InstanceLock
-from agentd.loop import LoopSettings, PerceptionLoop, TickObserver
+from agentd.loop import PerceptionLoop, TickObserver
+from agentd.model import UplinkStatus
 from agentd.plugins.capabilities import Grants
 from agentd.plugins.handle import PluginHandle
 from agentd.plugins.registry import Registry, default_registry
 from agentd.plugins.supervisor import PluginSupervisor
+from agentd.plugins.transport import UplinkRunner
 from agentd.stats import heartbeat
 from agentd.store import Store
 from agentd.systemd import ServiceNotifier, service_notifier
 
 if TYPE_CHECKING:
     from agentd.control.server import ControlServer
+    from agentd.fleet import FleetCommands
     from agentd.telemetry import Telemetry
+    from agentd.uplinking import Uplinks
 
 __all__ = [
+    "DUPLICATE_SIGNAL_WINDOW",
     "SHUTDOWN_STAGES",
+    "STOP_PLUGINS_TIMEOUT",
     "Daemon",
     "DaemonOptions",
     "DaemonState",
@@ -47,44 +67,7 @@ __all__ = [
 ]
 
 log = logging.getLogger("agentd")
-
-# Named shutdown stage timeouts (seconds). Their sum plus the drain timeout's maximum
-# (agent.drain_timeout <= 60) must stay below TimeoutStopSec in packaging/systemd.
-STOP_CONTROL_TIMEOUT: Final = 2.0
-FINISH_TICK_TIMEOUT: Final = 10.0
-STOP_PLUGINS_TIMEOUT: Final = 5.0
-FLUSH_STORE_TIMEOUT: Final = 10.0
-#: flushing spans and metrics; an OTLP collector that is down must not hold shutdown longer
-STOP_TELEMETRY_TIMEOUT: Final = 5.0
-MAX_DRAIN_TIMEOUT: Final = 60.0
-#: a second SIGTERM/SIGINT this soon after the first is the same request delivered twice
-DUPLICATE_SIGNAL_WINDOW: Final = 0.2
-#: after a second signal, each remaining stage gets at most this long
-FORCED_STAGE_TIMEOUT: Final = 0.5
 _SIGNALS: Final = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
-SHUTDOWN_STAGES: Final = {
-    "stop_control": STOP_CONTROL_TIMEOUT,
-    "finish_tick": FINISH_TICK_TIMEOUT,
-    "drain_actions": MAX_DRAIN_TIMEOUT,
-    "stop_plugins": STOP_PLUGINS_TIMEOUT,
-    "flush_store": FLUSH_STORE_TIMEOUT,
-    "stop_telemetry": STOP_TELEMETRY_TIMEOUT,
-}
-
-
-class DaemonState(enum.Enum):
-    NOT_RUNNING = "not_running"
-    STARTING = "starting"
-    RUNNING = "running"
-    STOPPING = "stopping"
-    STOPPED = "stopped"
-
-
-@dataclass(frozen=True, slots=True)
-class DaemonOptions:
-    config_path: str | None = None
-    state_dir: str | None = None
-    runtime_dir: str | None = None
 
 
 class Daemon:
@@ -108,15 +91,23 @@ class Daemon:
         self.started_mono = 0.0
         self.exit_code = 0
         self._grants = Grants()  # what a plugin's ``requires`` gets (never the daemon)
+        #: agentd's own state changes, into the events journal once the store is open
+        self.events = EventLog()
         #: the configured plugins: built, started, retried, rebuilt on reload, stopped
         self.supervisor = PluginSupervisor(
-            self.registry, capabilities=self._grants, prepare=self._prepare_plugin
+            self.registry,
+            capabilities=self._grants,
+            prepare=self._prepare_plugin,
+            events=self.events,
         )
         self.loop: PerceptionLoop | None = None
         #: the loop's observer that watchers (`agentctl watch`) subscribe to while it runs
         self.fanout = TickFanout()
         #: the local database (agentd/store/); None when [store] enabled = false
         self.store: Store | None = None
+        #: the uplink engines (agentd/uplinking.py); None until the first uplink starts
+        self.uplinks: Uplinks | None = None
+        self.fleet: FleetCommands | None = None  # the fleet's commands (agentd/fleet.py)
         #: the control plane (agentd/control/server.py); None when [control] enabled = false
         self.control: ControlServer | None = None
         #: agentd/telemetry/; None when [telemetry] enabled = false
@@ -167,15 +158,16 @@ class Daemon:
         self.systemd = service_notifier(lambda: f"plugins {self.supervisor.summary()}")
         self.loop = loop = self._make_loop()
         if self.telemetry is not None:
-            self.telemetry.observe(loop, self.supervisor.all, self.store)
+            self.telemetry.observe(loop, self.supervisor.all, self.store, self.uplink_states)
         if self.store is not None:
             from agentd.journaling import sweep_sessions
 
             sweep = sweep_sessions(self.store, lambda: self.config.store.sweep_interval)
             self.spawn(sweep, name="session-sweep")
-        self.supervisor.start_retries(loop.attach)
+        self.supervisor.start_retries(self._join)
         self._loop_task = asyncio.create_task(loop.run(), name="perception-loop")
         self._loop_task.add_done_callback(self._loop_done)
+        await self._start_uplinks(strict=True)
         await self._start_control()
         self._start_heartbeat()
         self.state = DaemonState.RUNNING
@@ -192,6 +184,8 @@ class Daemon:
             c.source,
             self.state_dir,
         )
+        started = {"version": __version__, "pid": os.getpid(), "config": c.source}
+        self.events.journal_event("agentd.started", started)
         if self.systemd is not None:
             self.spawn(self.systemd.run(loop), name="systemd-notify")
 
@@ -235,6 +229,8 @@ class Daemon:
         log.info("stopping")
         if self.systemd is not None:
             self.systemd.stopping()
+        # before the uplinks' last send, so the fleet hears it
+        self.events.journal_event("agentd.stopping", {"exit_code": self.exit_code})
         await self._stage("stop_control", STOP_CONTROL_TIMEOUT, self._stop_control())
         if self.loop is not None and self._loop_task is not None:
             self.loop.stop()
@@ -248,6 +244,7 @@ class Daemon:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._stage("flush_uplink", FLUSH_UPLINK_TIMEOUT, self._flush_uplink())
         # the supervisor names the plugins still stopping when its budget (or a second
         # signal) runs out, a little before the stage's own timeout
         budget = STOP_PLUGINS_TIMEOUT * 0.9
@@ -260,30 +257,7 @@ class Daemon:
         log.info("stopped")
 
     async def _stage(self, name: str, timeout: float, aw: Awaitable[Any]) -> None:
-        """One shutdown stage, cancelled after ``timeout`` or, at once, by a second signal
-        (uvicorn's ``_wait_tasks_to_complete`` watching ``force_exit``)."""
-        task = aw if isinstance(aw, asyncio.Future) else asyncio.ensure_future(aw)
-        waits: set[asyncio.Future[Any]] = {task}
-        force: asyncio.Future[Any] | None = None
-        if self._force:  # forced before this stage began: it gets its short turn
-            timeout = min(timeout, FORCED_STAGE_TIMEOUT)
-        else:
-            force = asyncio.ensure_future(self._force_event.wait())
-            waits.add(force)
-        try:
-            await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            if force is not None:
-                force.cancel()
-        if not task.done():
-            if force is not None and self._force_event.is_set():
-                log.warning("%s: cut short by a second signal; cancelling", name)
-            else:
-                log.warning("%s: still running after %gs; cancelling", name, timeout)
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-        elif not task.cancelled() and task.exception() is not None:
-            log.error("%s failed: %s", name, task.exception())
+        await run_stage(name, timeout, aw, self._force_event, forced=self._force)
 
     def _loop_done(self, task: asyncio.Task[None]) -> None:
         if task.cancelled() or self.state is not DaemonState.RUNNING:
@@ -377,15 +351,13 @@ class Daemon:
                 new = load(source, self.registry)
                 self.config.check_reloadable(new)
             except ConfigError as exc:
-                log.error("reload refused, still running the previous config: %s", exc)
-                return exc.errors
+                return self._refused(exc.errors, str(exc))
             assert self.loop is not None
             sup = self.supervisor
             try:
                 plan = await sup.rebuild(new)
             except AgentdError as exc:
-                log.error("reload refused, still running the previous config: %s", exc)
-                return [str(exc)]
+                return self._refused([str(exc)], str(exc))
             retired = sup.commit(plan)
             old_interval = self.config.agent.interval
             self.loop.reconfigure(
@@ -393,7 +365,10 @@ class Daemon:
             )
             self.config = new
             self.reload_generation += 1
-            sup.start_retries(self.loop.attach)
+            sup.start_retries(self._join)
+            # a changed [uplinks.NAME]: its engine restarts on the rebuilt transport before the
+            # old transport is stopped (cursors are durable: nothing is lost, at worst resent)
+            await self._start_uplinks()
             await sup.stop_all(STOP_PLUGINS_TIMEOUT, retired)
             log.info(
                 "reloaded %s (generation %d): interval %gs%s, %d plugins rebuilt",
@@ -403,7 +378,14 @@ class Daemon:
                 f" (was {old_interval:g}s)" if old_interval != new.agent.interval else "",
                 len(retired),
             )
+            rebuilt = {"generation": self.reload_generation, "rebuilt": [h.name for h in retired]}
+            self.events.journal_event("agentd.reloaded", rebuilt)
             return []
+
+    def _refused(self, errors: list[str], message: str) -> list[str]:
+        log.error("reload refused, still running the previous config: %s", message)
+        self.events.journal_event("agentd.reload_refused", {"errors": errors})
+        return errors
 
     # -- telemetry (agentd/telemetry/, agentd/health.py) ---------------------------------------
     def _make_telemetry(self) -> Telemetry | None:
@@ -437,6 +419,8 @@ class Daemon:
             telemetry=self.telemetry,
             registry=self.registry,
             lifecycle=self,
+            uplinks=self.uplink_states,
+            fleet=self.fleet,
         )
         # `agentctl watch` hears ticks and late results through the fan-out the loop was
         # built with; the control plane never touches the loop's own collaborators
@@ -462,6 +446,39 @@ class Daemon:
             self.store = Store(self.state_dir / c.path, c)
             await self.store.open()
             self._grants.use_store(self.store.sessions)
+            self.events.use_store(self.store)
+
+    # -- the uplinks (agentd/uplinking.py, agentd/uplink/) ---------------------------------
+    async def _start_uplinks(self, strict: bool = False) -> None:
+        """Engines for the running uplink transports; after a reload, the changed restart."""
+        if self.store is None or (self.uplinks is None and not self.supervisor.uplinks()):
+            return
+        if self.uplinks is None:
+            from agentd.fleet import FleetCommands
+            from agentd.uplinking import Uplinks
+
+            self.fleet = FleetCommands(self)  # commands ride an uplink's connection
+            self.uplinks = Uplinks(self.store, factory=self.fleet.engine)
+            await self.uplinks.start(self.supervisor.uplinks(), strict=strict)
+        else:
+            await self.uplinks.apply(self.supervisor.uplinks())
+
+    def _join(self, handle: PluginHandle) -> None:
+        """A plugin that started late (``retry``): the loop takes it, or the uplinks."""
+        assert self.loop is not None
+        self.loop.attach(handle)
+        if isinstance(handle, UplinkRunner):
+            self.spawn(self._start_uplinks(), name=f"uplink-join:{handle.name}")
+
+    def uplink_states(self) -> list[UplinkStatus]:  # for the control plane and telemetry
+        return [] if self.uplinks is None else self.uplinks.states()
+
+    async def _flush_uplink(self) -> None:
+        """Commit what is queued (the last ticks and agentd.stopping), then let the uplinks
+        publish offline and send it within their budget."""
+        if self.uplinks is not None and self.store is not None:
+            await self.store.flush()
+            await self.uplinks.stop(FLUSH_UPLINK_TIMEOUT * 0.9)
 
     async def _close_store(self) -> None:
         if self.store is not None:
@@ -477,20 +494,6 @@ class Daemon:
 
     def uptime(self) -> float:
         return time.monotonic() - self.started_mono if self.started_mono else 0.0
-
-
-def loop_settings(config: Config) -> LoopSettings:
-    """The loop's settings from ``[agent]``."""
-    a = config.agent
-    return LoopSettings(
-        interval=a.interval,
-        align=a.align,
-        offset=a.offset,
-        stage_timeout=a.stage_timeout,
-        plugin_timeout=a.plugin_timeout,
-        max_actions_per_tick=a.max_actions_per_tick,
-        max_concurrent_actions=a.max_concurrent_actions,
-    )
 
 
 def run_daemon(config: Config, options: DaemonOptions) -> int:

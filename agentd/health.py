@@ -13,7 +13,7 @@ from collections.abc import Iterable
 
 from agentd.config import HealthConfig
 from agentd.model import HEALTH_EXIT_CODES as EXIT_CODES
-from agentd.model import HealthReport, HealthStatus, PluginStatus
+from agentd.model import HealthReport, HealthStatus, PluginStatus, UplinkStatus
 
 __all__ = ["EXIT_CODES", "evaluate"]
 
@@ -31,6 +31,7 @@ def evaluate(
     store_state: str | None = None,
     store_error: str | None = None,
     rss: int = 0,
+    uplinks: Iterable[UplinkStatus] = (),
     now: float | None = None,
     paused_for: float = 0.0,
 ) -> HealthReport:
@@ -57,6 +58,11 @@ def evaluate(
     for p in plugins:
         if p.state == "degraded":
             degraded.append(f"{p.kind} {p.name!r} is degraded: {p.last_error or 'failing'}")
+    for u in uplinks:
+        # refused by the broker (credentials, ACL, TLS) or a backlog older than its
+        # backlog_max_age: the engine's verdict, with its reason
+        if u.health == "degraded":
+            degraded.append(f"uplink {u.name!r} is degraded: {u.reason or u.last_error or '?'}")
     if store_state == "degraded":
         degraded.append(f"the store is degraded: {store_error or 'writes fail'}")
     elif store_state == "closed":

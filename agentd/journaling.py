@@ -1,5 +1,7 @@
 """`TickJournal`: the loop observer that writes every tick to the store: the observation, the
-action results (late ones too) and the policies' memory when it changed."""
+action results (late ones too) and the policies' memory when it changed. `EventLog`: the
+daemon's `EventSink`, agentd's own state changes into the events journal (the store journals
+its own, degraded and recovered)."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from agentd.plugins.base import PolicyState
 from agentd.plugins.handle import PluginHandle, PolicyRunner
 from agentd.store import Store
 
-__all__ = ["TickJournal", "restore_policy_state", "sweep_sessions"]
+__all__ = ["EventLog", "TickJournal", "restore_policy_state", "sweep_sessions"]
 
 log = logging.getLogger("agentd")
 
@@ -71,3 +73,24 @@ async def sweep_sessions(store: Store, every: Callable[[], float]) -> None:
             continue
         if swept:
             log.info("store: removed %d expired sessions", swept)
+
+
+@final
+class EventLog:
+    """The `agentd.plugins.base.EventSink` the daemon hands its parts when it builds them.
+    Events go to the store's events journal once the store is open (`use_store`, called by
+    the daemon that opened it); before that, or with no store, the log line the part writes
+    anyway is all there is."""
+
+    __slots__ = ("_store",)
+
+    def __init__(self) -> None:
+        self._store: Store | None = None
+
+    def use_store(self, store: Store) -> None:
+        self._store = store
+
+    def journal_event(self, kind: str, data: Mapping[str, object]) -> None:
+        store = self._store
+        if store is not None:
+            store.journal_event(kind, data)

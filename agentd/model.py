@@ -11,7 +11,9 @@ __all__ = [
     "Action",
     "ActionResult",
     "ActionStatus",
+    "ConfigVersion",
     "ControlStats",
+    "FleetCommand",
     "HealthReport",
     "HealthStatus",
     "MetricPoint",
@@ -27,8 +29,11 @@ __all__ = [
     "StageTimings",
     "StatusReport",
     "StoreHealth",
+    "Stream",
     "TickReport",
     "TickStats",
+    "UplinkStatus",
+    "UplinkStreamStatus",
     "Value",
 ]
 
@@ -163,7 +168,7 @@ class StoreHealth(msgspec.Struct, frozen=True, kw_only=True):
     last_commit: float | None = None
 
 
-PluginKind = Literal["sensor", "policy", "actuator"]
+PluginKind = Literal["sensor", "policy", "actuator", "uplink"]
 PluginState = Literal["starting", "ok", "failing", "degraded", "stopped", "disabled"]
 
 
@@ -294,6 +299,60 @@ class ControlStats(msgspec.Struct, frozen=True, kw_only=True):
     tick_guard_ms: float = 0.0
 
 
+#: the journals an uplink forwards (the store's and the uplink's ``Stream``)
+Stream = Literal["observations", "actions", "events"]
+
+
+class UplinkStreamStatus(msgspec.Struct, frozen=True, kw_only=True):
+    """``uplink``: one stream of one uplink (made from `agentd.uplink.StreamState`)."""
+
+    stream: Stream
+    #: the durable cursor: every id <= acked is acknowledged by the broker (or was a gap)
+    acked: int
+    #: the highest committed id of the journal
+    head: int
+    #: end_to_end: the fleet consumer's watermark (None without end_to_end)
+    confirmed: int | None = None
+    #: rows committed and not yet acknowledged, their bytes, the oldest one's age in seconds
+    backlog: int = 0
+    backlog_bytes: int = 0
+    oldest_age: float | None = None
+    #: batches sent and not yet answered
+    in_flight: int = 0
+    #: rows acknowledged since the uplink started, in how many batches
+    delivered: int = 0
+    batches: int = 0
+    #: rows sent again after a lost link or a refused batch (the bound on duplicates seen)
+    duplicates: int = 0
+    #: rows reported lost (gap records), in how many records
+    gap_rows: int = 0
+    gaps: int = 0
+    #: batches the broker refused (a PUBACK with a failure reason code)
+    refused: int = 0
+    last_error: str | None = None
+
+
+class UplinkStatus(msgspec.Struct, frozen=True, kw_only=True):
+    """``uplink``: one configured uplink (made from `agentd.uplink.UplinkState`)."""
+
+    name: str
+    node: str
+    phase: Literal["stopped", "connecting", "connected", "backoff", "stopping"]
+    health: Literal["ok", "degraded"]
+    #: why it is degraded (None when ok)
+    reason: str | None = None
+    connected: bool = False
+    #: wall time of the last connect (when connected) or of the loss of the link
+    since: float | None = None
+    protocol: str = ""
+    #: batches allowed in flight: min(window, the broker's Receive Maximum - 1)
+    window: int = 0
+    reconnects: int = 0
+    last_error: str | None = None
+    epoch: str = ""
+    streams: list[UplinkStreamStatus] = []
+
+
 class StatusReport(msgspec.Struct, frozen=True, kw_only=True):
     """``status``: everything `agentctl status` shows."""
 
@@ -313,3 +372,38 @@ class StatusReport(msgspec.Struct, frozen=True, kw_only=True):
     store: StoreHealth | None = None
     #: filled in by the control server: its connection and request counters
     control: ControlStats | None = None
+    #: the configured uplinks (empty when there are none)
+    uplinks: list[UplinkStatus] = []
+
+
+class FleetCommand(msgspec.Struct, frozen=True, kw_only=True):
+    """One command from the fleet and its outcome (`agentctl commands`)."""
+
+    id: str
+    verb: str
+    sender: str
+    topic: str
+    received: float
+    finished: float
+    ok: bool
+    code: str | None = None
+    message: str | None = None
+    #: the recorded outcome of an earlier delivery of the same id (nothing ran again)
+    duplicate: bool = False
+    #: why the reply did not reach the broker, if it did not
+    reply_error: str | None = None
+
+
+ConfigOutcome = Literal["probation", "committed", "rolled_back", "refused", "abandoned"]
+
+
+class ConfigVersion(msgspec.Struct, frozen=True, kw_only=True):
+    """A config version from the fleet and what became of it (`agentctl config history`)."""
+
+    version: str
+    outcome: ConfigOutcome
+    at: float
+    id: str = ""
+    sender: str = ""
+    reason: str = ""
+    sha256: str = ""

@@ -28,6 +28,8 @@ GROUPS = [
     ["datagrowth"],
     ["scaling"],
     ["telemetry"],
+    ["uplink"],
+    ["commands"],
     ["footprint"],
 ]
 MODULES = [name for group in GROUPS for name in group]

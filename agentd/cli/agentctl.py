@@ -86,6 +86,7 @@ _DAEMON = "agentd.cli.commands.daemon"
 _LOOP = "agentd.cli.commands.loop"
 _STORE = "agentd.cli.commands.store"
 _TELEMETRY = "agentd.cli.commands.telemetry"
+_FLEET = "agentd.cli.commands.fleet"
 
 COMMANDS: Final[dict[str, CommandSpec]] = {
     "ping": CommandSpec(_DAEMON, "check that agentd answers"),
@@ -111,6 +112,11 @@ COMMANDS: Final[dict[str, CommandSpec]] = {
     ),
     "metrics": CommandSpec(_TELEMETRY, "agentd's own metrics, as they are now"),
     "health": CommandSpec(_TELEMETRY, "ok / degraded / failing with reasons; exit code 0 / 5 / 6"),
+    "uplink": CommandSpec(
+        "agentd.cli.commands.uplink", "the fleet uplinks: link, cursors, backlog"
+    ),
+    "commands": CommandSpec(_FLEET, "recent commands from the fleet and their outcomes"),
+    "config": CommandSpec(_FLEET, "config history: versions the fleet pushed, and their fate"),
 }
 
 

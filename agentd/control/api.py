@@ -27,6 +27,8 @@ from agentd.control.protocol import EventKind, StateEvent
 from agentd.model import (
     Action,
     ActionResult,
+    ConfigVersion,
+    FleetCommand,
     HealthReport,
     MetricPoint,
     PluginDetail,
@@ -35,6 +37,7 @@ from agentd.model import (
     ProcessInfo,
     StatusReport,
     TickReport,
+    UplinkStatus,
 )
 
 if TYPE_CHECKING:
@@ -46,7 +49,7 @@ if TYPE_CHECKING:
     from agentd.plugins.registry import Registry
     from agentd.store import Store
 
-__all__ = ["ControlApi", "Lifecycle", "PluginsView", "TelemetryView"]
+__all__ = ["ControlApi", "FleetView", "Lifecycle", "PluginsView", "TelemetryView"]
 
 log = logging.getLogger("agentd.control")
 
@@ -101,6 +104,14 @@ class Lifecycle(Protocol):
         ...
 
 
+class FleetView(Protocol):
+    """The fleet command channel's records (`agentd.fleet.FleetCommands`)."""
+
+    def recent(self) -> list[FleetCommand]: ...
+
+    def history(self) -> list[ConfigVersion]: ...
+
+
 class ControlApi:
     """What the control plane may see and do. Built once per daemon, after the loop exists."""
 
@@ -114,6 +125,8 @@ class ControlApi:
         registry: Registry,
         lifecycle: Lifecycle,
         feed: WatchFeed | None = None,
+        uplinks: Callable[[], list[UplinkStatus]] | None = None,
+        fleet: FleetView | None = None,
     ) -> None:
         self.loop = loop
         self.plugins_view = plugins
@@ -122,6 +135,10 @@ class ControlApi:
         self.registry = registry
         self.lifecycle = lifecycle
         self.feed = feed or WatchFeed()
+        #: the uplink engines' states (`agentd.uplinking.Uplinks.states`), if any
+        self._uplinks = uplinks
+        #: the fleet's commands and config versions (`agentd.fleet.FleetCommands`), if any
+        self.fleet = fleet
         self._proc: psutil.Process | None = None
 
     # -- scheduling facts for the control server's tick guard -------------------------------
@@ -152,7 +169,12 @@ class ControlApi:
             plugins=self.plugins_view.statuses(),
             process=self.process(),
             store=None if store is None else store.health(),
+            uplinks=self.uplinks(),
         )
+
+    def uplinks(self) -> list[UplinkStatus]:
+        """Per uplink and stream: connected, cursor, backlog, in flight, counters."""
+        return self._uplinks() if self._uplinks is not None else []
 
     def process(self) -> ProcessInfo:
         import psutil
@@ -182,6 +204,7 @@ class ControlApi:
         """One configured instance (or, failing that, a registered plugin): status, config and
         JSON Schema. None if neither exists."""
         from agentd.schema import plugin_schema
+        from agentd.secrets import redact
 
         for h in self.plugins_view.all():
             if h.name != name:
@@ -201,10 +224,8 @@ class ControlApi:
                 version=info.version,
                 description=info.description,
                 actions=info.actions,
-                config={
-                    **msgspec.to_builtins(h.instance.common),
-                    **msgspec.to_builtins(h.instance.config),
-                },
+                # fields marked agentd.secrets.SECRET are shown as <redacted>
+                config={**redact(h.instance.common), **redact(h.instance.config)},
                 schema=self._schema(f"{h.kind}:{h.spec.name}", plugin_schema),
             )
         schema = self._schema(name, plugin_schema)
@@ -247,6 +268,7 @@ class ControlApi:
             store_state=None if store is None else store.state,
             store_error=None if store is None else store.last_error,
             rss=psutil.Process().memory_info().rss,
+            uplinks=self.uplinks(),
         )
 
     async def metrics(self) -> list[MetricPoint] | None:

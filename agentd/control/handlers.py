@@ -32,6 +32,8 @@ from agentd.control.protocol import (
 from agentd.model import (
     Action,
     ActionResult,
+    ConfigVersion,
+    FleetCommand,
     HealthReport,
     MetricPoint,
     Observation,
@@ -40,6 +42,7 @@ from agentd.model import (
     Session,
     StatusReport,
     TickReport,
+    UplinkStatus,
 )
 
 if TYPE_CHECKING:
@@ -132,6 +135,25 @@ def plugin(ctx: RequestContext, args: PluginArgs) -> PluginDetail:
     if found is None:
         known = ", ".join(sorted(p.name for p in ctx.api.plugins())) or "none"
         raise CommandError("not_found", f"no plugin named {args.name!r} (configured: {known})")
+    return found
+
+
+class UplinkArgs(_Args, frozen=True):
+    #: one uplink (default: all of them)
+    name: str | None = None
+
+
+@command("uplink", UplinkArgs)
+def uplink(ctx: RequestContext, args: UplinkArgs) -> list[UplinkStatus]:
+    """The uplinks: per uplink and stream, connected since, acked id, backlog, in flight,
+    reconnects, duplicates, gap rows, last error."""
+    states = ctx.api.uplinks()
+    if args.name is None:
+        return states
+    found = [u for u in states if u.name == args.name]
+    if not found:
+        known = ", ".join(u.name for u in states) or "none"
+        raise CommandError("not_found", f"no uplink named {args.name!r} (running: {known})")
     return found
 
 
@@ -321,6 +343,21 @@ async def metrics(ctx: RequestContext, args: None) -> list[MetricPoint]:
     if points is None:
         raise CommandError("unavailable", "telemetry is off ([telemetry] enabled = false)")
     return points
+
+
+# -- the fleet's commands (agentd/fleet.py) --------------------------------------------------
+@command("commands")
+def commands(ctx: RequestContext, args: None) -> list[FleetCommand]:
+    """recent commands from the fleet (MQTT) and their outcomes, oldest first"""
+    fleet = ctx.api.fleet
+    return fleet.recent() if fleet is not None else []
+
+
+@command("config_history")
+def config_history(ctx: RequestContext, args: None) -> list[ConfigVersion]:
+    """config versions pushed by the fleet: on probation, committed, rolled back, refused"""
+    fleet = ctx.api.fleet
+    return fleet.history() if fleet is not None else []
 
 
 # -- watch -----------------------------------------------------------------------------------

@@ -9,16 +9,17 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import msgspec
 
-from agentd.model import Action, Observation, Value
+from agentd.model import Action, Observation, PluginKind, Value
 
 __all__ = [
     "CAPABILITIES",
     "Actuator",
     "ActuatorReply",
+    "EventSink",
     "PluginKind",
     "PluginSpec",
     "Policy",
@@ -26,8 +27,6 @@ __all__ = [
     "Sensor",
     "SessionAccess",
 ]
-
-PluginKind = Literal["sensor", "policy", "actuator"]
 
 
 @runtime_checkable
@@ -94,6 +93,13 @@ class Actuator(Protocol):
     """Executes Actions. Raises to fail; returns an ActuatorReply (or None) on success."""
 
     async def act(self, action: Action) -> ActuatorReply | None: ...
+
+
+class EventSink(Protocol):
+    """Where agentd's own state changes go: the store's events journal (the uplink's events
+    stream). Given to the parts that make such changes when they are built; never blocks."""
+
+    def journal_event(self, kind: str, data: Mapping[str, object]) -> None: ...
 
 
 @runtime_checkable

@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 from agentd.config import PluginInstance, SensorCommon
 from agentd.errors import PluginError
 from agentd.model import PluginState, PluginStatus, Value
-from agentd.plugins.base import PluginKind, PluginSpec, PolicyState
+from agentd.plugins.base import EventSink, PluginKind, PluginSpec, PolicyState
 
 __all__ = [
     "DEGRADED_AFTER",
@@ -50,6 +50,7 @@ class PluginHandle:
         "config",
         "consecutive_failures",
         "errors",
+        "events",
         "instance",
         "last_error",
         "name",
@@ -64,8 +65,12 @@ class PluginHandle:
     #: whether consecutive failures make it `degraded` and back off (a policy never does)
     degrades: ClassVar[bool] = True
 
-    def __init__(self, instance: PluginInstance, spec: PluginSpec, obj: Any) -> None:
+    def __init__(
+        self, instance: PluginInstance, spec: PluginSpec, obj: Any, events: EventSink | None = None
+    ) -> None:
         self.name = instance.name
+        #: where its state changes are journalled (the store's events stream), if anywhere
+        self.events = events
         self.instance = instance
         self.config = instance.common
         self.spec = spec
@@ -95,6 +100,7 @@ class PluginHandle:
             log.warning(
                 "%s %r recovered after %d failures", self.kind, self.name, self.consecutive_failures
             )
+            self._event("plugin.recovered", None)
         self.state = "ok"
         self.consecutive_failures = 0
         self.backoff = 1
@@ -108,6 +114,7 @@ class PluginHandle:
         if self.state == "ok":
             self.state = "failing"
             log.error("%s %r is failing: %s", self.kind, self.name, error)
+            self._event("plugin.failing", error)
         if self.degrades and self.consecutive_failures >= self.config.degraded_after:
             if self.state != "degraded":
                 self.state = "degraded"
@@ -118,10 +125,16 @@ class PluginHandle:
                     self.consecutive_failures,
                     error,
                 )
+                self._event("plugin.degraded", error)
             self.backoff = min(self.backoff * 2, self.max_backoff)
             cap = self.config.max_interval
             delay = self.period * self.backoff
             self.retry_at = time.monotonic() + (min(delay, cap) if cap else delay)
+
+    def _event(self, kind: str, error: str | None) -> None:
+        if self.events is not None:
+            data = {"kind": self.kind, "name": self.name, "plugin": self.spec.name}
+            self.events.journal_event(kind, {**data, "error": error} if error else data)
 
     def status(self) -> PluginStatus:
         return PluginStatus(
@@ -157,8 +170,10 @@ class SensorRunner(PluginHandle):
     __slots__ = ("every", "next_tick", "pending")
     kind: ClassVar[PluginKind] = "sensor"
 
-    def __init__(self, instance: PluginInstance, spec: PluginSpec, obj: Any) -> None:
-        super().__init__(instance, spec, obj)
+    def __init__(
+        self, instance: PluginInstance, spec: PluginSpec, obj: Any, events: EventSink | None = None
+    ) -> None:
+        super().__init__(instance, spec, obj, events)
         #: poll every N ticks; ``backoff`` multiplies it while degraded
         self.every = 1
         self.next_tick = 0
@@ -185,8 +200,10 @@ class PolicyRunner(PluginHandle):
     kind: ClassVar[PluginKind] = "policy"
     degrades: ClassVar[bool] = False
 
-    def __init__(self, instance: PluginInstance, spec: PluginSpec, obj: Any) -> None:
-        super().__init__(instance, spec, obj)
+    def __init__(
+        self, instance: PluginInstance, spec: PluginSpec, obj: Any, events: EventSink | None = None
+    ) -> None:
+        super().__init__(instance, spec, obj, events)
         self.policy_state = PolicyState()
 
 
@@ -206,6 +223,7 @@ def build_handle(
     instance: PluginInstance,
     spec: PluginSpec,
     capabilities: Mapping[str, Any] | None = None,
+    events: EventSink | None = None,
 ) -> PluginHandle:
     """Instantiate a plugin from its validated config, passing it the capabilities it declared
     in ``spec.requires`` (and nothing else); errors name the instance."""
@@ -222,7 +240,7 @@ def build_handle(
         raise PluginError(
             instance.name, f"cannot be built: {type(exc).__name__}: {exc}", spec.origin
         ) from exc
-    return runner(instance, spec, obj)
+    return runner(instance, spec, obj, events)
 
 
 _VALUE_TYPES = (float, int, bool, str)

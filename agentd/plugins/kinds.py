@@ -19,9 +19,12 @@ from agentd.config import (
     PolicyInstance,
     SensorCommon,
     SensorInstance,
+    UplinkCommon,
+    UplinkInstance,
 )
 from agentd.plugins.base import PluginKind
 from agentd.plugins.handle import ActuatorRunner, PluginHandle, PolicyRunner, SensorRunner
+from agentd.plugins.transport import UplinkRunner
 
 __all__ = ["BY_KIND", "BY_SECTION", "KINDS", "Kind", "kind_of"]
 
@@ -35,7 +38,7 @@ class Kind:
     section: str
     common: type[PluginCommon]
     instance: type[PluginInstance]
-    #: the method the loop (or the action path) calls on the plugin object
+    #: the method the loop (or the action path, or the uplink engine) calls on the plugin
     method: str
     runner: type[PluginHandle]
     #: whether ``method`` must be ``async def`` (a policy may answer synchronously)
@@ -50,6 +53,8 @@ KINDS: tuple[Kind, ...] = (
     Kind(
         "actuator", "actuators", ActuatorCommon, ActuatorInstance, "act", ActuatorRunner, True, True
     ),
+    # a transport: the uplink engine (not the loop) drives it; `send` returns an awaitable
+    Kind("uplink", "uplinks", UplinkCommon, UplinkInstance, "send", UplinkRunner, False),
 )
 BY_KIND: Mapping[str, Kind] = {k.name: k for k in KINDS}
 BY_SECTION: Mapping[str, Kind] = {k.section: k for k in KINDS}

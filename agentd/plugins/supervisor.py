@@ -20,6 +20,7 @@ import msgspec
 from agentd.config import Config, PluginInstance
 from agentd.errors import AgentdError, PluginError
 from agentd.model import PluginStatus
+from agentd.plugins.base import EventSink
 from agentd.plugins.handle import (
     ActuatorRunner,
     PluginHandle,
@@ -29,6 +30,7 @@ from agentd.plugins.handle import (
 )
 from agentd.plugins.kinds import KINDS, kind_of
 from agentd.plugins.registry import Registry
+from agentd.plugins.transport import UplinkRunner
 
 __all__ = [
     "RETRY_START_FIRST",
@@ -76,8 +78,11 @@ class PluginSupervisor:
         capabilities: Capabilities | None = None,
         prepare: Prepare | None = None,
         start_timeout: float = START_PLUGIN_TIMEOUT,
+        events: EventSink | None = None,
     ) -> None:
         self.registry = registry
+        #: plugin state changes (failing, recovered, did not start) go here and to the log
+        self._events = events
         self._capabilities = capabilities
         self._prepare = prepare
         self._start_timeout = start_timeout
@@ -109,6 +114,10 @@ class PluginSupervisor:
     def actuators(self) -> dict[str, ActuatorRunner]:
         return _typed(self._handles["actuator"], ActuatorRunner)
 
+    def uplinks(self) -> dict[str, UplinkRunner]:
+        """The uplink transports (an `agentd.uplinking.Uplinks` engine drives each)."""
+        return _typed(self._handles["uplink"], UplinkRunner)
+
     def statuses(self) -> list[PluginStatus]:
         """Every configured, enabled plugin instance: running ones and those that did not
         start (``disabled`` under skip, ``starting`` under retry)."""
@@ -134,7 +143,7 @@ class PluginSupervisor:
         kind = kind_of(inst)
         spec = self.registry.get(inst.plugin, kind.name)
         caps = self._capabilities(spec.requires) if self._capabilities else None
-        handle = build_handle(kind.runner, inst, spec, caps)
+        handle = build_handle(kind.runner, inst, spec, caps, self._events)
         try:
             async with asyncio.timeout(self._start_timeout):
                 await handle.start()
@@ -175,6 +184,7 @@ class PluginSupervisor:
                 deferred.append(inst)
             then = "running without it" if policy == "skip" else "retrying in background"
             log.error("%s; %s", exc, then)
+            self._event("plugin.start_failed", inst, error=str(exc), then=policy)
             return None
 
     # -- startup_error = "retry" -------------------------------------------------------------
@@ -222,6 +232,7 @@ class PluginSupervisor:
                 self._unstarted.pop(key, None)
                 self._retries.pop(key, None)
             log.warning("%s %r started after %d attempts", kind, inst.name, attempts)
+            self._event("plugin.started", inst, attempts=attempts)
             return
 
     # -- reload ------------------------------------------------------------------------------
@@ -266,6 +277,11 @@ class PluginSupervisor:
         self._unstarted = plan.unstarted
         self._deferred = plan.deferred
         return retired
+
+    def _event(self, what: str, inst: PluginInstance, **data: object) -> None:
+        if self._events is not None:
+            where = {"kind": kind_of(inst).name, "name": inst.name, "plugin": inst.plugin}
+            self._events.journal_event(what, {**where, **data})
 
     # -- stopping ----------------------------------------------------------------------------
     async def stop_all(

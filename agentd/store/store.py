@@ -121,6 +121,7 @@ class Store(StreamView):
         self.last_error = None
         if recovered:
             log.warning("store: %s is writable again; journaling resumed", self.path)
+            self.journal_event("store.recovered", {"path": str(self.path)})
 
     async def _disconnect(self) -> None:
         db, self._db = self._db, None
@@ -131,6 +132,7 @@ class Store(StreamView):
         if self.state != "degraded":
             self.state = "degraded"
             log.error("store: %s; journaling is degraded, the loop keeps running", message)
+            self.journal_event("store.degraded", {"error": message})  # written once it recovers
 
     # -- health ------------------------------------------------------------------------------
     def health(self) -> StoreHealth:
@@ -343,6 +345,8 @@ class Store(StreamView):
             self.state = "ok"
             self.last_error = None
             log.warning("store: commits to %s succeed again; journaling resumed", self.path)
+            # the events journal (and so the fleet) hears of it too, in this very queue
+            self.journal_event("store.recovered", {"path": str(self.path)})
         for name, (rows, size) in done.added.items():
             j = self.journals[name]
             gone = done.retained.get(name)

@@ -41,7 +41,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 from agentd import __version__
 from agentd.config import TelemetryConfig
-from agentd.model import MetricPoint
+from agentd.model import MetricPoint, UplinkStatus
 from agentd.telemetry.export import (
     BoundedSpanProcessor,
     ExportState,
@@ -299,16 +299,21 @@ class Telemetry(TickSpans):
         loop: LoopFigures,
         plugins: Callable[[], Iterable[PluginHandle]],
         store: Any = None,
+        uplinks: Callable[[], Iterable[UplinkStatus]] | None = None,
     ) -> None:
         """What the observable instruments read: the loop's counters, the current plugin
-        handles (``plugins()``: the supervisor's, which a reload replaces) and, when there is
-        a store, its figures (``store.health()``); its commits are timed through its
-        ``on_commit`` hook (each successful commit's duration)."""
+        handles (``plugins()``: the supervisor's, which a reload replaces), the uplinks'
+        states (``uplinks()``) and, when there is a store, its figures (``store.health()``);
+        its commits are timed through its ``on_commit`` hook (each commit's duration)."""
         self.loop = loop
         self.handles = plugins
         if store is not None:
             self.store = store.health
             store.on_commit = self.produced.store_write.add
+        if uplinks is not None:
+            from agentd.telemetry.uplink import uplink_sources
+
+            self.produced.sources.update(uplink_sources(uplinks))
         if self.prometheus is not None:
             self.prometheus.readings.exported = self._exported_sensors
             self.prometheus.start()

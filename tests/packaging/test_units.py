@@ -51,6 +51,16 @@ def test_stop_timeout_exceeds_the_staged_shutdown_total() -> None:
     assert timeout > total, f"TimeoutStopSec={timeout}s <= shutdown stages {total}s"
 
 
+def test_the_uplink_flushes_after_the_actions_drain_and_before_the_store_closes() -> None:
+    # the last actions' results are journalled before the uplink's last send; the store is
+    # still open while the uplink reads what it sends
+    stages = list(SHUTDOWN_STAGES)
+    assert (
+        stages.index("drain_actions") < stages.index("flush_uplink") < stages.index("flush_store")
+    )
+    assert SHUTDOWN_STAGES["flush_uplink"] > 0
+
+
 def test_service_settings_the_frozen_binary_needs() -> None:
     s = settings(SERVICE)
     assert s["Type"] == ["notify"]

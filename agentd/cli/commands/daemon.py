@@ -42,8 +42,16 @@ def _hello(client: Client, args: argparse.Namespace, out: Output) -> int:
 
 
 def _status(client: Client, args: argparse.Namespace, out: Output) -> int:
-    show(out, client.call_raw("status"), StatusReport, lambda r: render.status(out, r))
+    show(out, client.call_raw("status"), StatusReport, lambda r: _status_text(out, r))
     return EXIT_OK
+
+
+def _status_text(out: Output, r: StatusReport) -> None:
+    render.status(out, r)
+    if r.uplinks:
+        from agentd.cli.commands.uplink import summary_line
+
+        out.line(f"Uplinks: {summary_line(r.uplinks)}")
 
 
 def _plugins(client: Client, args: argparse.Namespace, out: Output) -> int:

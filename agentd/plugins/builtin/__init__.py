@@ -7,6 +7,7 @@ from agentd.plugins.builtin import (
     file_actuator,
     file_sensor,
     log_actuator,
+    mqtt,
     net,
     process,
     rate,
@@ -36,4 +37,6 @@ BUILTINS: list[PluginSpec] = [
     file_actuator.SPEC,
     webhook.SPEC,
     session.SPEC,
+    # uplinks (transports)
+    mqtt.SPEC,
 ]
