@@ -225,6 +225,9 @@ class Collector:
     def __init__(self, port: int, topic: str, client_id: str = "collector") -> None:
         self.topic = topic
         self.messages: list[tuple[str, bytes, bool]] = []
+        #: payloads the broker delivered again with the DUP flag: its own retry of a message
+        #: in flight to us when it went away (its leg of the path, not the uplink's)
+        self.redelivered: list[bytes] = []
         self._lock = threading.Lock()
         self._subscribed = threading.Event()
         self.client = paho.Client(
@@ -255,6 +258,8 @@ class Collector:
     def _on_message(self, _c: paho.Client, _u: Any, msg: paho.MQTTMessage) -> None:
         with self._lock:
             self.messages.append((msg.topic, bytes(msg.payload), bool(msg.retain)))
+            if msg.dup:
+                self.redelivered.append(bytes(msg.payload))
 
     def snapshot(self) -> list[tuple[str, bytes, bool]]:
         with self._lock:

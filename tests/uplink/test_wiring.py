@@ -13,6 +13,7 @@ from pathlib import Path
 
 import msgspec
 
+from agentd.model import HEALTH_EXIT_CODES
 from tests.uplink.broker import Collector, Mosquitto
 from tests.uplink.helpers import NODE, PREFIX
 from tests.uplink.test_daemon import arrived, config, ctl, event_kinds, ready, stream, uplink_json
@@ -132,7 +133,7 @@ def test_a_refused_topic_degrades_health_and_is_an_event(tmp_path: Path, short_t
 
             def degraded() -> bool:
                 res = ctl(agent, "health", "--json")
-                return res.returncode == 1 and any(
+                return res.returncode == HEALTH_EXIT_CODES["degraded"] and any(
                     "uplink 'fleet' is degraded" in r for r in json.loads(res.stdout)["reasons"]
                 )
 
