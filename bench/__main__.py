@@ -28,6 +28,7 @@ GROUPS = [
     ["datagrowth"],
     ["scaling"],
     ["telemetry"],
+    ["uplink"],
     ["footprint"],
 ]
 MODULES = [name for group in GROUPS for name in group]
