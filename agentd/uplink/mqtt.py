@@ -62,6 +62,7 @@ class MqttTransport:
         self._misc: asyncio.TimerHandle | None = None
         self._on_message: Callable[[str, bytes], None] | None = None
         self._ssl: ssl.SSLContext | None = None
+        self._publish_props: dict[str, Properties] = {}
 
     # -- Uplink ------------------------------------------------------------------------------
     async def connect(
@@ -97,8 +98,12 @@ class MqttTransport:
             return fut
         props = None
         if self._v5:
-            props = _properties(PacketTypes.PUBLISH)
-            props.ContentType = message.content_type
+            # one Properties per content type (paho only packs it): making one per message
+            # was a tenth of a drain's time
+            props = self._publish_props.get(message.content_type)
+            if props is None:
+                props = self._publish_props[message.content_type] = _properties(PacketTypes.PUBLISH)
+                props.ContentType = message.content_type
         info = client.publish(
             message.topic, message.payload, qos=1, retain=message.retain, properties=props
         )
