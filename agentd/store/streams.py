@@ -4,12 +4,14 @@ retention holds. The functions run on the store's database thread; `Store` wraps
 
 from __future__ import annotations
 
+import operator
 import sqlite3
+import zlib
 from typing import Final
 
 import msgspec
 
-from agentd.store.journal import STREAMS, TIME_COLUMN, Stream, intact
+from agentd.store.journal import STREAMS, TIME_COLUMN, Stream
 
 __all__ = [
     "CURSOR_UPSERT",
@@ -34,6 +36,11 @@ HOLD_UPSERT: Final = (
     "ON CONFLICT (uplink, stream) DO UPDATE SET hold = excluded.hold, "
     "updated_at = excluded.updated_at"
 )
+
+
+#: rows fetched from SQLite at a time (the byte bound is checked per chunk, then per row)
+CHUNK: Final = 256
+_DATA: Final = operator.attrgetter("data")
 
 
 class StreamRow(msgspec.Struct, frozen=True):
@@ -76,21 +83,37 @@ def rows(
     corrupt: list[int] = []
     if limit < 1:
         return out, corrupt
-    total = 0
+    # the uplink's hot path (a drain reads every row once, ~1 µs of Python per row is the
+    # budget): SQLite hands back the schema's column types (no int()/float()/str() per row),
+    # the size check is folded into the checksum column (-1 never matches a CRC-32), and rows
+    # are built a chunk at a time in a comprehension rather than a statement loop
     cursor = conn.execute(
-        f"SELECT id, {TIME_COLUMN[stream]}, synced, boot_id, size, data, crc FROM {stream} "
-        "WHERE id > ? ORDER BY id LIMIT ?",
+        f"SELECT id, {TIME_COLUMN[stream]}, synced, boot_id, data, "
+        "CASE WHEN length(data) = size THEN crc ELSE -1 END "
+        f"FROM {stream} WHERE id > ? ORDER BY id LIMIT ?",
         (after, limit),
     )
+    crc32, row = zlib.crc32, StreamRow
+    total = 0
     try:
-        for row_id, wall, synced, boot_id, size, data, crc in cursor:
-            if not intact(size, data, crc):
-                corrupt.append(int(row_id))
+        while got := cursor.fetchmany(CHUNK):
+            # NULL: a row from before version 5 carries no checksum (its size was checked)
+            good = [
+                row(i, w, s == 1, b, d) for i, w, s, b, d, c in got if c == crc32(d) or c is None
+            ]
+            if len(good) < len(got):
+                corrupt += [i for i, _, _, _, d, c in got if c != crc32(d) and c is not None]
+            size = sum(map(len, map(_DATA, good)))
+            if total + size <= max_bytes:
+                out += good
+                total += size
                 continue
-            total += size
-            if out and total > max_bytes:
-                break
-            out.append(StreamRow(int(row_id), float(wall), bool(synced), str(boot_id), data))
+            for r in good:  # this chunk passes max_bytes: up to the row that would exceed it
+                total += len(r.data)
+                if total > max_bytes and out:
+                    break
+                out.append(r)
+            break
     finally:
         cursor.close()
     return out, corrupt

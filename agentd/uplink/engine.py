@@ -94,6 +94,7 @@ class UplinkEngine:
             name, settings, store, transport, self.node, self.topics, self._track
         )
         self._backlog_at = 0.0
+        self._counting: asyncio.Future[None] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
@@ -153,6 +154,9 @@ class UplinkEngine:
             st.prefetch.task for st in self._streams.values() if st.prefetch is not None
         ]
         reads += self._watchers
+        if self._counting is not None:
+            self._counting.cancel()
+            reads.append(self._counting)
         self._watchers = []
         for st in self._streams.values():
             self._rewind(st)  # nothing is in flight after this; reads ahead are cancelled
@@ -360,7 +364,7 @@ class UplinkEngine:
             if stopping and self._drained_now():
                 self._drained.set()
                 await asyncio.sleep(3600)  # stop() cancels us
-            await self._refresh_backlog()
+            self._refresh_soon()
             if self._wake.is_set():
                 continue
             if stopping and self._stop_at is not None:
@@ -433,6 +437,14 @@ class UplinkEngine:
         self.store.save_cursor(self.name, st.name, st.acked)
 
     # -- backlog figures, status, inbound ----------------------------------------------------
+    def _refresh_soon(self) -> None:
+        # off the send path: counting a large backlog holds the store's thread for tens of ms,
+        # and the next batch must not wait for it (a failed read shows in the next fill)
+        busy = self._counting is not None and not self._counting.done()
+        if not busy and time.monotonic() - self._backlog_at >= BACKLOG_EVERY:
+            self._counting = asyncio.ensure_future(self._refresh_backlog())
+            self._counting.add_done_callback(_retrieve)
+
     async def _refresh_backlog(self) -> None:
         now = time.monotonic()
         if now - self._backlog_at < BACKLOG_EVERY:
@@ -503,3 +515,8 @@ class UplinkEngine:
                 st.confirmed = mark
                 self.store.hold_retention(self.name, st.name, mark)
                 self.store.save_cursor(self._e2e_key, st.name, mark)
+
+
+def _retrieve(fut: asyncio.Future[None]) -> None:
+    if not fut.cancelled() and (exc := fut.exception()) is not None:
+        log.debug("uplink: counting the backlog failed: %s", exc)

@@ -469,3 +469,45 @@ async def test_wait_head_wakes_on_the_commit_not_a_poll(open_store: Opener) -> N
     store.journal_observation(obs(2))
     assert await asyncio.wait_for(waiter, 10.0) == 2
     assert await store.wait_head("observations", 1, 30.0) == 2  # already above: at once
+
+
+async def test_stream_rows_checks_size_and_checksum_across_chunks(
+    open_store: Opener, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The read that feeds the uplink: a row whose size or checksum does not match is reported
+    and never returned; a row from before checksums (NULL) is returned; the byte bound holds
+    across the chunks the rows are fetched in."""
+    store = await open_store()
+    for i in range(1, 601):
+        store.journal_observation(obs(i, pad=i % 50))
+    await store.flush()
+    conn = sqlite3.connect(store.path)
+    try:
+        with conn:
+            conn.execute("UPDATE observations SET size = size + 1 WHERE id = 2")
+            conn.execute("UPDATE observations SET crc = NULL WHERE id = 3")  # before version 5
+            flip = "UPDATE observations SET crc = (crc | 1) - (crc & 1) WHERE id = ?"  # crc ^ 1
+            conn.execute(flip, (4,))
+            conn.execute("UPDATE observations SET crc = NULL, size = 1 WHERE id = 5")
+            conn.execute(flip, (400,))  # in the second chunk
+        sizes = dict(conn.execute("SELECT id, length(data) FROM observations").fetchall())
+    finally:
+        conn.close()
+    with caplog.at_level("ERROR", logger="agentd.store"):
+        rows = await store.stream_rows("observations", 0, 1000, 1 << 30)
+    ids = [r.id for r in rows]
+    assert ids == [1, 3, *range(6, 400), *range(401, 601)]
+    assert "4 rows of the observations journal" in caplog.text
+    assert "ids 2, 4, 5, 400" in caplog.text
+    drops = await store.stream_drops("observations", 1, 600)
+    assert [(d.first, d.last, d.reason) for d in drops] == [
+        (2, 2, "corrupt"),
+        (4, 5, "corrupt"),
+        (400, 400, "corrupt"),
+    ]
+    # the byte bound, cut inside the second chunk: stops before exceeding it
+    bound = sum(sizes[i] for i in ids[:300])
+    got = await store.stream_rows("observations", 0, 1000, bound)
+    assert [r.id for r in got] == ids[:300]
+    got = await store.stream_rows("observations", 0, 1000, bound - 1)
+    assert [r.id for r in got] == ids[:299]
