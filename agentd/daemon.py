@@ -25,6 +25,7 @@ from agentd.errors import AgentdError, ConfigError
 from agentd.fanout import TickFanout
 from agentd.lock import InstanceLock
 from agentd.loop import LoopSettings, PerceptionLoop, TickObserver
+from agentd.paths import check_private_dir
 from agentd.plugins.capabilities import Grants
 from agentd.plugins.handle import PluginHandle
 from agentd.plugins.registry import Registry, default_registry
@@ -151,11 +152,12 @@ class Daemon:
         self.state = DaemonState.STARTING
         self.started_at = time.time()
         self.started_mono = time.monotonic()
-        for directory in (self.runtime_dir, self.state_dir):
+        for directory, what in ((self.runtime_dir, "runtime"), (self.state_dir, "state")):
             try:
                 directory.mkdir(parents=True, exist_ok=True, mode=0o750)
             except OSError as exc:
                 raise AgentdError(f"cannot create {directory}: {exc.strerror}") from None
+            check_private_dir(directory, what)
         self.lock.acquire()
         self._install_signal_handlers()
         await self._open_store()

@@ -36,6 +36,7 @@ from agentd.model import (
     StatusReport,
     TickReport,
 )
+from agentd.secrets import redact
 
 if TYPE_CHECKING:
     import psutil
@@ -201,10 +202,8 @@ class ControlApi:
                 version=info.version,
                 description=info.description,
                 actions=info.actions,
-                config={
-                    **msgspec.to_builtins(h.instance.common),
-                    **msgspec.to_builtins(h.instance.config),
-                },
+                # the read role sees this: secret fields (a webhook's headers) are hidden
+                config={**redact(h.instance.common), **redact(h.instance.config)},
                 schema=self._schema(f"{h.kind}:{h.spec.name}", plugin_schema),
             )
         schema = self._schema(name, plugin_schema)
