@@ -256,6 +256,17 @@ class Client:
             yield self.read()
 
     # -- internals ---------------------------------------------------------------------------
+    def _refusal(self) -> RemoteError | None:
+        """The connection-level error the server sent before closing, if one is buffered."""
+        try:
+            message = self.read()
+        except ControlError:
+            return None
+        if message.id is None and not isinstance(message.error, msgspec.UnsetType):
+            e = message.error
+            return RemoteError(e.code, e.message, list(e.details))
+        return None
+
     def _frame(self, rid: int, cmd: str, args: dict[str, object] | None) -> bytes:
         return encode_frame(Request(id=rid, cmd=cmd, args=args or {}, traceparent=self.traceparent))
 
@@ -269,6 +280,10 @@ class Client:
         try:
             self._require().sendall(data)
         except (BrokenPipeError, ConnectionResetError) as exc:
+            # a refused connection (busy, shutting down) was told why before it was closed
+            refusal = self._refusal()
+            if refusal is not None:
+                raise refusal from None
             raise ConnectionLost(f"connection to agentd lost: {exc.strerror}") from None
         except TimeoutError:
             raise ConnectionLost(

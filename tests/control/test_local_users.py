@@ -19,6 +19,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -277,3 +278,49 @@ def test_read_role_plugin_never_shows_a_webhook_authorization_header(
                 assert word not in out, argv
         assert agent.stop() == 0
     assert SECRET not in agent.log()
+
+
+def test_a_read_user_holding_every_connection_leaves_room_for_root_and_is_told_busy(
+    users: None, short_tmp: Path
+) -> None:
+    os.chmod(short_tmp, 0o755)
+    text = config(short_tmp, control=f'group = "{GROUP}"\nmax_connections = 4')
+    with Agent(short_tmp, text, argv=TESTPLUGINS) as agent:
+        agent.ready()
+        os.chmod(agent.runtime_dir, 0o755)
+        sock = str(agent.socket)
+        ready_r, ready_w = os.pipe()
+        done_r, done_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the read-role user takes every connection it may, and keeps them
+            code = 99
+            try:
+                os.close(done_w)  # else our own copy keeps done_r from ever seeing EOF
+                pw = pwd.getpwnam(VICTIM)
+                os.setgroups(os.getgrouplist(VICTIM, pw.pw_gid))
+                os.setgid(pw.pw_gid)
+                os.setuid(pw.pw_uid)
+                held = []
+                for _ in range(4):
+                    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                    s.connect(sock)
+                    held.append(s)
+                os.write(ready_w, b"1")
+                os.read(done_r, 1)
+                code = 0
+            finally:
+                os._exit(code)
+        try:
+            assert os.read(ready_r, 1) == b"1"
+            time.sleep(0.2)
+            # root's agentctl still gets in (a place kept for admins)
+            proc = agent.ctl("status")
+            assert proc.returncode == 0, proc.stderr
+            # the read user's next connection is refused with a reason, not a broken pipe
+            code, out, err = as_user(VICTIM, agentctl("--socket", sock, "status"), timeout=20)
+            assert code == 1, (code, out, err)
+            assert err == ("agentctl: too many connections (limit 4, and 2 kept for admins)\n"), err
+        finally:
+            os.close(done_w)
+            os.waitpid(pid, 0)
+        assert agent.stop() == 0
