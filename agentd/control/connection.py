@@ -332,11 +332,15 @@ class Connection(asyncio.Protocol):
             task = asyncio.get_running_loop().create_task(result)
             self.tasks.add(task)
             state = self.state
-            state.async_started()
-            task.add_done_callback(lambda t: self._done(t, cmd, rid, finish))
+            # reads are capped server-wide; an admin's act/tick/reload (which may take the
+            # actuator's whole timeout) neither counts nor waits behind a flood of reads
+            capped = cmd.role != "admin"
+            if capped:
+                state.async_started()
+            task.add_done_callback(lambda t: self._done(t, cmd, rid, finish, capped))
             if len(self.tasks) >= MAX_IN_FLIGHT:
                 self.block("in_flight")
-            if not state.async_room():
+            if capped and not state.async_room():
                 # the server-wide cap: this connection reads on when a place frees up
                 self.block("async")
                 state.wait_async(self)
@@ -349,13 +353,15 @@ class Connection(asyncio.Protocol):
         cmd: Command,
         rid: int | str,
         finish: Finish | None,
+        capped: bool,
     ) -> None:
         start = time.perf_counter()
         try:
             self._finish(task, cmd, rid, finish)
         finally:
             self.state.charge(time.perf_counter() - start)
-            self.state.async_done()
+            if capped:
+                self.state.async_done()
 
     def _finish(
         self,

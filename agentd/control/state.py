@@ -36,7 +36,7 @@ __all__ = ["ADMIN_RESERVED", "MAX_ASYNC", "SHARE", "TURN_BUDGET", "ServerState"]
 TURN_BUDGET: Final = 0.002
 #: seconds one connection may take of a turn before the next connection's turn
 SHARE: Final = 0.0005
-#: async requests (store queries, metrics, ...) in flight for all connections together
+#: async reads (store queries, metrics) in flight for all connections together
 MAX_ASYNC: Final = 4
 #: connections kept for admins (root, agentd's user) beyond those anyone may hold
 ADMIN_RESERVED: Final = 2
