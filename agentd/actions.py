@@ -19,6 +19,7 @@ import msgspec
 from agentd.config import ActuatorCommon
 from agentd.model import Action, ActionResult, ActionStatus
 from agentd.plugins.base import ActuatorReply
+from agentd.plugins.executor import PluginExecutor, running_for
 from agentd.plugins.handle import ActuatorRunner
 from agentd.validation import format_validation_error
 
@@ -59,6 +60,7 @@ class ActionRunner:
         "_seen",
         "actuators",
         "default_timeout",
+        "executor",
         "hook",
         "in_flight",
         "ledger",
@@ -75,8 +77,11 @@ class ActionRunner:
         ledger: KeyLedger | None = None,
         hook: RunHook | None = None,
         manual_sinks: Sequence[ResultSink] = (),
+        executor: PluginExecutor | None = None,
     ) -> None:
         self.actuators = actuators
+        #: the daemon's thread pool: whether an actuator's call still runs in a thread
+        self.executor = executor
         self.default_timeout = default_timeout
         #: at most this many actuator calls at once; FIFO, so priority order is kept
         self.limit = asyncio.Semaphore(concurrency)
@@ -188,18 +193,30 @@ class ActionRunner:
                     await claimed
         common = handle.config
         assert isinstance(common, ActuatorCommon)
+        executor = self.executor
+        if executor is not None and executor.stuck_for(handle.owner):
+            # an earlier call is stuck in the device: this one is not started (nor queued)
+            handle.fail("an earlier call is still running in a thread (hung device)", stuck=True)
+            return result("skipped", error=handle.last_error)
         timeout = common.timeout or self.default_timeout
         attempts = 0
         while True:
             attempts += 1
             deadline = asyncio.timeout(timeout)
+            stuck = False
             try:
-                async with deadline:
-                    reply = await handle.obj.act(action)
+                with running_for(handle.owner):
+                    async with deadline:
+                        reply = await handle.obj.act(action)
             except TimeoutError as exc:
                 # ours, or the actuator's own (a request timeout): both count as `timeout`
                 kind = "timeout"
                 error = f"timed out after {timeout:g}s" if deadline.expired() else _line(exc)
+                # a call not yet started in its thread is cancelled and never runs; one that
+                # has started cannot be taken back: say so, and never retry into a new thread
+                stuck = executor is not None and executor.abandon(handle.owner) > 0
+                if stuck:
+                    error += "; the call is still running in a thread and may still take effect"
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - isolate any actuator failure
@@ -208,8 +225,9 @@ class ActionRunner:
                 handle.ok()
                 output = reply.output if isinstance(reply, ActuatorReply) else reply
                 return result("ok", attempts, output=output)
-            if attempts > common.retries or kind not in common.retry_on:
-                handle.fail(error)
+            if stuck or attempts > common.retries or kind not in common.retry_on:
+                handle.fail(error, stuck=stuck)
+                error = handle.last_error or error
                 return result("timeout" if kind == "timeout" else "failed", attempts, error)
             delay = min(common.backoff_max, common.backoff * 2 ** (attempts - 1))
             await asyncio.sleep(delay * random.uniform(0.5, 1.0))

@@ -52,6 +52,10 @@ class PluginCommon(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, fro
     startup_error: Literal["fail", "skip", "retry"] = "fail"
     #: sensors/actuators: consecutive failures before `degraded` and backing off
     degraded_after: Annotated[int, Meta(ge=1, le=1000)] = 3
+    #: consecutive failures before the plugin is `failing` (and it is logged)
+    failing_after: Annotated[int, Meta(ge=1, le=1000)] = 1
+    #: consecutive successes before a failing plugin is `ok` again (doubles while it flaps)
+    recovered_after: Annotated[int, Meta(ge=1, le=1000)] = 1
     #: the backed-off interval never exceeds this (default: 64 x the normal interval)
     max_interval: Seconds | None = None
 

@@ -40,7 +40,9 @@ from agentd.lifecycle import (
 from agentd.lock import InstanceLock
 from agentd.loop import PerceptionLoop, TickObserver
 from agentd.model import UplinkStatus
+from agentd.paths import check_private_dir
 from agentd.plugins.capabilities import Grants
+from agentd.plugins.executor import PluginExecutor
 from agentd.plugins.handle import PluginHandle
 from agentd.plugins.registry import Registry, default_registry
 from agentd.plugins.supervisor import PluginSupervisor
@@ -113,6 +115,9 @@ class Daemon:
         #: agentd/telemetry/; None when [telemetry] enabled = false
         self.telemetry: Telemetry | None = None
         self.systemd: ServiceNotifier | None = None
+        #: every plugin thread call (asyncio.to_thread) runs here: bounded, tagged by plugin,
+        #: and a thread stuck in the kernel never holds up the exit
+        self.executor = PluginExecutor()
         self._loop_task: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
         #: set by a second SIGTERM/SIGINT: the shutdown stage in progress is cut short
@@ -142,12 +147,14 @@ class Daemon:
         self.state = DaemonState.STARTING
         self.started_at = time.time()
         self.started_mono = time.monotonic()
-        for directory in (self.runtime_dir, self.state_dir):
+        for directory, what in ((self.runtime_dir, "runtime"), (self.state_dir, "state")):
             try:
                 directory.mkdir(parents=True, exist_ok=True, mode=0o750)
             except OSError as exc:
                 raise AgentdError(f"cannot create {directory}: {exc.strerror}") from None
+            check_private_dir(directory, what)
         self.lock.acquire()
+        asyncio.get_running_loop().set_default_executor(self.executor)
         self._install_signal_handlers()
         await self._open_store()
         for problem in self.registry.problems:
@@ -212,6 +219,7 @@ class Daemon:
             action_hook=telemetry.run_action if telemetry is not None else None,
             # agentctl act: results outside a tick go to the action journal too
             manual_sinks=[store.journal_result] if store is not None else [],
+            executor=self.executor,
         )
 
     async def main_loop(self) -> None:
@@ -252,6 +260,7 @@ class Daemon:
         await self._stage("flush_store", FLUSH_STORE_TIMEOUT, self._close_store())
         await self._stage("stop_telemetry", STOP_TELEMETRY_TIMEOUT, self._stop_telemetry())
         self._remove_signal_handlers()
+        _abandon_stuck_threads(self.executor)
         self.lock.release()
         self.state = DaemonState.STOPPED
         log.info("stopped")
@@ -494,6 +503,20 @@ class Daemon:
 
     def uptime(self) -> float:
         return time.monotonic() - self.started_mono if self.started_mono else 0.0
+
+
+def _abandon_stuck_threads(executor: PluginExecutor) -> None:
+    """Name the plugin calls still running in threads: they are daemon threads, so the
+    process exits without them (a thread blocked in the kernel cannot be stopped)."""
+    running = executor.running()
+    if running:
+        now = time.monotonic()
+        log.warning(
+            "abandoning %d plugin calls stuck in threads: %s",
+            len(running),
+            ", ".join(c.describe(now) for c in running),
+        )
+    executor.shutdown(wait=False)
 
 
 def run_daemon(config: Config, options: DaemonOptions) -> int:

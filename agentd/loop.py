@@ -34,6 +34,7 @@ from agentd.model import (
     TickStats,
     Value,
 )
+from agentd.plugins.executor import PluginExecutor, running_for
 from agentd.plugins.handle import (
     ActuatorRunner,
     PluginHandle,
@@ -108,8 +109,12 @@ class PerceptionLoop:
         ledger: KeyLedger | None = None,
         action_hook: RunHook | None = None,
         manual_sinks: Sequence[ResultSink] = (),
+        executor: PluginExecutor | None = None,
     ) -> None:
         self.settings = settings
+        #: the daemon's thread pool (the loop's default executor): which plugin calls still
+        #: run in a thread after their timeout
+        self.executor = executor
         self.sensors = dict(sensors)
         self.policies = dict(policies)
         self.actuators = dict(actuators)
@@ -120,6 +125,7 @@ class PerceptionLoop:
             ledger=ledger,
             hook=action_hook,
             manual_sinks=manual_sinks,
+            executor=executor,
         )
         self._observers = tuple(observers)
         self._tracer = tracer
@@ -370,17 +376,25 @@ class PerceptionLoop:
         errors: dict[str, str] = {}
         calls: dict[str, asyncio.Future[Any]] = {}
         loop = asyncio.get_running_loop()
+        executor = self.executor
         for name, handle in self.sensors.items():
             if not handle.due(tick):
                 continue
-            if handle.pending is not None and not handle.pending.done():
-                handle.fail("previous call is still running (hung)")
+            # its task may be done (cancelled at its timeout) while its thread still runs:
+            # the executor knows, and a second call would only take another thread
+            hung = handle.pending is not None and not handle.pending.done()
+            in_thread = executor is not None and executor.busy(handle.owner)
+            if hung or in_thread:
+                where = "in a thread " if in_thread else ""
+                handle.fail(f"previous call is still running {where}(hung)", stuck=in_thread)
                 handle.schedule_next(tick)
                 errors[name] = handle.last_error or ""
                 if self._rec is not None:
                     self._rec.call("sensor", name, mono, mono, errors[name])
                 continue
-            fut: asyncio.Future[Any] = loop.create_task(handle.obj.perceive())
+            with running_for(handle.owner):
+                # the task copies the context: its to_thread calls are tagged with the sensor
+                fut: asyncio.Future[Any] = loop.create_task(handle.obj.perceive())
             handle.pending = fut
             calls[name] = fut
         if calls:
@@ -400,8 +414,11 @@ class PerceptionLoop:
                     readings[name] = values
                     handle.ok()
                 else:
-                    handle.fail(error)
-                    errors[name] = error
+                    # timed out (its cancellation is only delivered at the next turn)
+                    gave_up = not fut.done() or fut.cancelled()
+                    stuck = executor is not None and gave_up and _abandon(executor, handle)
+                    handle.fail(error, stuck=stuck)
+                    errors[name] = handle.last_error or error
                 handle.schedule_next(tick)  # after ok()/fail(): backoff applies from now
                 if self._rec is not None:
                     self._rec.call("sensor", name, mono, time.monotonic(), error)
@@ -489,3 +506,17 @@ class PerceptionLoop:
             interval=self.settings.interval,
             paused=self._paused,
         )
+
+
+def _abandon(executor: PluginExecutor, handle: PluginHandle) -> bool:
+    """After a timed-out call: True if it is still running in a thread (now abandoned, and
+    named in the log once)."""
+    n = executor.abandon(handle.owner)
+    if n:
+        log.warning(
+            "%s %r: a call is stuck in a thread past its timeout; abandoning it (the plugin is "
+            "not called again until it returns)",
+            handle.kind,
+            handle.name,
+        )
+    return n > 0 or executor.busy(handle.owner)

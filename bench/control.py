@@ -5,6 +5,10 @@
   (cut frames, decode msgpack, encode ``{id, result}``) — the baseline.
 - Tick lateness p99 while 100 connections hammer the socket: agentd ticking every 100 ms vs a
   bare uvloop ticker (absolute deadlines, no work) in the baseline server's process.
+- Tick lateness p99 while 4 connections pipeline the most expensive read command (``plugin``:
+  status, config and JSON Schema), 16 requests in flight each (bench/flood.py, its own
+  process), side by side with the same daemon idle in the same run (issue 13). The flood runs
+  as the bench's user; a read-role client's requests take the same path after the role check.
 
 The load comes from a small C client compiled here with gcc (epoll, one request in flight per
 connection), so the client is not the bottleneck; without gcc, several Python client processes
@@ -13,7 +17,8 @@ runs with the store and telemetry off and logging at warning, so the figures are
 plane's; one extra row shows the ping round trip with telemetry on (its default: a span per
 request).
 
-    python -m bench.control          # about 60 s
+    python -m bench.control             # about 80 s
+    python -m bench.control --pipeline  # the pipelining figure alone, about 25 s
 """
 
 from __future__ import annotations
@@ -430,6 +435,80 @@ def measure(server: Agentd | Baseline, exe: Path | None, quick: bool) -> dict[st
     return out
 
 
+PIPELINE_CONNS = 4
+PIPELINE_DEPTH = 16
+PIPELINE_CMD = ("plugin", {"name": "system"})
+
+
+def measure_pipeline(agentd: Agentd, quick: bool) -> dict[str, float]:
+    """Tick lateness idle, then under the pipelined ``plugin`` flood: same daemon, same run."""
+    idle_s, load_s = (3.0, 5.0) if quick else (8.0, 12.0)
+    t0 = time.monotonic()
+    time.sleep(idle_s)
+    idle = agentd.lateness(t0, time.monotonic())
+    cmd, args = PIPELINE_CMD
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.flood",
+            agentd.path,
+            str(PIPELINE_CONNS),
+            str(PIPELINE_DEPTH),
+            str(load_s),
+            cmd,
+            json.dumps(args),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=load_s + 60,
+        check=True,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    t2 = time.monotonic()
+    loaded = agentd.lateness(t2 - load_s + 0.5, t2)
+    answers = json.loads(proc.stdout)["answers"]
+    return {
+        "idle_p99": _p(idle, 0.99),
+        "idle_n": len(idle),
+        "load_p99": _p(loaded, 0.99),
+        "load_p50": _p(loaded, 0.5),
+        "load_max": max(loaded, default=float("nan")),
+        "load_n": len(loaded),
+        "expected_n": (load_s - 0.5) / INTERVAL,
+        "rps": answers / load_s,
+    }
+
+
+def pipeline_figure(m: dict[str, float]) -> Figure:
+    ours, idle = m["load_p99"] * 1e3, m["idle_p99"] * 1e3
+    ratio = ours / idle if idle else None
+    return Figure(
+        "control: tick lateness p99, 4 conns pipelining `plugin`",
+        ours,
+        idle,
+        "ms",
+        "<= 2 ms and <= 2x idle",
+        ours <= 2.0 and ratio is not None and ratio <= 2.0,
+        ratio,
+        note=(
+            f"baseline: the same daemon idle ({m['idle_n']:.0f} ticks); "
+            f"{m['load_n']:.0f} of ~{m['expected_n']:.0f} ticks under load, p50 "
+            f"{m['load_p50'] * 1e3:.2f} ms, max {m['load_max'] * 1e3:.2f} ms; "
+            f"{m['rps']:.0f} plugin replies/s"
+        ),
+    )
+
+
+def run_pipeline(quick: bool = False) -> list[Figure]:
+    with tempfile.TemporaryDirectory(prefix="agb", dir="/tmp") as tmp:
+        agentd = Agentd(Path(tmp))
+        try:
+            return [pipeline_figure(measure_pipeline(agentd, quick))]
+        finally:
+            agentd.close()
+
+
 def run(quick: bool = False) -> list[Figure]:
     with tempfile.TemporaryDirectory(prefix="agb", dir="/tmp") as tmp:
         base = Path(tmp)
@@ -440,6 +519,7 @@ def run(quick: bool = False) -> list[Figure]:
         agentd = Agentd(base / "a")
         try:
             ours = measure(agentd, exe, quick)
+            piped = measure_pipeline(agentd, quick)
         finally:
             agentd.close()
         (base / "c").mkdir()
@@ -503,6 +583,7 @@ def run(quick: bool = False) -> list[Figure]:
                 f"{ours['idle_p99'] * 1e3:.2f} vs {theirs['idle_p99'] * 1e3:.2f} ms"
             ),
         ),
+        pipeline_figure(piped),
     ]
 
 
@@ -511,6 +592,9 @@ def main() -> None:
         baseline_server(sys.argv[2])
         return
     quick = "--quick" in sys.argv
+    if "--pipeline" in sys.argv:
+        print_table(run_pipeline(quick=quick))
+        return
     print_table(run(quick=quick))
 
 

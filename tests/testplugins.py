@@ -87,7 +87,70 @@ class StallPolicy:
         return []
 
 
+class BlockConfig(msgspec.Struct, forbid_unknown_fields=True):
+    #: a FIFO: each call opens it for reading in a thread, which blocks in the kernel until
+    #: a writer comes (a hung 1-wire bus or serial device); unset: the call answers at once
+    fifo: str = ""
+    #: the actuator appends one line per action here once its FIFO read returned: the
+    #: action was performed
+    out: str = ""
+    #: thread calls of the sensor are counted (one line each) here as they start
+    starts: str = ""
+
+
+def _append(path: str, line: str) -> None:
+    if path:
+        with open(path, "a") as f:
+            f.write(line + "\n")
+
+
+class BlockSensor:
+    def __init__(self, config: BlockConfig) -> None:
+        self.config = config
+
+    def _read(self) -> float:
+        _append(self.config.starts, "start")
+        if self.config.fifo:
+            with open(self.config.fifo, "rb") as f:  # blocks until a writer opens it
+                f.read(1)
+        return 1.0
+
+    async def perceive(self) -> dict[str, float]:
+        return {"v": await asyncio.to_thread(self._read)}
+
+
+class BlockActuator:
+    def __init__(self, config: BlockConfig) -> None:
+        self.config = config
+
+    def _write(self, name: str) -> None:
+        _append(self.config.starts, name)
+        if self.config.fifo:
+            with open(self.config.fifo, "rb") as f:
+                f.read(1)
+        _append(self.config.out, name)
+
+    async def act(self, action: Action) -> ActuatorReply:
+        await asyncio.to_thread(self._write, action.name)
+        return ActuatorReply(output="written")
+
+
 TEST_PLUGINS = [
+    PluginSpec(
+        name="block",
+        kind="sensor",
+        factory=BlockSensor,
+        config_type=BlockConfig,
+        description="test: blocks in a thread on a FIFO",
+    ),
+    PluginSpec(
+        name="blockwrite",
+        kind="actuator",
+        factory=BlockActuator,
+        config_type=BlockConfig,
+        actions={"*": msgspec.Struct},
+        description="test: blocks in a thread on a FIFO, then writes",
+    ),
     PluginSpec(
         name="slow",
         kind="actuator",

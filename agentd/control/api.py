@@ -17,7 +17,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Final, Protocol, TypeVar, cast
 
 import msgspec
 
@@ -39,6 +39,8 @@ from agentd.model import (
     TickReport,
     UplinkStatus,
 )
+from agentd.plugins.executor import PluginExecutor
+from agentd.secrets import redact
 
 if TYPE_CHECKING:
     import psutil
@@ -52,6 +54,10 @@ if TYPE_CHECKING:
 __all__ = ["ControlApi", "FleetView", "Lifecycle", "PluginsView", "TelemetryView"]
 
 log = logging.getLogger("agentd.control")
+
+T = TypeVar("T")
+#: cached replies (one per plugin name asked for, at most)
+MAX_CACHED: Final = 256
 
 
 class PluginsView(Protocol):
@@ -140,6 +146,36 @@ class ControlApi:
         #: the fleet's commands and config versions (`agentd.fleet.FleetCommands`), if any
         self.fleet = fleet
         self._proc: psutil.Process | None = None
+        #: replies that cost something to build (psutil reads, JSON Schemas), kept while the
+        #: daemon they describe has not changed (`_epoch`): a flood of `status` or `plugin`
+        #: requests builds each once per tick, not once per request
+        self._cache: dict[object, tuple[object, object]] = {}
+        self._schemas: dict[tuple[str, int], dict[str, object] | None] = {}
+        #: the control plane's own thread (never the plugins' pool): metrics read /proc
+        self._executor = PluginExecutor(max_workers=1, name="agentd-control")
+        self._metrics: asyncio.Future[list[MetricPoint]] | None = None
+
+    def _epoch(self) -> tuple[object, ...]:
+        loop, d = self.loop, self.lifecycle
+        return (
+            loop.ticks,
+            d.reload_generation,
+            loop.paused,
+            len(loop.actions.in_flight),
+            d.state,
+            int(time.monotonic()),  # a paused loop does not tick: at least once a second
+        )
+
+    def _cached(self, what: object, build: Callable[[], T]) -> T:
+        epoch = self._epoch()
+        hit = self._cache.get(what)
+        if hit is not None and hit[0] == epoch:
+            return cast(T, hit[1])
+        value = build()
+        if len(self._cache) >= MAX_CACHED:
+            self._cache.clear()
+        self._cache[what] = (epoch, value)
+        return value
 
     # -- scheduling facts for the control server's tick guard -------------------------------
     def next_deadline(self) -> float | None:
@@ -154,6 +190,9 @@ class ControlApi:
 
     # -- reads -------------------------------------------------------------------------------
     def status(self) -> StatusReport:
+        return self._cached("status", self._status)
+
+    def _status(self) -> StatusReport:
         d, loop, store = self.lifecycle, self.loop, self.store
         return StatusReport(
             version=__version__,
@@ -198,13 +237,15 @@ class ControlApi:
         )
 
     def plugins(self) -> list[PluginInfo]:
-        return [_info(h) for h in self.plugins_view.all()]
+        return self._cached("plugins", lambda: [_info(h) for h in self.plugins_view.all()])
 
     def plugin(self, name: str) -> PluginDetail | None:
         """One configured instance (or, failing that, a registered plugin): status, config and
         JSON Schema. None if neither exists."""
+        return self._cached(("plugin", name), lambda: self._plugin(name))
+
+    def _plugin(self, name: str) -> PluginDetail | None:
         from agentd.schema import plugin_schema
-        from agentd.secrets import redact
 
         for h in self.plugins_view.all():
             if h.name != name:
@@ -224,7 +265,7 @@ class ControlApi:
                 version=info.version,
                 description=info.description,
                 actions=info.actions,
-                # fields marked agentd.secrets.SECRET are shown as <redacted>
+                # the read role sees this: secret fields (a webhook's headers) are hidden
                 config={**redact(h.instance.common), **redact(h.instance.config)},
                 schema=self._schema(f"{h.kind}:{h.spec.name}", plugin_schema),
             )
@@ -236,14 +277,25 @@ class ControlApi:
     def _schema(
         self, name: str, fn: Callable[[str, Registry], dict[str, object]]
     ) -> dict[str, object] | None:
+        # the registry changes only with a reload
+        key = (name, self.lifecycle.reload_generation)
+        if key in self._schemas:
+            return self._schemas[key]
         try:
-            return fn(name, self.registry)
+            schema: dict[str, object] | None = fn(name, self.registry)
         except KeyError:
-            return None
+            schema = None
+        if len(self._schemas) >= MAX_CACHED:
+            self._schemas.clear()
+        self._schemas[key] = schema
+        return schema
 
     def health(self) -> HealthReport:
         """ok / degraded / failing from the ``[health]`` thresholds (cheap: no I/O but one
-        psutil read of this process)."""
+        psutil read of this process, once per tick)."""
+        return self._cached("health", self._health)
+
+    def _health(self) -> HealthReport:
         import psutil
 
         from agentd.health import evaluate
@@ -276,8 +328,24 @@ class ControlApi:
         telemetry = self.telemetry
         if telemetry is None:
             return None
-        # the observable callbacks read /proc (psutil): off the loop
-        return await asyncio.to_thread(telemetry.collect)
+        epoch = self._epoch()
+        hit = self._cache.get("metrics")
+        if hit is not None and hit[0] == epoch:
+            return cast(list[MetricPoint], hit[1])
+        # one collection at a time, shared by whoever asks meanwhile; the observable callbacks
+        # read /proc (psutil): in the control plane's own thread, never the plugins' pool
+        if self._metrics is None:
+            loop = asyncio.get_running_loop()
+            self._metrics = fut = asyncio.ensure_future(
+                loop.run_in_executor(self._executor, telemetry.collect)
+            )
+            fut.add_done_callback(lambda f: self._metrics_done(f, epoch))
+        return await asyncio.shield(self._metrics)
+
+    def _metrics_done(self, fut: asyncio.Future[list[MetricPoint]], epoch: object) -> None:
+        self._metrics = None
+        if not fut.cancelled() and fut.exception() is None:
+            self._cache["metrics"] = (epoch, fut.result())
 
     # -- commands ----------------------------------------------------------------------------
     async def tick(self) -> TickReport:

@@ -14,6 +14,7 @@ import itertools
 import os
 import secrets
 import socket
+import struct
 from collections.abc import Iterator
 from typing import TypeVar
 
@@ -30,6 +31,7 @@ from agentd.control.protocol import (
     decode_message,
     encode_frame,
 )
+from agentd.paths import trusted_server_uids
 
 __all__ = [
     "Client",
@@ -38,10 +40,13 @@ __all__ = [
     "NotRunning",
     "PermissionDenied",
     "RemoteError",
+    "UntrustedServer",
     "new_traceparent",
 ]
 
 T = TypeVar("T")
+
+_PEERCRED = struct.Struct("3i")
 
 #: a response can be as large as the server's max_frame (at most 64 MiB by config)
 CLIENT_MAX_FRAME = 64 * 1024 * 1024
@@ -63,6 +68,19 @@ class PermissionDenied(ControlError):
         super().__init__(
             f"permission denied: cannot connect to {path} "
             "(run as root, as agentd's user, or as a member of the socket's group)"
+        )
+
+
+class UntrustedServer(PermissionDenied):
+    """The process listening on the socket is not agentd's: another user's."""
+
+    def __init__(self, path: str, uid: int) -> None:
+        self.path = path
+        self.uid = uid
+        ControlError.__init__(
+            self,
+            f"refusing {path}: the process listening on it runs as uid {uid}, not as root, "
+            "this user or the owner of its directory (another user's socket?); nothing was sent",
         )
 
 
@@ -120,8 +138,23 @@ class Client:
             if exc.errno in (errno.ENOTDIR, errno.ENOTSOCK):
                 raise NotRunning(self.path) from None
             raise ControlError(f"cannot connect to {self.path}: {exc.strerror or exc}") from None
+        try:
+            self._check_server(sock)
+        except BaseException:
+            sock.close()
+            raise
         self._sock = sock
         return self
+
+    def _check_server(self, sock: socket.socket) -> None:
+        """Nothing is sent (a session's state, a secret) before we know who listens: root,
+        this user, or the user root gave the socket's directory to (`paths.trusted_server_uids`).
+        Another user's socket planted in a shared /tmp directory is refused."""
+        _, uid, _ = _PEERCRED.unpack(
+            sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
+        )
+        if uid not in trusted_server_uids(self.path):
+            raise UntrustedServer(self.path, uid)
 
     def close(self) -> None:
         if self._sock is not None:
@@ -223,6 +256,17 @@ class Client:
             yield self.read()
 
     # -- internals ---------------------------------------------------------------------------
+    def _refusal(self) -> RemoteError | None:
+        """The connection-level error the server sent before closing, if one is buffered."""
+        try:
+            message = self.read()
+        except ControlError:
+            return None
+        if message.id is None and not isinstance(message.error, msgspec.UnsetType):
+            e = message.error
+            return RemoteError(e.code, e.message, list(e.details))
+        return None
+
     def _frame(self, rid: int, cmd: str, args: dict[str, object] | None) -> bytes:
         return encode_frame(Request(id=rid, cmd=cmd, args=args or {}, traceparent=self.traceparent))
 
@@ -236,6 +280,10 @@ class Client:
         try:
             self._require().sendall(data)
         except (BrokenPipeError, ConnectionResetError) as exc:
+            # a refused connection (busy, shutting down) was told why before it was closed
+            refusal = self._refusal()
+            if refusal is not None:
+                raise refusal from None
             raise ConnectionLost(f"connection to agentd lost: {exc.strerror}") from None
         except TimeoutError:
             raise ConnectionLost(

@@ -38,17 +38,19 @@ from agentd.control.protocol import (
     Response,
     encode_frame,
 )
+from agentd.control.state import SHARE
 from agentd.errors import AgentdError, ConfigError, StoreError, VersionConflict
 
 if TYPE_CHECKING:
     from agentd.control.state import ServerState
 
-__all__ = ["FRAMES_PER_TURN", "MAX_IN_FLIGHT", "Connection"]
+__all__ = ["FRAME_DEADLINE", "MAX_IN_FLIGHT", "Connection"]
 
 log = logging.getLogger("agentd.control")
 
-#: frames handled per connection per loop iteration before yielding to the rest of the loop
-FRAMES_PER_TURN: Final = 64
+#: seconds a frame may take to arrive once its first byte has (a client dripping a byte every
+#: few seconds is closed, whatever the idle timeout)
+FRAME_DEADLINE: Final = 10.0
 #: async requests (tick, reload, act, store queries, ...) in flight per connection
 MAX_IN_FLIGHT: Final = 16
 #: write buffer of one connection before it is paused (bytes)
@@ -75,6 +77,7 @@ class Connection(asyncio.Protocol):
 
     __slots__ = (
         "_blocked",
+        "_frame_started",
         "_frames",
         "_pending_events",
         "_write_paused",
@@ -100,6 +103,8 @@ class Connection(asyncio.Protocol):
         self.tasks: set[asyncio.Task[object]] = set()
         self.watches: dict[int | str, frozenset[str]] = {}
         self.last_active = time.monotonic()
+        #: when the unfinished frame in the buffer began (0: none)
+        self._frame_started = 0.0
         self.closed = False
 
     # -- asyncio.Protocol --------------------------------------------------------------------
@@ -135,9 +140,31 @@ class Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._frames.feed(data)
-        self.last_active = time.monotonic()
+        now = time.monotonic()
+        self.last_active = now
+        if not self._frame_started:
+            self._frame_started = now
         if not self._blocked:
             self._process()
+
+    def frame_overdue(self, now: float) -> bool:
+        """An unfinished frame has been arriving for longer than FRAME_DEADLINE."""
+        if not self._frame_started or self._frames.ready():
+            return False  # a whole frame waits (its turn, or the peer to read): not dripping
+        return now - self._frame_started > FRAME_DEADLINE
+
+    def close_overdue(self) -> None:
+        self._write(
+            [
+                self._error(
+                    None,
+                    "bad_frame",
+                    f"a frame did not arrive whole within {FRAME_DEADLINE:g}s; closing",
+                )
+            ]
+        )
+        self._frames.clear()
+        self.close()
 
     def pause_writing(self) -> None:
         self._write_paused = True
@@ -166,13 +193,17 @@ class Connection(asyncio.Protocol):
             if self._frames.pending >= HEADER.size:
                 asyncio.get_running_loop().call_soon(self._process)
 
-    def _next_turn(self) -> None:
+    def next_turn(self) -> None:
+        """Its turn has come (`ServerState` calls this in FIFO order)."""
+        if "turn" not in self._blocked:
+            return
         self._blocked.discard("turn")
         if self._blocked or self.closed:
-            return  # whatever else blocks it resumes it
-        self._process()
-        if not self._blocked and not self.closed and self.transport is not None:
+            # whatever else blocks it resumes it; reading resumes with it
+            return
+        if self.transport is not None:
             self.transport.resume_reading()
+        self._process()
 
     def close(self) -> None:
         if not self.closed and self.transport is not None:
@@ -183,43 +214,53 @@ class Connection(asyncio.Protocol):
     def _process(self) -> None:
         if self._blocked or self.closed:
             return
-        frames = self._frames
-        n = 0
-        out: list[bytes] = []
         state = self.state
-        allowed = state.take(FRAMES_PER_TURN)
-        while True:
-            try:
-                if n == allowed:
+        frames = self._frames
+        if state.left() <= 0:
+            if frames.ready():
+                self.block("turn")
+                state.wait_turn(self)
+            return
+        out: list[bytes] = []
+        taken = False
+        start = time.perf_counter()
+        # this connection's share of the turn, measured: a frame's cost is whatever it took
+        until = start + min(SHARE, state.left())
+        try:
+            while True:
+                try:
+                    body = frames.next()
+                except FrameTooLarge as exc:
+                    out.append(_error_frame(None, "bad_frame", f"{exc}; closing the connection"))
+                    state.errors["bad_frame"] += 1
+                    frames.clear()
+                    self._write(out)
+                    self.close()
+                    return
+                if body is None:
+                    break
+                taken = True
+                try:
+                    reply = self._dispatch(body)
+                except Exception as exc:  # a bug of ours: answer, log, keep the connection
+                    log.error("control: failed to handle a request", exc_info=exc)
+                    reply = self._error(None, "internal", f"internal error: {type(exc).__name__}")
+                if reply is not None:
+                    out.append(reply)
+                if self._blocked or self.closed:
+                    break
+                if time.perf_counter() >= until:
                     if frames.ready():
                         self.block("turn")
-                        asyncio.get_running_loop().call_soon(self._next_turn)
+                        state.wait_turn(self)
                     break
-                body = frames.next()
-            except FrameTooLarge as exc:
-                out.append(_error_frame(None, "bad_frame", f"{exc}; closing the connection"))
-                state.errors["bad_frame"] += 1
-                state.give_back(allowed - n)
-                frames.clear()
+            if taken or not frames.pending:
+                # whatever is left in the buffer is the start of the next frame
+                self._frame_started = time.monotonic() if frames.pending else 0.0
+            if out:
                 self._write(out)
-                self.close()
-                return
-            if body is None:
-                break
-            n += 1
-            try:
-                reply = self._dispatch(body)
-            except Exception as exc:  # a bug of ours: answer, log, keep the connection
-                log.error("control: failed to handle a request", exc_info=exc)
-                reply = self._error(None, "internal", f"internal error: {type(exc).__name__}")
-            if reply is not None:
-                out.append(reply)
-            if self._blocked or self.closed:
-                break
-        if n < allowed:
-            state.give_back(allowed - n)
-        if out:
-            self._write(out)
+        finally:
+            state.charge(time.perf_counter() - start)
 
     def _write(self, out: list[bytes]) -> None:
         if self.transport is not None and not self.transport.is_closing():
@@ -290,13 +331,39 @@ class Connection(asyncio.Protocol):
         if cmd.is_async:
             task = asyncio.get_running_loop().create_task(result)
             self.tasks.add(task)
-            task.add_done_callback(lambda t: self._done(t, cmd, rid, finish))
+            state = self.state
+            # reads are capped server-wide; an admin's act/tick/reload (which may take the
+            # actuator's whole timeout) neither counts nor waits behind a flood of reads
+            capped = cmd.role != "admin"
+            if capped:
+                state.async_started()
+            task.add_done_callback(lambda t: self._done(t, cmd, rid, finish, capped))
             if len(self.tasks) >= MAX_IN_FLIGHT:
                 self.block("in_flight")
+            if capped and not state.async_room():
+                # the server-wide cap: this connection reads on when a place frees up
+                self.block("async")
+                state.wait_async(self)
             return None
         return self._result(rid, result, finish)
 
     def _done(
+        self,
+        task: asyncio.Task[object],
+        cmd: Command,
+        rid: int | str,
+        finish: Finish | None,
+        capped: bool,
+    ) -> None:
+        start = time.perf_counter()
+        try:
+            self._finish(task, cmd, rid, finish)
+        finally:
+            self.state.charge(time.perf_counter() - start)
+            if capped:
+                self.state.async_done()
+
+    def _finish(
         self,
         task: asyncio.Task[object],
         cmd: Command,

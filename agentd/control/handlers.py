@@ -112,7 +112,7 @@ def hello(ctx: RequestContext, args: HelloArgs) -> HelloInfo:
 
 # -- reads -----------------------------------------------------------------------------------
 @command("status")
-async def status(ctx: RequestContext, args: None) -> StatusReport:
+def status(ctx: RequestContext, args: None) -> StatusReport:
     """Version, PID, uptime, state, config, reload generation, tick statistics, plugins, store
     health, process RSS/CPU and control-plane counters."""
     return msgspec.structs.replace(ctx.api.status(), control=ctx.state.stats())

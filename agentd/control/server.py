@@ -6,9 +6,12 @@
   socket is used as it is.
 - Each peer's role comes from ``SO_PEERCRED``: root and the daemon's own user are ``admin``,
   members of the socket's group ``read``, anyone else ``none`` (ping and hello only).
-- Bounds: connections, frame size, requests in flight per connection, frames handled per
-  connection per loop iteration, write back-pressure (a peer that does not read its answers is
-  not read from), an idle timeout, and a bounded buffer per watcher (a slow one is dropped).
+- Bounds: connections (with places kept for admins: a client holding all it may cannot lock
+  root out; the refused get a `busy` error frame), frame size, a frame deadline (a frame
+  dripping in a byte at a time is closed), requests in flight per connection and async ones
+  server-wide, the control plane's time per loop turn (measured, shared fairly between
+  connections: state.py), write back-pressure (a peer that does not read its answers is not
+  read from), an idle timeout, and a bounded buffer per watcher (a slow one is dropped).
 - The ticker comes first: shortly before the perception loop's next deadline the server stops
   reading from clients and resumes once the tick has run (at most MAX_HOLD past the deadline),
   so control traffic can neither make a tick late nor stretch it. The guard adapts to how late
@@ -33,7 +36,7 @@ from typing import TYPE_CHECKING, Final
 import msgspec
 
 from agentd.control.commands import Command, RequestHook
-from agentd.control.connection import Connection
+from agentd.control.connection import FRAME_DEADLINE, Connection
 from agentd.control.protocol import EventKind
 from agentd.control.state import ServerState
 from agentd.errors import AgentdError
@@ -259,13 +262,24 @@ class ControlServer:
 
     # -- idle connections --------------------------------------------------------------------
     def _schedule_sweep(self) -> None:
-        every = min(60.0, max(0.5, self.config.idle_timeout / 4))
+        every = min(FRAME_DEADLINE / 4, max(0.5, self.config.idle_timeout / 4))
         self._sweeper = asyncio.get_running_loop().call_later(every, self._sweep)
 
     def _sweep(self) -> None:
-        limit = time.monotonic() - self.config.idle_timeout
+        now = time.monotonic()
+        limit = now - self.config.idle_timeout
         for conn in list(self.state.connections):
-            if conn.last_active < limit and not conn.watches and not conn.tasks:
+            if conn.frame_overdue(now):
+                # a byte every few seconds keeps it from being idle, not from being slow
+                self.state.errors["frame_deadline"] += 1
+                log.info(
+                    "control: closed a connection (pid %d, uid %d): a frame took over %gs",
+                    conn.peer.pid,
+                    conn.peer.uid,
+                    FRAME_DEADLINE,
+                )
+                conn.close_overdue()
+            elif conn.last_active < limit and not conn.watches and not conn.tasks:
                 self.state.idle_closed += 1
                 conn.close()
         self._schedule_sweep()

@@ -1,14 +1,23 @@
 """`ServerState`: what the control server shares with its connections (uvicorn's
 ``ServerState`` is the model): the command table and hooks, the limits, the live connections
-and watchers, the counters, the per-iteration frame budget and the peer-role rule. A
-`Connection` gets this object, never the server, so it reads no server internals.
+and watchers, the counters, the per-turn time budget and the peer-role rule. A `Connection`
+gets this object, never the server, so it reads no server internals.
+
+The budget is time, measured with ``perf_counter`` around the work, not a count of frames (one
+``plugin`` reply costs a hundred pings): between two turns of the loop's ready queue the
+control plane runs at most `TURN_BUDGET` seconds (plus the one request that crossed the line).
+A connection that used up its `SHARE` of a turn, or finds the turn's budget spent, waits in a
+FIFO for the next turn, so every connection gets its share in order. Async requests (store
+queries, metrics) are capped server-wide (`MAX_ASYNC`); a connection wanting more waits in the
+same kind of FIFO.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Final
 
@@ -21,17 +30,25 @@ if TYPE_CHECKING:
     from agentd.control.connection import Connection
     from agentd.control.protocol import ErrorCode
 
-__all__ = ["FRAMES_PER_ITERATION", "ServerState"]
+__all__ = ["ADMIN_RESERVED", "MAX_ASYNC", "SHARE", "TURN_BUDGET", "ServerState"]
 
-#: frames handled by all connections together between two turns of the loop's ready queue
-FRAMES_PER_ITERATION: Final = 256
+#: seconds of control-plane work between two turns of the loop's ready queue
+TURN_BUDGET: Final = 0.002
+#: seconds one connection may take of a turn before the next connection's turn
+SHARE: Final = 0.0005
+#: async reads (store queries, metrics) in flight for all connections together
+MAX_ASYNC: Final = 4
+#: connections kept for admins (root, agentd's user) beyond those anyone may hold
+ADMIN_RESERVED: Final = 2
 
 
 class ServerState:
     __slots__ = (
+        "_async_waiters",
         "_refill_scheduled",
+        "_turn_waiters",
         "api",
-        "budget",
+        "async_in_flight",
         "closing",
         "commands",
         "config",
@@ -48,6 +65,7 @@ class ServerState:
         "socket_gid",
         "tick_holds",
         "uid",
+        "used",
         "watch_dropped",
         "watchers",
     )
@@ -76,9 +94,12 @@ class ServerState:
         self.closing = False
         self.socket_gid = -1
         self.uid = os.geteuid()
-        #: frames left for this loop iteration; refilled by a callback at the next one
-        self.budget = FRAMES_PER_ITERATION
+        #: seconds of work done in this turn; reset by a callback at the next one
+        self.used = 0.0
         self._refill_scheduled = False
+        self._turn_waiters: deque[Connection] = deque()
+        self.async_in_flight = 0
+        self._async_waiters: deque[Connection] = deque()
         #: called with each admitted connection (the server's tick guard plans its hold)
         self.on_admit: Callable[[Connection], None] = lambda conn: None
 
@@ -97,13 +118,19 @@ class ServerState:
         return "none"
 
     def admit(self, conn: Connection) -> tuple[ErrorCode, str] | None:
-        """Take a new connection, or say why not (code, message)."""
+        """Take a new connection, or say why not (code, message). The last `ADMIN_RESERVED`
+        places are for admins: a client holding every connection it can still leaves root's
+        agentctl a way in."""
         if self.closing:
             return "shutting_down", "the daemon is stopping"
-        if len(self.connections) >= self.config.max_connections:
+        limit = self.config.max_connections
+        n = len(self.connections)
+        if n >= limit + ADMIN_RESERVED or (n >= limit and conn.role != "admin"):
             self.connections_refused += 1
             self.errors["busy"] += 1
-            return "busy", f"too many connections (limit {self.config.max_connections})"
+            return "busy", (
+                f"too many connections (limit {limit}, and {ADMIN_RESERVED} kept for admins)"
+            )
         self.connections.add(conn)
         self.connections_total += 1
         self.on_admit(conn)
@@ -112,26 +139,61 @@ class ServerState:
     def forget(self, conn: Connection) -> None:
         self.connections.discard(conn)
         self.watchers.discard(conn)
+        with contextlib.suppress(ValueError):
+            self._turn_waiters.remove(conn)
+        with contextlib.suppress(ValueError):
+            self._async_waiters.remove(conn)
 
-    # -- the per-iteration budget ------------------------------------------------------------
-    def take(self, wanted: int) -> int:
-        """Frames a connection may handle now (0: wait until the loop has had a turn). The
-        budget is refilled by a callback once it runs out, so at most FRAMES_PER_ITERATION
-        frames are handled between two turns of the loop's ready queue."""
-        n = min(wanted, self.budget)
-        self.budget -= n
-        if self.budget == 0 and not self._refill_scheduled:
+    # -- the per-turn time budget -----------------------------------------------------------
+    def left(self) -> float:
+        """Seconds of this turn's budget not used yet (<= 0: wait for the next turn)."""
+        return TURN_BUDGET - self.used
+
+    def charge(self, seconds: float) -> None:
+        """Count ``seconds`` of work (measured) against this turn."""
+        self.used += seconds
+        self._schedule_refill()
+
+    def wait_turn(self, conn: Connection) -> None:
+        """``conn`` goes on at a later turn, after those already waiting (FIFO)."""
+        if conn not in self._turn_waiters:
+            self._turn_waiters.append(conn)
+        self._schedule_refill()
+
+    def _schedule_refill(self) -> None:
+        if not self._refill_scheduled:
             self._refill_scheduled = True
-            # runs before the connections that then wait for it (FIFO)
+            # call_soon: runs at the next turn, after the I/O and timers that are due
             asyncio.get_running_loop().call_soon(self._refill)
-        return n
-
-    def give_back(self, n: int) -> None:
-        self.budget += n
 
     def _refill(self) -> None:
         self._refill_scheduled = False
-        self.budget = FRAMES_PER_ITERATION
+        self.used = 0.0
+        waiting, self._turn_waiters = self._turn_waiters, deque()
+        while waiting:
+            if self.left() <= 0:
+                # the rest keep their place at the head of the queue for the next turn
+                waiting.extend(self._turn_waiters)
+                self._turn_waiters = waiting
+                self._schedule_refill()
+                return
+            waiting.popleft().next_turn()
+
+    # -- async requests ----------------------------------------------------------------------
+    def async_room(self) -> bool:
+        return self.async_in_flight < MAX_ASYNC
+
+    def async_started(self) -> None:
+        self.async_in_flight += 1
+
+    def async_done(self) -> None:
+        self.async_in_flight -= 1
+        while self._async_waiters and self.async_room():
+            self._async_waiters.popleft().unblock("async")
+
+    def wait_async(self, conn: Connection) -> None:
+        if conn not in self._async_waiters:
+            self._async_waiters.append(conn)
 
     # -- statistics --------------------------------------------------------------------------
     def stats(self) -> ControlStats:

@@ -1,5 +1,13 @@
 """A configured, built plugin instance with its health: the loop talks to these, never to the
 raw plugin objects. State changes (failing, degraded, recovered) are logged once, not every tick.
+
+State changes are damped (home-assistant's update coordinator logs on change only; we also
+refuse to flap): a plugin is `failing` after ``failing_after`` failures in a row and
+`recovered` after ``recovered_after`` successes in a row. One that fails again within
+`FLAP_WINDOW` seconds of recovering must succeed twice as many times in a row before it is
+reported recovered again (up to `MAX_RECOVERED_AFTER`), so a sensor that times out now and then
+says so once instead of logging a failing/recovered pair each time. Every error line goes
+through `PluginHandle.redact` first: a message never carries a configured secret.
 """
 
 from __future__ import annotations
@@ -16,10 +24,13 @@ from agentd.config import PluginInstance, SensorCommon
 from agentd.errors import PluginError
 from agentd.model import PluginState, PluginStatus, Value
 from agentd.plugins.base import EventSink, PluginKind, PluginSpec, PolicyState
+from agentd.secrets import redact_text, secret_values
 
 __all__ = [
     "DEGRADED_AFTER",
+    "FLAP_WINDOW",
     "MAX_BACKOFF_FACTOR",
+    "MAX_RECOVERED_AFTER",
     "ActuatorRunner",
     "PluginHandle",
     "PolicyRunner",
@@ -37,6 +48,10 @@ DEGRADED_AFTER = 3
 #: backoff doubles the poll interval up to this factor (collectd's MaxReadInterval idea), or up
 #: to the instance's ``max_interval`` when set
 MAX_BACKOFF_FACTOR = 64
+#: a plugin failing again this soon (seconds) after recovering is flapping: the successes it
+#: needs to be reported recovered double
+FLAP_WINDOW = 60.0
+MAX_RECOVERED_AFTER = 1024
 
 
 class PluginHandle:
@@ -45,20 +60,26 @@ class PluginHandle:
     needs of that kind; `agentd.plugins.kinds` maps each kind to its runner type."""
 
     __slots__ = (
+        "_secrets",
         "backoff",
         "calls",
         "config",
         "consecutive_failures",
+        "episode",
         "errors",
         "events",
         "instance",
         "last_error",
         "name",
         "obj",
+        "owner",
         "period",
+        "recover_need",
+        "recovered_at",
         "retry_at",
         "spec",
         "state",
+        "successes",
     )
 
     kind: ClassVar[PluginKind]
@@ -86,6 +107,19 @@ class PluginHandle:
         self.period = 1.0
         #: while degraded, calls before this monotonic time are skipped, not made
         self.retry_at = 0.0
+        #: failures since the state was last `ok`; successes in a row while not `ok`
+        self.episode = 0
+        self.successes = 0
+        #: successes in a row needed to be `ok` again (doubles while flapping)
+        self.recover_need = self.config.recovered_after
+        self.recovered_at = 0.0
+        #: what its thread calls are tagged with (`agentd.plugins.executor`)
+        self.owner = f"{self.kind}:{self.name}"
+        self._secrets = secret_values(instance.config)
+
+    def redact(self, text: str) -> str:
+        """``text`` without this instance's configured secrets (for errors and log lines)."""
+        return redact_text(text, self._secrets) if self._secrets else text
 
     @property
     def max_backoff(self) -> int:
@@ -96,26 +130,63 @@ class PluginHandle:
 
     def ok(self) -> None:
         self.calls += 1
-        if self.state != "ok":
-            log.warning(
-                "%s %r recovered after %d failures", self.kind, self.name, self.consecutive_failures
-            )
-            self._event("plugin.recovered", None)
-        self.state = "ok"
         self.consecutive_failures = 0
         self.backoff = 1
         self.retry_at = 0.0
+        if self.state == "ok":
+            self.episode = 0
+            return
+        self.successes += 1
+        if self.successes < self.recover_need:
+            return
+        log.warning("%s %r recovered after %d failures", self.kind, self.name, self.episode)
+        self._event("plugin.recovered", None)
+        self.state = "ok"
+        self.episode = 0
+        self.successes = 0
+        self.recovered_at = time.monotonic()
 
-    def fail(self, error: str) -> None:
+    def fail(self, error: str, *, stuck: bool = False) -> None:
+        """Record a failed call; ``stuck``: it is still running in a thread past its timeout,
+        so the plugin is degraded at once (calling it again would only take another thread)."""
+        error = self.redact(error)
         self.calls += 1
         self.errors += 1
         self.consecutive_failures += 1
+        self.episode += 1
+        self.successes = 0
         self.last_error = error
+        config = self.config
         if self.state == "ok":
-            self.state = "failing"
-            log.error("%s %r is failing: %s", self.kind, self.name, error)
-            self._event("plugin.failing", error)
-        if self.degrades and self.consecutive_failures >= self.config.degraded_after:
+            if self.consecutive_failures < config.failing_after and not stuck:
+                log.debug(
+                    "%s %r failed (%d of %d before failing): %s",
+                    self.kind,
+                    self.name,
+                    self.consecutive_failures,
+                    config.failing_after,
+                    error,
+                )
+            else:
+                self.state = "failing"
+                now = time.monotonic()
+                flapping = self.recovered_at and now - self.recovered_at < FLAP_WINDOW
+                if flapping:
+                    self.recover_need = min(self.recover_need * 2, MAX_RECOVERED_AFTER)
+                    log.error(
+                        "%s %r is failing again %.3gs after it recovered (it is reported "
+                        "recovered after %d successes in a row now): %s",
+                        self.kind,
+                        self.name,
+                        now - self.recovered_at,
+                        self.recover_need,
+                        error,
+                    )
+                else:
+                    self.recover_need = config.recovered_after
+                    log.error("%s %r is failing: %s", self.kind, self.name, error)
+                self._event("plugin.failing", error)
+        if self.degrades and (stuck or self.consecutive_failures >= config.degraded_after):
             if self.state != "degraded":
                 self.state = "degraded"
                 log.error(
@@ -127,7 +198,7 @@ class PluginHandle:
                 )
                 self._event("plugin.degraded", error)
             self.backoff = min(self.backoff * 2, self.max_backoff)
-            cap = self.config.max_interval
+            cap = config.max_interval
             delay = self.period * self.backoff
             self.retry_at = time.monotonic() + (min(delay, cap) if cap else delay)
 

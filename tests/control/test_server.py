@@ -19,6 +19,7 @@ import msgspec
 import pytest
 
 from agentd.control.protocol import FrameBuffer, Message, StateEvent, encode_frame
+from agentd.control.state import ADMIN_RESERVED
 from agentd.model import TickReport
 from tests.control.helpers import TESTPLUGINS, Agent, Raw, config, frame, wait_ticks
 from tests.control.inprocess import CONFIG, Served, ServedThread, run_server
@@ -120,14 +121,19 @@ def test_pipelined_requests_are_all_answered_in_order(served: Served) -> None:
 def test_limits_connections_and_idle_timeout(short_tmp: Path) -> None:
     control = "[control]\nmax_connections = 3\nidle_timeout = 0.5\n"
     with ServedThread(short_tmp / "run", CONFIG + control) as agent:
-        held = [Raw(agent.socket) for _ in range(3)]
+        # root is admin: past the limit it gets the places kept for admins, then no more
+        held = [Raw(agent.socket) for _ in range(3 + ADMIN_RESERVED)]
         try:
             assert held[0].call("ping") == "pong"
+            assert held[-1].call("ping") == "pong"
             with Raw(agent.socket) as extra:
                 msg = extra.read()
                 assert msg == {
                     "id": None,
-                    "error": {"code": "busy", "message": "too many connections (limit 3)"},
+                    "error": {
+                        "code": "busy",
+                        "message": "too many connections (limit 3, and 2 kept for admins)",
+                    },
                 }
                 assert extra.read() is None
             # idle connections are closed after idle_timeout (the sweep runs every 0.5 s)
