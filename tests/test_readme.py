@@ -4,6 +4,8 @@ reloads the way that works for both a pip install and the one-file binary."""
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,3 +31,20 @@ def test_reload_is_shown_without_pidof() -> None:
 
 def test_says_where_a_non_root_run_without_xdg_runtime_dir_puts_its_socket() -> None:
     assert "/tmp/agentd-<uid>" in README
+
+
+def test_every_toml_example_passes_check_config(tmp_path: Path) -> None:
+    blocks = re.findall(r"```toml\n(.*?)```", README, re.S)
+    assert len(blocks) >= 2
+    for i, block in enumerate(blocks):
+        text = block if "[sensors." in block else "[sensors.system]\n" + block
+        path = tmp_path / f"example{i}.toml"
+        path.write_text(text)
+        out = subprocess.run(
+            [sys.executable, "-m", "agentd", "check-config", str(path)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert out.returncode == 0, (block, out.stdout, out.stderr)

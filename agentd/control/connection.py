@@ -149,9 +149,17 @@ class Connection(asyncio.Protocol):
 
     def frame_overdue(self, now: float) -> bool:
         """An unfinished frame has been arriving for longer than FRAME_DEADLINE."""
-        if not self._frame_started or self._frames.ready():
+        if not self._frame_started or self._has_frame():
             return False  # a whole frame waits (its turn, or the peer to read): not dripping
         return now - self._frame_started > FRAME_DEADLINE
+
+    def _has_frame(self) -> bool:
+        """Something for `_process` to take: a whole frame, or a header announcing an
+        oversized one (which `_process` answers and closes on; `ready()` raises for it)."""
+        try:
+            return self._frames.ready()
+        except FrameTooLarge:
+            return True
 
     def close_overdue(self) -> None:
         self._write(
@@ -217,7 +225,7 @@ class Connection(asyncio.Protocol):
         state = self.state
         frames = self._frames
         if state.left() <= 0:
-            if frames.ready():
+            if self._has_frame():
                 self.block("turn")
                 state.wait_turn(self)
             return
@@ -250,7 +258,7 @@ class Connection(asyncio.Protocol):
                 if self._blocked or self.closed:
                     break
                 if time.perf_counter() >= until:
-                    if frames.ready():
+                    if self._has_frame():
                         self.block("turn")
                         state.wait_turn(self)
                     break

@@ -328,3 +328,37 @@ async def test_watch_streams_typed_events(short_tmp: Path) -> None:
         assert msgspec.msgpack.decode(event.data, type=StateEvent) == StateEvent(state="paused")
         writer.close()
         await writer.wait_closed()
+
+
+async def test_an_oversized_frame_while_the_turn_is_spent_is_answered(
+    short_tmp: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A header announcing a frame over `max_frame` that arrives when the turn's time budget is
+    spent (other clients used it: what a loaded machine does) is answered `bad_frame` and the
+    connection closed, like any oversized frame. It used to raise out of `data_received` (the
+    fuzz test's "Traceback" in the daemon log under load), and the sweeper's frame-deadline
+    check raised the same way."""
+    async with run_server(short_tmp / "run") as served:
+        state = served.server.state
+        reader, writer = await asyncio.open_unix_connection(str(served.socket))
+        writer.write(encode_frame({"id": 1, "cmd": "ping"}))
+        frames = FrameBuffer()
+        while (body := frames.next()) is None:
+            frames.feed(await asyncio.wait_for(reader.read(65536), 5))
+        (conn,) = [c for c in state.connections if not c.closed]
+        state.used = 10.0  # the turn is spent: the next bytes wait for the refill
+        assert conn.frame_overdue(time.monotonic()) is False
+        writer.write((2**31).to_bytes(4, "big"))  # a header announcing 2 GiB
+        await writer.drain()
+        data = b""
+        while chunk := await asyncio.wait_for(reader.read(65536), 5):
+            data += chunk
+        frames.feed(data)
+        body = frames.next()
+        assert body is not None
+        reply = msgspec.msgpack.decode(body, type=Message)
+        assert reply.error is not None
+        assert reply.error.code == "bad_frame"
+        writer.close()
+        await writer.wait_closed()
+    assert _tracebacks(caplog) == []
