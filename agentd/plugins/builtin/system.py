@@ -1,6 +1,12 @@
 """`system` sensor: CPU %, load average, memory, disk usage of configured mounts and, where the
-board has them, temperatures (psutil). psutil calls run in a worker thread: they read /proc and
-/sys and can stall on a busy or broken board."""
+board has them, temperatures (psutil).
+
+CPU, load and memory come from /proc files the kernel answers from memory, and ``statvfs`` of a
+local file system from its superblock: tens of microseconds, no device or network to wait
+for, so they run on the event loop. Temperatures (hwmon drivers may talk I2C to a chip) or a
+mount that is not a known local file system (NFS, CIFS, FUSE: a dead server hangs
+``statvfs``) send the whole read to a worker thread instead, under the call's timeout. The
+hop costs three thread wake-ups a tick, the most of an idle agentd's (issue #18)."""
 
 from __future__ import annotations
 
@@ -26,6 +32,43 @@ class SystemConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     temperatures: bool = True
 
 
+#: file systems whose ``statvfs`` is answered from memory (no server, no FUSE daemon)
+LOCAL_FILESYSTEMS = frozenset(
+    {
+        "btrfs",
+        "exfat",
+        "ext2",
+        "ext3",
+        "ext4",
+        "f2fs",
+        "overlay",
+        "ramfs",
+        "squashfs",
+        "tmpfs",
+        "vfat",
+        "xfs",
+        "zfs",
+    }
+)
+
+
+def on_local_filesystem(path: str) -> bool:
+    """Whether ``path`` lies on a file system of `LOCAL_FILESYSTEMS` (the longest mount point
+    that contains it, from /proc/self/mounts); False when unknown."""
+    real = os.path.realpath(path)
+    best, fstype = "", ""
+    try:
+        parts = psutil.disk_partitions(all=True)
+    except OSError:
+        return False
+    for p in parts:
+        mp = p.mountpoint
+        inside = real == mp or real.startswith(mp.rstrip("/") + "/")
+        if inside and len(mp) >= len(best):
+            best, fstype = mp, p.fstype
+    return fstype in LOCAL_FILESYSTEMS
+
+
 def _label(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_]+", "_", text).strip("_").lower() or "x"
 
@@ -35,8 +78,14 @@ class SystemSensor:
         self.config = config
         if config.cpu:
             psutil.cpu_percent(interval=None)  # primes the counter; the first call returns 0.0
+        #: read on the loop (see the module's docstring), else in a worker thread
+        self.inline = not config.temperatures and all(
+            on_local_filesystem(m) for m in config.mounts.values()
+        )
 
     async def perceive(self) -> dict[str, Value]:
+        if self.inline:
+            return self.read()
         return await asyncio.to_thread(self.read)
 
     def read(self) -> dict[str, Value]:
