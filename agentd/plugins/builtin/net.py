@@ -1,12 +1,17 @@
 """`net` sensor: per-interface byte/packet/error counters (psutil) and their rates per second
 since the previous reading. Counter wraps or resets (a re-plugged USB modem) give no rate for
-that reading instead of a huge negative one."""
+that reading instead of a huge negative one.
+
+Both reads run on the event loop: the counters come from /proc/net/dev and the link state from
+/sys/class/net/<if>/operstate, which the kernel answers from memory. (psutil's
+``net_if_stats`` would also ask the driver for speed and duplex over ethtool, which on a USB
+NIC is a round trip to the device, and it cost a worker-thread hop every tick: issue #18.)"""
 
 from __future__ import annotations
 
-import asyncio
 import re
 import time
+from collections.abc import Iterable
 from typing import Any
 
 import msgspec
@@ -50,7 +55,7 @@ class NetSensor:
         self._last: dict[str, tuple[float, Any]] = {}
 
     async def perceive(self) -> dict[str, Value]:
-        counters, stats = await asyncio.to_thread(self._read)
+        counters, stats = self._read()
         now = time.monotonic()
         c = self.config
         names = c.interfaces or sorted(n for n in counters if n != "lo")
@@ -63,7 +68,7 @@ class NetSensor:
                 continue
             label = _label(name)
             if c.link and name in stats:
-                out[f"{label}.up"] = bool(stats[name].isup)
+                out[f"{label}.up"] = stats[name]
             if c.counters:
                 for f in _FIELDS:
                     out[f"{label}.{f}"] = int(getattr(cur, f))
@@ -77,9 +82,24 @@ class NetSensor:
                         out[f"{label}.{f}_per_s"] = delta / dt
         return out
 
-    @staticmethod
-    def _read() -> tuple[dict[str, Any], dict[str, Any]]:
-        return psutil.net_io_counters(pernic=True), psutil.net_if_stats()
+    def _read(self) -> tuple[dict[str, Any], dict[str, bool]]:
+        counters: dict[str, Any] = psutil.net_io_counters(pernic=True)
+        return counters, (link_up(counters) if self.config.link else {})
+
+
+def link_up(names: Iterable[str]) -> dict[str, bool]:
+    """Whether each interface is up and running, as psutil's ``isup`` (IFF_RUNNING: the kernel
+    sets it when the operational state is "up" or "unknown", e.g. loopback); an interface that
+    went away meanwhile is left out."""
+    out: dict[str, bool] = {}
+    for name in names:
+        try:
+            with open(f"/sys/class/net/{name}/operstate", encoding="ascii") as fh:
+                state = fh.read().strip()
+        except OSError:
+            continue
+        out[name] = state in ("up", "unknown")
+    return out
 
 
 SPEC = PluginSpec(

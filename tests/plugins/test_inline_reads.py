@@ -1,5 +1,6 @@
 """The `system` sensor reads on the event loop when nothing it reads can wait on a device or a
-server (issue #18: a thread hop is three wake-ups a tick), and in a worker thread otherwise."""
+server (issue #18: a thread hop is three wake-ups a tick), and in a worker thread otherwise;
+the `net` sensor always reads on the loop, with the same link state psutil reports."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 
 import psutil
 
+from agentd.plugins.builtin.net import NetConfig, NetSensor, link_up
 from agentd.plugins.builtin.system import SystemConfig, SystemSensor, on_local_filesystem
 
 
@@ -22,7 +24,7 @@ class CountingExecutor(ThreadPoolExecutor):
         return super().submit(fn, *args, **kwargs)
 
 
-def _perceive(sensor: SystemSensor) -> tuple[dict[str, Any], int]:
+def _perceive(sensor: SystemSensor | NetSensor) -> tuple[dict[str, Any], int]:
     executor = CountingExecutor()
 
     async def main() -> dict[str, Any]:
@@ -68,3 +70,16 @@ def test_temperatures_or_another_file_system_go_to_a_thread() -> None:
         readings, hops = _perceive(sensor)
         assert hops == 1
         assert "cpu.percent" in readings
+
+
+def test_net_link_state_is_psutils_without_asking_the_driver() -> None:
+    stats = psutil.net_if_stats()
+    assert link_up(stats) == {name: s.isup for name, s in stats.items()}
+    assert link_up(["nosuch0"]) == {}
+
+
+def test_the_net_sensor_reads_on_the_loop() -> None:
+    readings, hops = _perceive(NetSensor(NetConfig(interfaces=["lo"])))
+    assert hops == 0
+    assert readings["lo.up"] is True
+    assert isinstance(readings["lo.bytes_recv"], int)
