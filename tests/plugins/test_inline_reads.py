@@ -5,12 +5,14 @@ the `net` sensor always reads on the loop, with the same link state psutil repor
 from __future__ import annotations
 
 import asyncio
+import os
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import psutil
 
-from agentd.plugins.builtin.net import NetConfig, NetSensor, link_up
+from agentd.plugins.builtin.net import KeptFile, NetConfig, NetSensor, link_up, parse_net_dev
 from agentd.plugins.builtin.system import SystemConfig, SystemSensor, on_local_filesystem
 
 
@@ -83,3 +85,44 @@ def test_the_net_sensor_reads_on_the_loop() -> None:
     assert hops == 0
     assert readings["lo.up"] is True
     assert isinstance(readings["lo.bytes_recv"], int)
+
+
+def test_the_kept_proc_net_dev_reads_what_psutil_reads() -> None:
+    dev = KeptFile("/proc/net/dev")
+    try:
+        for _ in range(2):  # the second read is from the kept descriptor, at offset 0
+            before = psutil.net_io_counters(pernic=True)
+            ours = parse_net_dev(dev.read())
+            after = psutil.net_io_counters(pernic=True)
+            assert sorted(ours) == sorted(before)
+            for name, counters in ours.items():
+                for field in counters._fields:
+                    assert (
+                        getattr(before[name], field)
+                        <= getattr(counters, field)
+                        <= getattr(after[name], field)
+                    ), (name, field)
+    finally:
+        dev.close()
+
+
+def test_kept_files_are_reread_and_closed(tmp_path: Path) -> None:
+    path = tmp_path / "state"
+    path.write_text("down\n")
+    f = KeptFile(str(path))
+    fds = len(os.listdir("/proc/self/fd"))
+    assert f.read() == b"down\n"
+    assert len(os.listdir("/proc/self/fd")) == fds + 1
+    path.write_text("up\n")  # same file, new content: read again from offset 0
+    assert f.read() == b"up\n"
+    f.close()
+    assert len(os.listdir("/proc/self/fd")) == fds
+
+
+def test_the_net_sensor_closes_its_files_when_stopped() -> None:
+    fds = len(os.listdir("/proc/self/fd"))
+    sensor = NetSensor(NetConfig())
+    _perceive(sensor)
+    assert len(os.listdir("/proc/self/fd")) > fds
+    sensor.stop()
+    assert len(os.listdir("/proc/self/fd")) == fds

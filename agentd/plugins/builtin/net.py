@@ -5,17 +5,22 @@ that reading instead of a huge negative one.
 Both reads run on the event loop: the counters come from /proc/net/dev and the link state from
 /sys/class/net/<if>/operstate, which the kernel answers from memory. (psutil's
 ``net_if_stats`` would also ask the driver for speed and duplex over ethtool, which on a USB
-NIC is a round trip to the device, and it cost a worker-thread hop every tick: issue #18.)"""
+NIC is a round trip to the device, and it cost a worker-thread hop every tick: issue #18.)
+The files stay open and are re-read from offset 0 (the kernel regenerates them on each read),
+parsed here: a third of psutil's ``net_io_counters`` per tick, which opens the file, decodes
+it and builds a named tuple per interface."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 import time
+import weakref
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, NamedTuple, final
 
 import msgspec
-import psutil
 
 from agentd.model import Value
 from agentd.plugins.base import PluginSpec
@@ -45,6 +50,95 @@ class NetConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     require: bool = True
 
 
+class Counters(NamedTuple):
+    """One interface's counters, as psutil's ``snetio`` names them."""
+
+    bytes_sent: int
+    bytes_recv: int
+    packets_sent: int
+    packets_recv: int
+    errin: int
+    errout: int
+    dropin: int
+    dropout: int
+
+
+@final
+class KeptFile:
+    """A /proc or /sys file kept open and read whole from offset 0 on each `read`; reopened
+    once when the kept descriptor fails (an interface that went away and came back)."""
+
+    __slots__ = ("__weakref__", "_fd", "_finalizer", "path")
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._fd = -1
+        #: closes the descriptor if the sensor is dropped without `stop` (a failed build)
+        self._finalizer: weakref.finalize[[int], KeptFile] | None = None
+
+    def read(self) -> bytes:
+        for attempt in (0, 1):
+            if self._fd < 0:
+                self._fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+                self._finalizer = weakref.finalize(self, _close_quietly, self._fd)
+            try:
+                return _pread_all(self._fd)
+            except OSError:
+                self.close()
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        # detached first: the number may belong to another file once closed
+        if self._finalizer is not None:
+            self._finalizer.detach()
+            self._finalizer = None
+        fd, self._fd = self._fd, -1
+        _close_quietly(fd)
+
+
+def _close_quietly(fd: int) -> None:
+    if fd >= 0:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
+def _pread_all(fd: int) -> bytes:
+    chunks = []
+    offset = 0
+    while True:
+        chunk = os.pread(fd, 65536, offset)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        offset += len(chunk)
+    return b"".join(chunks)
+
+
+def parse_net_dev(text: bytes) -> dict[str, Counters]:
+    """/proc/net/dev: two header lines, then ``name: 8 receive and 8 transmit counters``."""
+    out: dict[str, Counters] = {}
+    for line in text.splitlines()[2:]:
+        name, sep, rest = line.partition(b":")
+        if not sep:
+            continue
+        f = rest.split()
+        if len(f) < 16:
+            continue
+        out[name.strip().decode()] = Counters(
+            bytes_sent=int(f[8]),
+            bytes_recv=int(f[0]),
+            packets_sent=int(f[9]),
+            packets_recv=int(f[1]),
+            errin=int(f[2]),
+            errout=int(f[10]),
+            dropin=int(f[3]),
+            dropout=int(f[11]),
+        )
+    return out
+
+
 def _label(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_]+", "_", text).strip("_") or "x"
 
@@ -53,6 +147,8 @@ class NetSensor:
     def __init__(self, config: NetConfig) -> None:
         self.config = config
         self._last: dict[str, tuple[float, Any]] = {}
+        self._dev = KeptFile("/proc/net/dev")
+        self._operstate: dict[str, KeptFile] = {}
 
     async def perceive(self) -> dict[str, Value]:
         counters, stats = self._read()
@@ -82,23 +178,39 @@ class NetSensor:
                         out[f"{label}.{f}_per_s"] = delta / dt
         return out
 
-    def _read(self) -> tuple[dict[str, Any], dict[str, bool]]:
-        counters: dict[str, Any] = psutil.net_io_counters(pernic=True)
-        return counters, (link_up(counters) if self.config.link else {})
+    def _read(self) -> tuple[dict[str, Counters], dict[str, bool]]:
+        counters = parse_net_dev(self._dev.read())
+        return counters, (link_up(counters, self._operstate) if self.config.link else {})
+
+    def stop(self) -> None:
+        self._dev.close()
+        for f in self._operstate.values():
+            f.close()
+        self._operstate.clear()
 
 
-def link_up(names: Iterable[str]) -> dict[str, bool]:
+def link_up(names: Iterable[str], kept: dict[str, KeptFile] | None = None) -> dict[str, bool]:
     """Whether each interface is up and running, as psutil's ``isup`` (IFF_RUNNING: the kernel
     sets it when the operational state is "up" or "unknown", e.g. loopback); an interface that
-    went away meanwhile is left out."""
+    went away meanwhile is left out. ``kept``: the open operstate files, by interface."""
+    files = {} if kept is None else kept
+    wanted = list(names)
     out: dict[str, bool] = {}
-    for name in names:
+    for name in wanted:
+        f = files.get(name)
+        if f is None:
+            f = files[name] = KeptFile(f"/sys/class/net/{name}/operstate")
         try:
-            with open(f"/sys/class/net/{name}/operstate", encoding="ascii") as fh:
-                state = fh.read().strip()
+            state = f.read().strip()
         except OSError:
+            del files[name]
             continue
-        out[name] = state in ("up", "unknown")
+        out[name] = state in (b"up", b"unknown")
+    for gone in set(files) - set(wanted):
+        files.pop(gone).close()
+    if kept is None:
+        for f in files.values():
+            f.close()
     return out
 
 
