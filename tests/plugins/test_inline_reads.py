@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,13 @@ from typing import Any
 import psutil
 
 from agentd.plugins.builtin.net import KeptFile, NetConfig, NetSensor, link_up, parse_net_dev
-from agentd.plugins.builtin.system import SystemConfig, SystemSensor, on_local_filesystem
+from agentd.plugins.builtin.system import (
+    CpuBusy,
+    SystemConfig,
+    SystemSensor,
+    memory_available,
+    on_local_filesystem,
+)
 
 
 class CountingExecutor(ThreadPoolExecutor):
@@ -124,5 +131,36 @@ def test_the_net_sensor_closes_its_files_when_stopped() -> None:
     sensor = NetSensor(NetConfig())
     _perceive(sensor)
     assert len(os.listdir("/proc/self/fd")) > fds
+    sensor.stop()
+    assert len(os.listdir("/proc/self/fd")) == fds
+
+
+def test_cpu_and_memory_read_as_psutil_reads_them() -> None:
+    busy = CpuBusy()
+    psutil.cpu_percent(interval=None)
+    deadline = time.monotonic() + 0.5
+    while time.monotonic() < deadline:  # some CPU time to measure
+        sum(range(10_000))
+    ours, theirs = busy.percent(), psutil.cpu_percent(interval=None)
+    busy.close()
+    assert 0.0 < ours <= 100.0
+    assert abs(ours - theirs) <= 5.0, (ours, theirs)
+
+    vm = psutil.virtual_memory()
+    mem = memory_available(Path("/proc/meminfo").read_bytes())
+    assert mem is not None
+    total, avail = mem
+    assert total == vm.total
+    assert abs(avail - vm.available) < 64 * 2**20
+    readings = SystemSensor(SystemConfig(temperatures=False)).read()
+    assert abs(readings["memory.percent"] - vm.percent) <= 1.0
+    assert memory_available(b"MemTotal: 1000 kB\nMemFree: 10 kB\n") is None
+
+
+def test_the_system_sensor_closes_its_files_when_stopped() -> None:
+    fds = len(os.listdir("/proc/self/fd"))
+    sensor = SystemSensor(SystemConfig(temperatures=False))
+    sensor.read()
+    assert len(os.listdir("/proc/self/fd")) == fds + 2  # /proc/stat, /proc/meminfo
     sensor.stop()
     assert len(os.listdir("/proc/self/fd")) == fds
