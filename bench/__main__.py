@@ -26,6 +26,7 @@ GROUPS = [
     ["control"],
     ["store"],
     ["datagrowth"],
+    ["growth"],
     ["scaling"],
     ["telemetry"],
     ["uplink"],

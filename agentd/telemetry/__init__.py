@@ -13,6 +13,10 @@ record several, against a tick of a few hundred. So the hot path does almost not
   observable instruments; the rest (actions, control requests) are SDK counters on rare paths.
 - **Export** runs in the SDK's threads with bounded queues; a collector that is down costs
   dropped (and counted) spans, never a late tick.
+- **The SDK is loaded when something uses it**: an exporter (file, otlp), or the first
+  collection (`agentctl metrics`). With ``exporter = "none"`` (the default) and nobody asking,
+  the daemon never imports it: about 2 MiB of a ~30 MiB process (issue #18). Until then the
+  action and control counters are plain `Tally`\\s, handed to the SDK's counters when it loads.
 """
 
 from __future__ import annotations
@@ -29,44 +33,27 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, final
 
 import psutil
-from opentelemetry import trace
-from opentelemetry.metrics import CallbackOptions, Observation
-from opentelemetry.sdk.metrics import AlwaysOffExemplarFilter, MeterProvider
-from opentelemetry.sdk.metrics.export import MetricExporter, MetricReader
-from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SpanExporter
-from opentelemetry.sdk.trace.sampling import ALWAYS_ON
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from agentd import __version__
 from agentd.config import TelemetryConfig
 from agentd.model import MetricPoint, UplinkStatus
-from agentd.telemetry.export import (
-    BoundedSpanProcessor,
-    ExportState,
-    FileMetricExporter,
-    FileSpanExporter,
-    PresetIds,
-    RotatingFile,
-    WatchedMetricExporter,
-    otlp_exporters,
-)
-from agentd.telemetry.metrics import (
-    ExportingReader,
-    InProcessReader,
-    Points,
-    Produced,
-    metric_points,
-)
+from agentd.telemetry.produced import Points, Produced, Tally
 from agentd.telemetry.spans import LoopFigures, TickRecorder, TickSpans
 
 if TYPE_CHECKING:
-    from opentelemetry.sdk.trace import SpanProcessor
+    from opentelemetry import trace
+    from opentelemetry.metrics import CallbackOptions, Observation
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import MetricExporter, MetricReader, MetricsData
+    from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+    from opentelemetry.sdk.trace.export import SpanExporter
 
     from agentd.loop import TickSpan
     from agentd.model import TickReport
     from agentd.plugins.handle import PluginHandle
+    from agentd.telemetry.export import BoundedSpanProcessor, ExportState
+    from agentd.telemetry.metrics import InProcessReader
     from agentd.telemetry.prometheus import PrometheusEndpoint
 
 __all__ = ["LoopFigures", "Telemetry", "TickRecorder", "metric_points"]
@@ -98,87 +85,129 @@ class Telemetry(TickSpans):
         self.recent: deque[tuple[float, float]] = deque(maxlen=10_000)
         self._random = random.random
         self._ratio = config.tick_sample_ratio
-        self._ids = PresetIds()
         self._propagator = TraceContextTextMapPropagator()
         self._processor: BoundedSpanProcessor | None = None
         self._closed = False
-        resource = Resource.create(
-            {
-                "service.name": "agentd",
-                "service.version": __version__,
-                "service.instance.id": _instance_id(),
-                "host.name": socket.gethostname(),
-                **config.resource,
-            }
-        )
-        span_exporter: SpanExporter | None = None
-        metric_exporter: MetricExporter | None = None
-        if config.exporter == "file":
-            directory = state_dir / "telemetry"
-            directory.mkdir(parents=True, exist_ok=True, mode=0o750)
-            f = config.file
-            span_exporter = FileSpanExporter(
-                RotatingFile(directory / "spans.jsonl", f.max_bytes, f.keep)
-            )
-            metric_exporter = FileMetricExporter(
-                RotatingFile(directory / "metrics.jsonl", f.max_bytes, f.keep)
-            )
-        elif config.exporter == "otlp":
-            span_exporter, metric_exporter = otlp_exporters(config)
-        #: export failures, logged on state change (file: a full or read-only disk)
-        self.export_state = ExportState(
-            config.otlp.endpoint if config.exporter == "otlp" else str(state_dir / "telemetry")
-        )
-        if metric_exporter is not None:
-            metric_exporter = WatchedMetricExporter(metric_exporter, self.export_state)
-
-        self.reader = InProcessReader(self.produced)
-        readers: list[MetricReader] = [self.reader, *metric_readers]
-        #: [telemetry] prometheus: /metrics (agentd/telemetry/prometheus.py), bound here
-        self.prometheus: PrometheusEndpoint | None = None
-        if config.prometheus:
-            from agentd.telemetry.prometheus import PrometheusEndpoint
-
-            self.prometheus = PrometheusEndpoint(config.prometheus, self.produced)
-            readers.append(self.prometheus.reader)
+        self._state_dir = state_dir
+        self._actions = Tally()
+        self._control = Tally()
+        self._sdk_lock = threading.Lock()
+        #: the SDK's providers and readers: built by `_load_sdk`, at once when something
+        #: exports or extra readers/processors are given, else on the first `collect`
+        self.meter_provider: MeterProvider | None = None
+        self.reader: InProcessReader | None = None
         #: the periodic exporting reader (file, otlp), if any
         self.exporting: MetricReader | None = None
-        if metric_exporter is not None:
-            self.exporting = ExportingReader(
-                metric_exporter, config.metrics_interval, self.produced
-            )
-            readers.append(self.exporting)
-        self.meter_provider = MeterProvider(
-            metric_readers=readers,
-            resource=resource,
-            shutdown_on_exit=False,
-            # exemplars would tie metric points to trace ids: a cost on every record, no use here
-            exemplar_filter=AlwaysOffExemplarFilter(),
-        )
         self.tracer_provider: TracerProvider | None = None
         self.tracer: trace.Tracer | None = None
-        if span_exporter is not None or span_processors:
-            self.tracer_provider = TracerProvider(
-                sampler=ALWAYS_ON,  # sampling is decided here, per tick, up front
-                resource=resource,
-                id_generator=self._ids,
-                shutdown_on_exit=False,
+        #: export failures, logged on state change (file: a full or read-only disk)
+        self.export_state: ExportState | None = None
+        #: [telemetry] prometheus: /metrics (agentd/telemetry/prometheus.py); its reader is
+        #: an SDK reader, so the SDK loads at start when it is configured
+        self.prometheus: PrometheusEndpoint | None = None
+        self._sources()
+        if config.exporter != "none" or span_processors or metric_readers or config.prometheus:
+            self._load_sdk(span_processors, metric_readers)
+
+    def _load_sdk(
+        self,
+        span_processors: Sequence[SpanProcessor] = (),
+        metric_readers: Sequence[MetricReader] = (),
+    ) -> InProcessReader:
+        """Import the SDK and build the providers, the exporters and the instruments (once;
+        from the loop at start, or from a `collect` thread). Returns the in-process reader."""
+        with self._sdk_lock:
+            if self.reader is not None:
+                return self.reader
+            from opentelemetry.sdk.metrics import AlwaysOffExemplarFilter, MeterProvider
+            from opentelemetry.sdk.resources import Resource
+            from opentelemetry.sdk.trace import TracerProvider
+            from opentelemetry.sdk.trace.sampling import ALWAYS_ON
+
+            from agentd.telemetry.export import (
+                BoundedSpanProcessor,
+                ExportState,
+                FileMetricExporter,
+                FileSpanExporter,
+                PresetIds,
+                RotatingFile,
+                WatchedMetricExporter,
+                otlp_exporters,
             )
-            if span_exporter is not None:
-                self._processor = BoundedSpanProcessor(
-                    span_exporter, config.max_queue, config.batch_size, self.export_state
+            from agentd.telemetry.metrics import ExportingReader, InProcessReader
+
+            config, state_dir = self.config, self._state_dir
+            resource = Resource.create(
+                {
+                    "service.name": "agentd",
+                    "service.version": __version__,
+                    "service.instance.id": _instance_id(),
+                    "host.name": socket.gethostname(),
+                    **config.resource,
+                }
+            )
+            span_exporter: SpanExporter | None = None
+            metric_exporter: MetricExporter | None = None
+            if config.exporter == "file":
+                directory = state_dir / "telemetry"
+                directory.mkdir(parents=True, exist_ok=True, mode=0o750)
+                f = config.file
+                span_exporter = FileSpanExporter(
+                    RotatingFile(directory / "spans.jsonl", f.max_bytes, f.keep)
                 )
-                self.tracer_provider.add_span_processor(self._processor)
-            for processor in span_processors:
-                self.tracer_provider.add_span_processor(processor)
-            self.tracer = self.tracer_provider.get_tracer("agentd", __version__)
-        self._instruments()
+                metric_exporter = FileMetricExporter(
+                    RotatingFile(directory / "metrics.jsonl", f.max_bytes, f.keep)
+                )
+            elif config.exporter == "otlp":
+                span_exporter, metric_exporter = otlp_exporters(config)
+            self.export_state = ExportState(
+                config.otlp.endpoint if config.exporter == "otlp" else str(state_dir / "telemetry")
+            )
+            if metric_exporter is not None:
+                metric_exporter = WatchedMetricExporter(metric_exporter, self.export_state)
+
+            reader = InProcessReader(self.produced)
+            readers: list[MetricReader] = [reader, *metric_readers]
+            if config.prometheus:
+                from agentd.telemetry.prometheus import PrometheusEndpoint
+
+                self.prometheus = PrometheusEndpoint(config.prometheus, self.produced)
+                readers.append(self.prometheus.reader)
+            if metric_exporter is not None:
+                self.exporting = ExportingReader(
+                    metric_exporter, config.metrics_interval, self.produced
+                )
+                readers.append(self.exporting)
+            self.meter_provider = MeterProvider(
+                metric_readers=readers,
+                resource=resource,
+                shutdown_on_exit=False,
+                # exemplars would tie metric points to trace ids: a cost on every record
+                exemplar_filter=AlwaysOffExemplarFilter(),
+            )
+            if span_exporter is not None or span_processors:
+                self._ids = PresetIds()
+                self.tracer_provider = TracerProvider(
+                    sampler=ALWAYS_ON,  # sampling is decided here, per tick, up front
+                    resource=resource,
+                    id_generator=self._ids,
+                    shutdown_on_exit=False,
+                )
+                if span_exporter is not None:
+                    self._processor = BoundedSpanProcessor(
+                        span_exporter, config.max_queue, config.batch_size, self.export_state
+                    )
+                    self.tracer_provider.add_span_processor(self._processor)
+                for processor in span_processors:
+                    self.tracer_provider.add_span_processor(processor)
+                self.tracer = self.tracer_provider.get_tracer("agentd", __version__)
+            self._instruments(self.meter_provider)
+            self.reader = reader
+            return reader
 
     # -- instruments -------------------------------------------------------------------------
-    def _instruments(self) -> None:
-        m = self.meter_provider.get_meter("agentd", __version__)
-        counter = m.create_observable_counter
-        gauge = m.create_observable_up_down_counter
+    def _sources(self) -> None:
+        """The figures read at collection time (no SDK needed until then)."""
         src = self.produced.sources
         src["agentd.loop.ticks"] = ("counter", "{tick}", "Ticks run", self._ticks)
         src["agentd.loop.overruns"] = (
@@ -223,21 +252,32 @@ class Telemetry(TickSpans):
             "Journal rows dropped by retention or because the write queue was full",
             self._store_dropped,
         )
-        gauge("process.memory.usage", [self._rss], "By", "Resident set size")
-        counter("process.cpu.time", [self._cpu], "s", "CPU time by mode")
-        gauge("process.open_file_descriptor.count", [self._fds], "{file_descriptor}", "Open fds")
-        gauge("process.thread.count", [self._threads], "{thread}", "Threads")
-        self._actions = m.create_counter(
-            "agentd.actions", "{action}", "Actions run, by actuator and result status"
-        )
-        self._control = m.create_counter(
-            "agentd.control.requests", "{request}", "Control requests, by command and result"
-        )
         self._process = psutil.Process()
         self._proc_now: tuple[int, Any, int] = (0, None, 0)
         self._proc_at = -math.inf
         self._err_seen: dict[tuple[str, str], tuple[int, int]] = {}
         self._err_base: dict[tuple[str, str], int] = {}
+
+    def _instruments(self, provider: MeterProvider) -> None:
+        """The SDK's own instruments: process gauges, and the action and control counters
+        (what the tallies counted so far is handed over)."""
+        m = provider.get_meter("agentd", __version__)
+        counter = m.create_observable_counter
+        gauge = m.create_observable_up_down_counter
+        gauge("process.memory.usage", [self._rss], "By", "Resident set size")
+        counter("process.cpu.time", [self._cpu], "s", "CPU time by mode")
+        gauge("process.open_file_descriptor.count", [self._fds], "{file_descriptor}", "Open fds")
+        gauge("process.thread.count", [self._threads], "{thread}", "Threads")
+        actions = m.create_counter(
+            "agentd.actions", "{action}", "Actions run, by actuator and result status"
+        )
+        control = m.create_counter(
+            "agentd.control.requests", "{request}", "Control requests, by command and result"
+        )
+        for tally, sdk in ((self._actions, actions), (self._control, control)):
+            if isinstance(tally, Tally):
+                tally.forward(sdk)
+        self._actions, self._control = actions, control
 
     def _ticks(self) -> Points:
         return [(self.loop.ticks, {})] if self.loop is not None else []
@@ -343,9 +383,13 @@ class Telemetry(TickSpans):
         return self._proc_now
 
     def _rss(self, _: CallbackOptions) -> Iterable[Observation]:
+        from opentelemetry.metrics import Observation
+
         return [Observation(self._proc()[0])]
 
     def _cpu(self, _: CallbackOptions) -> Iterable[Observation]:
+        from opentelemetry.metrics import Observation
+
         t = self._proc()[1]
         return [
             Observation(t.user, {"cpu.mode": "user"}),
@@ -353,16 +397,20 @@ class Telemetry(TickSpans):
         ]
 
     def _fds(self, _: CallbackOptions) -> Iterable[Observation]:
+        from opentelemetry.metrics import Observation
+
         return [Observation(self._process.num_fds())]
 
     def _threads(self, _: CallbackOptions) -> Iterable[Observation]:
+        from opentelemetry.metrics import Observation
+
         return [Observation(self._proc()[2])]
 
     # -- reading -------------------------------------------------------------------------------
     def collect(self) -> list[MetricPoint]:
         """Current values from the in-process reader. Runs the observable callbacks (psutil):
         call it off the loop (``asyncio.to_thread``)."""
-        data = self.reader.get_metrics_data()
+        data = self._load_sdk().get_metrics_data()
         return metric_points(data) if data is not None else []
 
     def recent_lateness_p99(self, window: float) -> float | None:
@@ -392,9 +440,10 @@ class Telemetry(TickSpans):
         if self.prometheus is not None:
             self.prometheus.close()  # first: no scrape collects while the providers stop
         deadline = time.monotonic() + timeout
-        closers: list[Callable[[], object]] = [
-            lambda: self.meter_provider.shutdown(timeout_millis=timeout * 1e3)
-        ]
+        closers: list[Callable[[], object]] = []
+        meters = self.meter_provider
+        if meters is not None:
+            closers.append(lambda: meters.shutdown(timeout_millis=timeout * 1e3))
         if self.tracer_provider is not None:
             closers.append(self.tracer_provider.shutdown)
         threads = []
@@ -413,6 +462,13 @@ class Telemetry(TickSpans):
             log.warning("telemetry: exporters still busy after %gs; giving up on them", timeout)
             return False
         return True
+
+
+def metric_points(data: MetricsData) -> list[MetricPoint]:
+    """MetricsData -> MetricPoint rows (agentd/telemetry/metrics.py, which imports the SDK)."""
+    from agentd.telemetry.metrics import metric_points as convert
+
+    return convert(data)
 
 
 def _quietly(close: Callable[[], object]) -> None:

@@ -32,7 +32,7 @@ from prometheus_client.exposition import choose_encoder
 
 from agentd.errors import ConfigError
 from agentd.model import Observation, Value
-from agentd.telemetry.metrics import Produced
+from agentd.telemetry.produced import Produced
 
 __all__ = [
     "MAX_CONNECTIONS",

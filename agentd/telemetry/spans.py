@@ -12,18 +12,21 @@ from typing import TYPE_CHECKING, Any, Final, Protocol, final
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.metrics import Counter
 from opentelemetry.trace import NonRecordingSpan, SpanContext, Status, StatusCode, TraceFlags
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from agentd.config import TelemetryConfig
 from agentd.model import Action, ActionResult, TickReport
-from agentd.telemetry.export import PresetIds
-from agentd.telemetry.metrics import Produced
+from agentd.telemetry.produced import Produced, Tally
 
 if TYPE_CHECKING:
+    from opentelemetry.metrics import Counter
+
     from agentd.loop import TickSpan
     from agentd.plugins.handle import PolicyRunner
+
+    # export.py imports the SDK; `Telemetry` makes the ids only along with a tracer
+    from agentd.telemetry.export import PresetIds
 
 __all__ = ["ActionRun", "LoopFigures", "RequestLike", "TickRecorder", "TickSpans"]
 
@@ -106,8 +109,8 @@ class TickSpans:
     _ratio: float
     _ids: PresetIds
     _propagator: TraceContextTextMapPropagator
-    _actions: Counter
-    _control: Counter
+    _actions: Counter | Tally
+    _control: Counter | Tally
 
     # -- the loop's hooks ----------------------------------------------------------------------
     def begin_tick(self, tick: int) -> TickRecorder | None:

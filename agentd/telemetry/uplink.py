@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterable
 from typing import Final
 
 from agentd.model import UplinkStatus, UplinkStreamStatus
-from agentd.telemetry.metrics import Points
+from agentd.telemetry.produced import Points
 
 __all__ = ["Source", "uplink_sources"]
 

@@ -70,10 +70,13 @@ def test_service_settings_the_frozen_binary_needs() -> None:
     assert seconds(s["WatchdogSec"][0]) > 0
     assert s["ExecReload"][0].split()[1:] == ["reload"]
     assert s["ExecReload"][0].split()[0].endswith("/agentctl")
-    for key in ("StateDirectory", "RuntimeDirectory", "ConfigurationDirectory", "User", "Group"):
+    for key in ("RuntimeDirectory", "ConfigurationDirectory", "User", "Group"):
         assert s[key] == ["agentd"], key
-    # the bootloader unpacks under $TMPDIR: the runtime directory, which systemd removes
-    assert s["Environment"] == ["TMPDIR=%t/agentd"]
+    # the bootloader unpacks under $TMPDIR: on disk in the state directory, not tmpfs
+    # (tests/packaging/test_unpack.py), emptied before each start
+    assert s["StateDirectory"] == ["agentd agentd/unpack"]
+    assert s["Environment"] == ["TMPDIR=%S/agentd/unpack"]
+    assert s["ExecStartPre"] == ["/usr/bin/find %S/agentd/unpack -mindepth 1 -delete"]
     for key in (
         "NoNewPrivileges",
         "ProtectHome",
