@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from agentd import __version__
 
 if TYPE_CHECKING:
+    from agentd.config import Config
     from agentd.plugins.registry import Registry
 
 __all__ = ["main"]
@@ -132,9 +133,9 @@ def _config_path(explicit: str | None) -> str | None:
     return str(found) if found else None
 
 
-def _check_config(file: str | None) -> int:
-    """Shapes (`config.load`), then what can never work (agentd/config_refs.py). With no file
-    argument it says which config it checked."""
+def _load_checked(file: str | None) -> tuple[str | None, Config, Registry, list[str]] | int:
+    """Load a config (shapes, `config.load`) with the registry it was checked against, and
+    what can never work in it (agentd/config_refs.py); an exit code if it does not load."""
     from agentd.config import load
     from agentd.config_refs import check_host, check_references
     from agentd.errors import ConfigError
@@ -155,7 +156,16 @@ def _check_config(file: str | None) -> int:
             print(line, file=sys.stderr)
         return EXIT_ERROR
     assert registry is not None
-    problems = check_references(config, registry) + check_host(config)
+    return path, config, registry, check_references(config, registry) + check_host(config)
+
+
+def _check_config(file: str | None) -> int:
+    """Shapes, then what can never work. With no file argument it says which config it
+    checked."""
+    loaded = _load_checked(file)
+    if isinstance(loaded, int):
+        return loaded
+    path, _, _, problems = loaded
     for line in problems:
         print(line, file=sys.stderr)
     if problems:
@@ -169,29 +179,13 @@ def _test(file: str | None, ticks: int, act: bool) -> int:
     import logging
     import os
 
-    from agentd.config import load
-    from agentd.config_refs import check_host, check_references
     from agentd.daemon import loop_settings
     from agentd.dryrun import dry_run
-    from agentd.errors import ConfigError
-    from agentd.plugins.registry import default_registry
 
-    path = _config_path(file)
-    registry = None
-
-    def catalog(blocked: Iterable[str]) -> Registry:
-        nonlocal registry
-        registry = default_registry(blocked)
-        return registry
-
-    try:
-        config = load(path, catalog)
-    except ConfigError as exc:
-        for line in exc.errors:
-            print(line, file=sys.stderr)
-        return EXIT_ERROR
-    assert registry is not None
-    problems = check_references(config, registry) + check_host(config)
+    loaded = _load_checked(file)
+    if isinstance(loaded, int):
+        return loaded
+    path, config, registry, problems = loaded
     print(f"testing {path or 'the embedded default config'}: {ticks} tick{'s' * (ticks != 1)}")
     if act:
         print("--act: the actuators really run: their side effects happen", flush=True)
