@@ -18,6 +18,7 @@ from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any, Final
 
 from agentd import __version__
+from agentd.assembly import build_control, build_loop, build_telemetry
 from agentd.config import Config, load, resolve_runtime_dir, resolve_state_dir
 from agentd.errors import AgentdError, ConfigError
 from agentd.fanout import TickFanout
@@ -34,11 +35,12 @@ from agentd.lifecycle import (
     STOP_TELEMETRY_TIMEOUT,
     DaemonOptions,
     DaemonState,
+    abandon_stuck_threads,
     loop_settings,
     run_stage,
 )
 from agentd.lock import InstanceLock
-from agentd.loop import PerceptionLoop, TickObserver
+from agentd.loop import PerceptionLoop
 from agentd.model import UplinkStatus
 from agentd.paths import check_private_dir
 from agentd.plugins.capabilities import Grants
@@ -160,10 +162,10 @@ class Daemon:
         for problem in self.registry.problems:
             log.warning("plugin skipped: %s", problem)
         await self.supervisor.start_all(self.config)
-        self.telemetry = self._make_telemetry()
+        self.telemetry = build_telemetry(self.config, self.state_dir)
         # READY=1 after the first tick, a watchdog fed from the loop's progress
         self.systemd = service_notifier(lambda: f"plugins {self.supervisor.summary()}")
-        self.loop = loop = self._make_loop()
+        self.loop = loop = build_loop(self)
         if self.telemetry is not None:
             self.telemetry.observe(loop, self.supervisor.all, self.store, self.uplink_states)
         if self.store is not None:
@@ -195,32 +197,6 @@ class Daemon:
         self.events.journal_event("agentd.started", started)
         if self.systemd is not None:
             self.spawn(self.systemd.run(loop), name="systemd-notify")
-
-    def _make_loop(self) -> PerceptionLoop:
-        """The loop with every collaborator it will have: the store's journal and key ledger,
-        the watch fan-out, the systemd notifier, telemetry's tracer and action hook."""
-        store, telemetry, sup = self.store, self.telemetry, self.supervisor
-        observers: list[TickObserver] = []
-        if store is not None:
-            from agentd.journaling import TickJournal
-
-            observers.append(TickJournal(store, sup.policies))
-        observers.append(self.fanout)
-        if self.systemd is not None:
-            observers.append(self.systemd)
-        return PerceptionLoop(
-            loop_settings(self.config),
-            sup.sensors(),
-            sup.policies(),
-            sup.actuators(),
-            observers=observers,
-            tracer=telemetry,
-            ledger=store,
-            action_hook=telemetry.run_action if telemetry is not None else None,
-            # agentctl act: results outside a tick go to the action journal too
-            manual_sinks=[store.journal_result] if store is not None else [],
-            executor=self.executor,
-        )
 
     async def main_loop(self) -> None:
         await self._stop.wait()
@@ -260,7 +236,7 @@ class Daemon:
         await self._stage("flush_store", FLUSH_STORE_TIMEOUT, self._close_store())
         await self._stage("stop_telemetry", STOP_TELEMETRY_TIMEOUT, self._stop_telemetry())
         self._remove_signal_handlers()
-        _abandon_stuck_threads(self.executor)
+        abandon_stuck_threads(self.executor)
         self.lock.release()
         self.state = DaemonState.STOPPED
         log.info("stopped")
@@ -397,15 +373,6 @@ class Daemon:
         return errors
 
     # -- telemetry (agentd/telemetry/, agentd/health.py) ---------------------------------------
-    def _make_telemetry(self) -> Telemetry | None:
-        """Providers and exporters (before the loop: it traces every tick from the first). A
-        missing OTLP extra is a ConfigError: agentd refuses to start."""
-        if not self.config.telemetry.enabled:
-            return None
-        from agentd.telemetry import Telemetry
-
-        return Telemetry(self.config.telemetry, self.state_dir)
-
     async def _stop_telemetry(self) -> None:
         telemetry, self.telemetry = self.telemetry, None
         if telemetry is not None:
@@ -414,31 +381,9 @@ class Daemon:
     # -- the control plane (agentd/control/) ------------------------------------------------
     async def _start_control(self) -> None:
         """Listen on the control socket (after the loop exists: the API reads it)."""
-        c = self.config.control
-        if not c.enabled or self.loop is None:
-            return
-        from agentd.control.api import ControlApi
-        from agentd.control.server import ControlServer
-        from agentd.paths import socket_path
-
-        api = ControlApi(
-            loop=self.loop,
-            plugins=self.supervisor,
-            store=self.store,
-            telemetry=self.telemetry,
-            registry=self.registry,
-            lifecycle=self,
-            uplinks=self.uplink_states,
-            fleet=self.fleet,
-        )
-        # `agentctl watch` hears ticks and late results through the fan-out the loop was
-        # built with; the control plane never touches the loop's own collaborators
-        self.fanout.subscribe(api)
-        # telemetry makes a span per request
-        hooks = [self.telemetry.request_hook] if self.telemetry is not None else []
-        path = socket_path(self.runtime_dir, c.socket)
-        self.control = ControlServer(api, c, path, hooks=hooks)
-        await self.control.start()
+        self.control = build_control(self)
+        if self.control is not None:
+            await self.control.start()
 
     async def _stop_control(self) -> None:
         """First stage of shutdown: stop accepting requests, answer those in flight."""
@@ -503,20 +448,6 @@ class Daemon:
 
     def uptime(self) -> float:
         return time.monotonic() - self.started_mono if self.started_mono else 0.0
-
-
-def _abandon_stuck_threads(executor: PluginExecutor) -> None:
-    """Name the plugin calls still running in threads: they are daemon threads, so the
-    process exits without them (a thread blocked in the kernel cannot be stopped)."""
-    running = executor.running()
-    if running:
-        now = time.monotonic()
-        log.warning(
-            "abandoning %d plugin calls stuck in threads: %s",
-            len(running),
-            ", ".join(c.describe(now) for c in running),
-        )
-    executor.shutdown(wait=False)
 
 
 def run_daemon(config: Config, options: DaemonOptions) -> int:

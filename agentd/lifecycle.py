@@ -1,6 +1,7 @@
 """The daemon's lifecycle vocabulary: its states and options, the named shutdown stages with
 their timeouts (their sum must stay below the unit's ``TimeoutStopSec``; a test checks it),
-`run_stage` (one stage, cut short by a second signal) and the loop's settings from a config.
+`run_stage` (one stage, cut short by a second signal), the loop's settings from a config, and
+`abandon_stuck_threads` (the last word on plugin threads at exit).
 `agentd.daemon` re-exports these."""
 
 from __future__ import annotations
@@ -8,12 +9,16 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import time
 from collections.abc import Awaitable
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from agentd.config import Config
 from agentd.loop import LoopSettings
+
+if TYPE_CHECKING:
+    from agentd.plugins.executor import PluginExecutor
 
 __all__ = [
     "DUPLICATE_SIGNAL_WINDOW",
@@ -28,6 +33,7 @@ __all__ = [
     "STOP_TELEMETRY_TIMEOUT",
     "DaemonOptions",
     "DaemonState",
+    "abandon_stuck_threads",
     "loop_settings",
     "run_stage",
 ]
@@ -116,3 +122,17 @@ def loop_settings(config: Config) -> LoopSettings:
         max_actions_per_tick=a.max_actions_per_tick,
         max_concurrent_actions=a.max_concurrent_actions,
     )
+
+
+def abandon_stuck_threads(executor: PluginExecutor) -> None:
+    """Name the plugin calls still running in threads: they are daemon threads, so the
+    process exits without them (a thread blocked in the kernel cannot be stopped)."""
+    running = executor.running()
+    if running:
+        now = time.monotonic()
+        log.warning(
+            "abandoning %d plugin calls stuck in threads: %s",
+            len(running),
+            ", ".join(c.describe(now) for c in running),
+        )
+    executor.shutdown(wait=False)

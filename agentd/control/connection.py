@@ -21,7 +21,6 @@ import msgspec
 from agentd.control.commands import (
     ROLE_RANK,
     Command,
-    CommandError,
     Peer,
     RequestContext,
     Role,
@@ -29,7 +28,6 @@ from agentd.control.commands import (
 from agentd.control.protocol import (
     HEADER,
     ErrorCode,
-    ErrorInfo,
     Event,
     EventKind,
     FrameBuffer,
@@ -38,8 +36,8 @@ from agentd.control.protocol import (
     Response,
     encode_frame,
 )
+from agentd.control.replies import args_message, bad_request_reply, error_frame, failure_reply
 from agentd.control.state import SHARE
-from agentd.errors import AgentdError, ConfigError, StoreError, VersionConflict
 
 if TYPE_CHECKING:
     from agentd.control.state import ServerState
@@ -59,16 +57,8 @@ WATCH_HIGH_WATER: Final = 16 * 1024
 _PEERCRED = struct.Struct("3i")
 
 _request_decoder = msgspec.msgpack.Decoder(Request)
-_any_decoder = msgspec.msgpack.Decoder()
 #: a request's finisher: gets the error code (None: ok) once the response is made
 Finish = Callable[[str | None], None]
-
-
-def _error_frame(
-    rid: int | str | None, code: ErrorCode, message: str, details: list[str] | None = None
-) -> bytes:
-    error = ErrorInfo(code=code, message=message, details=details or [])
-    return encode_frame(Response(id=rid, error=error))
 
 
 class Connection(asyncio.Protocol):
@@ -124,7 +114,7 @@ class Connection(asyncio.Protocol):
         refusal = state.admit(self)
         if refusal is not None:
             code, message = refusal
-            transport.write(_error_frame(None, code, message))
+            transport.write(error_frame(None, code, message))
             self.closed = True
             transport.close()
             return
@@ -239,7 +229,7 @@ class Connection(asyncio.Protocol):
                 try:
                     body = frames.next()
                 except FrameTooLarge as exc:
-                    out.append(_error_frame(None, "bad_frame", f"{exc}; closing the connection"))
+                    out.append(error_frame(None, "bad_frame", f"{exc}; closing the connection"))
                     state.errors["bad_frame"] += 1
                     frames.clear()
                     self._write(out)
@@ -295,7 +285,7 @@ class Connection(asyncio.Protocol):
             try:
                 args = msgspec.convert(req.args, cmd.args_type, str_keys=True)
             except msgspec.ValidationError as exc:
-                return self._error(req.id, "bad_args", f"{req.cmd}: {_args_message(exc)}")
+                return self._error(req.id, "bad_args", f"{req.cmd}: {args_message(exc)}")
         ctx = RequestContext(state, self, req, state.api)
         if state.hooks:
             reply: bytes | None = contextvars.copy_context().run(self._run_hooked, cmd, ctx, args)
@@ -421,21 +411,7 @@ class Connection(asyncio.Protocol):
         exc: BaseException,
         finish: Finish | None,
     ) -> bytes:
-        details: list[str] = []
-        code: ErrorCode
-        if isinstance(exc, CommandError):
-            code, message, details = exc.code, str(exc), exc.details
-        elif isinstance(exc, VersionConflict):
-            code, message = "conflict", str(exc)
-        elif isinstance(exc, ConfigError):
-            code, message, details = "invalid_config", str(exc), exc.errors
-        elif isinstance(exc, StoreError | AgentdError):
-            code, message = "failed", str(exc)
-        elif isinstance(exc, msgspec.ValidationError):
-            code, message = "bad_args", f"{cmd.name}: {_args_message(exc)}"
-        else:
-            code, message = "internal", f"{cmd.name} failed: {type(exc).__name__}: {exc}"
-            log.error("control command %s failed", cmd.name, exc_info=exc)
+        code, message, details = failure_reply(cmd.name, exc)
         if finish is not None:
             finish(code)
         return self._error(rid, code, message, details)
@@ -448,21 +424,11 @@ class Connection(asyncio.Protocol):
         details: list[str] | None = None,
     ) -> bytes:
         self.state.errors[code] += 1
-        return _error_frame(rid, code, message, details)
+        return error_frame(rid, code, message, details)
 
     def _bad_request(self, body: bytes, exc: Exception) -> bytes:
-        rid: int | str | None = None
-        try:
-            raw = _any_decoder.decode(body)
-        except Exception:  # noqa: BLE001 - any decoding failure means the same to the peer
-            return self._error(None, "bad_request", "the frame is not a msgpack message")
-        if isinstance(raw, dict):
-            value = raw.get("id")
-            if isinstance(value, int | str) and not isinstance(value, bool):
-                rid = value
-        if isinstance(exc, msgspec.ValidationError):
-            return self._error(rid, "bad_request", f"not a request: {_args_message(exc)}")
-        return self._error(rid, "bad_request", "the frame is not a msgpack message")
+        rid, message = bad_request_reply(body, exc)
+        return self._error(rid, "bad_request", message)
 
     # -- watch -------------------------------------------------------------------------------
     def add_watch(self, rid: int | str, kinds: frozenset[str]) -> None:
@@ -503,11 +469,3 @@ class Connection(asyncio.Protocol):
         self.closed = True
         if self.transport is not None:
             self.transport.abort()
-
-
-def _args_message(exc: msgspec.ValidationError) -> str:
-    text = str(exc)
-    head, sep, path = text.partition(" - at `$")
-    if sep:
-        return f"{path.rstrip('`').lstrip('.')}: {head}"
-    return text

@@ -31,6 +31,13 @@ from agentd.uplink import envelope as env
 from agentd.uplink.base import STREAMS, Delivery, Link, Message, Stream, TransportError, Uplink
 from agentd.uplink.batcher import Batcher
 from agentd.uplink.config import UplinkSettings
+from agentd.uplink.cursors import (
+    apply_watermarks,
+    count_backlog,
+    drained,
+    first_overdue,
+    rewind,
+)
 from agentd.uplink.parts import (
     Batch,
     StreamCursor,
@@ -159,7 +166,7 @@ class UplinkEngine:
             reads.append(self._counting)
         self._watchers = []
         for st in self._streams.values():
-            self._rewind(st)  # nothing is in flight after this; reads ahead are cancelled
+            rewind(st)  # nothing is in flight after this; reads ahead are cancelled
         await asyncio.gather(task, *reads, return_exceptions=True)
         self._task = None
         remaining = max(0.0, self._stop_at - loop.time())
@@ -279,7 +286,7 @@ class UplinkEngine:
             log.info("uplink %s: connected (%s)", self.name, link.protocol)
             self._event("uplink.connected", protocol=link.protocol, reconnects=self._reconnects)
         for st in self._streams.values():
-            self._rewind(st)
+            rewind(st)
 
     def _disconnected(self) -> None:
         if self._link is not None and self._stop_at is None:
@@ -289,24 +296,11 @@ class UplinkEngine:
         self._link = None
         self._since = self._clock()
         for st in self._streams.values():
-            self._rewind(st)
+            rewind(st)
 
     def _event(self, kind: str, **data: object) -> None:
         """The uplink's state changes go into the events journal (and so to the fleet)."""
         self.store.journal_event(kind, {"uplink": self.name, **data})
-
-    def _rewind(self, st: StreamCursor) -> None:
-        """Forget what is buffered and in flight: the next read starts after the cursor
-        (end_to_end: after the consumer's watermark), and old answers are ignored."""
-        st.gen += 1
-        st.inflight.clear()
-        st.buffer.clear()
-        if st.prefetch is not None:
-            st.prefetch.task.cancel()
-            st.prefetch = None
-        st.buffer_bytes = 0
-        start = st.acked if st.confirmed is None else min(st.confirmed, st.acked)
-        st.read = start
 
     # -- one connection ----------------------------------------------------------------------
     async def _session(self) -> None:
@@ -354,14 +348,15 @@ class UplinkEngine:
             if stopping and not self._offline_sent:
                 self._offline_sent = True
                 self._send_status(online=False, clean=True)
-            if (overdue := self._overdue()) is not None:
+            overdue = first_overdue(self._streams.values(), self.settings.ack_timeout)
+            if overdue is not None:
                 # a broker that keeps the link (pings) but never answers must not stall us
                 await self.transport.close(0)
                 raise TransportError(f"no PUBACK within {overdue:.0f}s")
             timeout = await self._batcher.fill(self._streams.values(), stopping, self._is_lost)
             if self._is_lost():
                 break
-            if stopping and self._drained_now():
+            if stopping and drained(self._streams.values(), self.store):
                 self._drained.set()
                 await asyncio.sleep(3600)  # stop() cancels us
             self._refresh_soon()
@@ -374,14 +369,6 @@ class UplinkEngine:
                 await asyncio.wait_for(self._wake.wait(), timeout)
         raise TransportError(self._last_error or "link lost")
 
-    def _overdue(self) -> float | None:
-        limit = self.settings.ack_timeout
-        now = time.monotonic()
-        for st in self._streams.values():
-            if st.inflight and now - st.inflight[0].sent_at > limit:
-                return limit
-        return None
-
     def _birth_answered(self, birth: asyncio.Future[Delivery]) -> None:
         if birth.cancelled() or birth.exception() is not None:
             return
@@ -391,14 +378,6 @@ class UplinkEngine:
         else:
             self._refused = f"status refused by the broker ({describe(got)})"
             log.error("uplink %s: %s", self.name, self._refused)
-
-    def _drained_now(self) -> bool:
-        now = time.monotonic()
-        return not any(
-            (st.inflight or st.buffer or st.read < self.store.stream_head(st.name))
-            and now >= st.blocked_until
-            for st in self._streams.values()
-        )
 
     # -- answers -----------------------------------------------------------------------------
     def _collect(self) -> None:
@@ -425,7 +404,7 @@ class UplinkEngine:
             s = self.settings
             delay = full_jitter(self._rng, st.failures, s.reconnect_min, s.reconnect_max)
             st.blocked_until = time.monotonic() + delay
-            self._rewind(st)
+            rewind(st)
             return
         if st.failures:
             log.warning("uplink %s: %s accepted again", self.name, st.name)
@@ -450,19 +429,7 @@ class UplinkEngine:
         if now - self._backlog_at < BACKLOG_EVERY:
             return
         self._backlog_at = now
-        for st in self._streams.values():
-            b = await self.store.stream_backlog(st.name, st.acked)
-            st.backlog_rows, st.backlog_bytes = b.rows, b.bytes
-            if not b.rows:
-                st.backlog_since = st.oldest_wall = None
-                continue
-            if st.backlog_since is None:
-                st.backlog_since = now
-            # a wall time is an age only if the row was written, and is read, synchronized
-            # (a Pi boots in 1970 and steps at the first NTP sync); else: how long we've lagged
-            first = await self.store.stream_rows(st.name, st.acked, 1, 1)
-            trusted = bool(first) and first[0].synced and self.store.clock.synced()
-            st.oldest_wall = first[0].wall if trusted else None
+        await count_backlog(self.store, self._streams.values(), now)
 
     def _send_status(self, *, online: bool, clean: bool) -> asyncio.Future[Delivery]:
         fut = asyncio.ensure_future(self.transport.send(self._status(online=online, clean=clean)))
@@ -506,15 +473,7 @@ class UplinkEngine:
                 "uplink %s: ignoring an ack that is not for epoch %s", self.name, self.store.epoch
             )
             return
-        for st in self._streams.values():
-            mark = getattr(ack, st.name)
-            if mark is None:
-                continue
-            mark = min(int(mark), st.sent_high)
-            if st.confirmed is None or mark > st.confirmed:
-                st.confirmed = mark
-                self.store.hold_retention(self.name, st.name, mark)
-                self.store.save_cursor(self._e2e_key, st.name, mark)
+        apply_watermarks(ack, self._streams.values(), self.store, self.name, self._e2e_key)
 
 
 def _retrieve(fut: asyncio.Future[None]) -> None:

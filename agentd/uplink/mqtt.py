@@ -23,7 +23,6 @@ import contextlib
 import logging
 import socket
 import ssl
-import threading
 from collections.abc import Callable
 from typing import Any, Final
 
@@ -38,6 +37,14 @@ from agentd.errors import ConfigError
 from agentd.uplink.base import Delivery, Link, Message, TransportError
 from agentd.uplink.config import MqttConfig, read_password
 from agentd.uplink.inbound import InboundSink, from_paho
+from agentd.uplink.mqtt_client import (
+    Client,
+    Handoff,
+    WrongVersion,
+    connack_reason,
+    oserror_text,
+    properties,
+)
 
 __all__ = ["MqttTransport"]
 
@@ -54,7 +61,7 @@ class MqttTransport:
     def __init__(self, config: MqttConfig) -> None:
         self.config = config
         self.endpoint = config.endpoint()
-        self._client: _Client | None = None
+        self._client: Client | None = None
         self._v5 = True
         self._fd = -1
         self._pending: dict[int, asyncio.Future[Delivery]] = {}
@@ -91,7 +98,7 @@ class MqttTransport:
                 return await self._connect(
                     self.config.client_id or client_id, will, password, version
                 )
-            except _WrongVersion as exc:
+            except WrongVersion as exc:
                 if n + 1 == len(versions):
                     raise TransportError(str(exc), refused=True) from None
                 log.info("mqtt: %s; retrying with MQTT 3.1.1", exc)
@@ -106,7 +113,7 @@ class MqttTransport:
         props = None
         if self._v5:
             if message.correlation is not None:  # a reply to an MQTT 5 request: its own
-                props = _properties(PacketTypes.PUBLISH)
+                props = properties(PacketTypes.PUBLISH)
                 props.ContentType = message.content_type
                 props.CorrelationData = message.correlation
             else:
@@ -114,7 +121,7 @@ class MqttTransport:
                 # message was a tenth of a drain's time
                 props = self._publish_props.get(message.content_type)
                 if props is None:
-                    props = _properties(PacketTypes.PUBLISH)
+                    props = properties(PacketTypes.PUBLISH)
                     props.ContentType = message.content_type
                     self._publish_props[message.content_type] = props
         info = client.publish(
@@ -170,7 +177,7 @@ class MqttTransport:
     ) -> Link:
         loop = asyncio.get_running_loop()
         v5 = version == MQTTProtocolVersion.MQTTv5
-        client = _Client(
+        client = Client(
             CallbackAPIVersion.VERSION2,
             client_id=client_id,
             protocol=version,
@@ -189,10 +196,10 @@ class MqttTransport:
             client.username_pw_set(self.config.username, password)
         will_props = None
         if v5:
-            will_props = _properties(PacketTypes.WILLMESSAGE)
+            will_props = properties(PacketTypes.WILLMESSAGE)
             will_props.ContentType = will.content_type
         client.will_set(will.topic, will.payload, qos=1, retain=will.retain, properties=will_props)
-        handoff = _Handoff(client)
+        handoff = Handoff(client)
         try:
             try:
                 await asyncio.wait_for(
@@ -214,7 +221,7 @@ class MqttTransport:
                 f"connect {self._where()}: TLS: {exc.reason or exc}", refused=True
             ) from None
         except (OSError, ValueError) as exc:
-            raise TransportError(f"connect {self._where()}: {_oserror(exc)}") from None
+            raise TransportError(f"connect {self._where()}: {oserror_text(exc)}") from None
 
         self._client, self._v5 = client, v5
         self._connack = loop.create_future()
@@ -230,13 +237,13 @@ class MqttTransport:
         except TransportError as exc:
             self._teardown(str(exc))
             if self.config.protocol == "auto" and v5:
-                raise _WrongVersion(f"connect {self._where()}: {exc}") from None
+                raise WrongVersion(f"connect {self._where()}: {exc}") from None
             raise
         if rc != 0:
             self._teardown("refused")
-            reason = _connack_reason(rc, v5)
+            reason = connack_reason(rc, v5)
             if rc in _UNSUPPORTED_VERSION:
-                raise _WrongVersion(f"connect {self._where()}: refused: {reason}")
+                raise WrongVersion(f"connect {self._where()}: refused: {reason}")
             raise TransportError(
                 f"connect {self._where()}: refused: {reason} (0x{rc:02x})", refused=True, code=rc
             )
@@ -251,7 +258,7 @@ class MqttTransport:
             reason_codes=v5,
         )
 
-    def _blocking_connect(self, client: paho.Client, v5: bool, handoff: _Handoff) -> None:
+    def _blocking_connect(self, client: paho.Client, v5: bool, handoff: Handoff) -> None:
         ep = self.endpoint
         try:
             if v5:
@@ -271,7 +278,7 @@ class MqttTransport:
                 if c.cert and c.key:
                     ctx.load_cert_chain(c.cert, c.key)
             except (OSError, ssl.SSLError) as exc:
-                raise TransportError(f"TLS files: {_oserror(exc)}", refused=True) from None
+                raise TransportError(f"TLS files: {oserror_text(exc)}", refused=True) from None
             ctx.check_hostname = True  # the default context's, stated: never turned off
             ctx.verify_mode = ssl.CERT_REQUIRED
             self._ssl = ctx
@@ -443,99 +450,3 @@ class MqttTransport:
             self._connack.set_exception(TransportError(why))
         if self._lost is not None and not self._lost.done():
             self._lost.set_result(why)
-
-
-class _Client(paho.Client):
-    """paho's client with its TLS handshake owned: paho 2.1 leaks the SSL socket when the
-    handshake fails (a wrong CA, a refused client certificate). Same steps otherwise: SNI and
-    hostname checking by the context (check_hostname is always on here)."""
-
-    #: paho reads a packet's header a byte at a time, one syscall each: read ahead instead
-    _READ: Final = 65_536
-    _rbuf: bytes = b""
-    _rpos: int = 0
-
-    def _sock_recv(self, bufsize: int) -> bytes:
-        if self._rpos >= len(self._rbuf):
-            data = super()._sock_recv(self._READ)  # BlockingIOError when nothing is there
-            if not data:
-                return data  # EOF
-            self._rbuf, self._rpos = data, 0
-        out = self._rbuf[self._rpos : self._rpos + bufsize]
-        self._rpos += len(out)
-        return out
-
-    def buffered(self) -> bool:
-        """Bytes already read from the socket but not yet parsed (the selector cannot see
-        them)."""
-        return self._rpos < len(self._rbuf)
-
-    def _ssl_wrap_socket(self, tcp_sock: socket.socket) -> ssl.SSLSocket:
-        ctx = self._ssl_context
-        if ctx is None:  # pragma: no cover - tls_set_context always ran first
-            tcp_sock.close()
-            raise ValueError("no TLS context")
-        ssl_sock = ctx.wrap_socket(
-            tcp_sock, server_hostname=self._host, do_handshake_on_connect=False
-        )
-        try:
-            ssl_sock.settimeout(self._connect_timeout)
-            ssl_sock.do_handshake()
-        except BaseException:
-            ssl_sock.close()
-            raise
-        return ssl_sock
-
-
-def _properties(packet_type: int) -> Properties:
-    return Properties(packet_type)  # type: ignore[no-untyped-call]
-
-
-class _Handoff:
-    """The executor thread cannot be cancelled: if the connect is abandoned (timeout, stop)
-    whoever comes last, the thread or the loop, closes the socket it made."""
-
-    def __init__(self, client: paho.Client) -> None:
-        self._client = client
-        self._lock = threading.Lock()
-        self._done = False
-        self._abandoned = False
-
-    def finished(self) -> None:
-        with self._lock:
-            self._done = True
-            if self._abandoned:
-                self._close()
-
-    def abandon(self) -> None:
-        with self._lock:
-            self._abandoned = True
-            if self._done:
-                self._close()
-
-    def _close(self) -> None:
-        with contextlib.suppress(OSError):
-            sock = self._client.socket()
-            if sock is not None:
-                sock.close()
-
-
-class _WrongVersion(Exception):
-    pass
-
-
-def _connack_reason(rc: int, v5: bool) -> str:
-    if v5:
-        try:
-            return str(ReasonCode(PacketTypes.CONNACK, identifier=rc))
-        except KeyError:
-            return "unknown reason"
-    return paho.connack_string(rc)
-
-
-def _oserror(exc: BaseException) -> str:
-    if isinstance(exc, socket.gaierror):
-        return f"cannot resolve host ({exc.strerror})"
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
-    return str(exc) or type(exc).__name__
