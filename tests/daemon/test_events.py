@@ -8,18 +8,16 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import msgspec
 import pytest
 
+from tests.control.helpers import TESTPLUGINS
+from tests.control.helpers import ctl as ctl_at
 from tests.store.test_disk import tmpfs
 from tests.utils import AgentProcess, wait_for
-
-AGENTCTL = [sys.executable, "-m", "agentd", "ctl"]
-TESTPLUGINS = [sys.executable, "-m", "tests.testplugins"]
 
 CONFIG = """
 [agent]
@@ -45,13 +43,7 @@ def events(db: Path) -> list[dict[str, Any]]:
 
 
 def ctl(agent: AgentProcess, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*AGENTCTL, "--socket", str(agent.runtime_dir / "agentd.sock"), *args],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    return ctl_at(agent.runtime_dir / "agentd.sock", *args)
 
 
 def test_state_changes_are_journalled_as_events(short_tmp: Path) -> None:

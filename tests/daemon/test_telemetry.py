@@ -6,15 +6,13 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 from agentd.control.client import Client
+from tests.control.helpers import TESTPLUGINS
+from tests.control.helpers import ctl as ctl_at
 from tests.utils import AgentProcess, wait_for
-
-AGENTCTL = [sys.executable, "-m", "agentd", "ctl"]
-TESTPLUGINS = [sys.executable, "-m", "tests.testplugins"]
 
 CONFIG = """
 [agent]
@@ -43,13 +41,7 @@ def _agent(base: Path, exporter: str = "none", store: bool = False) -> AgentProc
 
 
 def _ctl(agent: AgentProcess, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*AGENTCTL, "--socket", str(agent.runtime_dir / "agentd.sock"), *args],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    return ctl_at(agent.runtime_dir / "agentd.sock", *args)
 
 
 def _ready(agent: AgentProcess) -> None:

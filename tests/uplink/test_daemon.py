@@ -9,17 +9,15 @@ import json
 import signal
 import sqlite3
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
+from tests.control.helpers import ctl as ctl_at
 from tests.uplink.broker import Collector, Mosquitto
 from tests.uplink.helpers import NODE, PREFIX, completeness
 from tests.utils import AgentProcess, wait_for
-
-AGENTCTL = [sys.executable, "-m", "agentd", "ctl"]
 
 CONFIG = """
 [agent]
@@ -47,13 +45,7 @@ def config(url: str, interval: float = 0.1, extra: str = "") -> str:
 
 
 def ctl(agent: AgentProcess, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*AGENTCTL, "--socket", str(agent.runtime_dir / "agentd.sock"), *args],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    return ctl_at(agent.runtime_dir / "agentd.sock", *args)
 
 
 def ready(agent: AgentProcess) -> None:
