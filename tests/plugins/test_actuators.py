@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -195,18 +194,6 @@ class Server:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/hook?x=1"
-
-
-@pytest.fixture
-async def http_server() -> AsyncIterator[Server]:
-    srv = Server()
-    srv.server = await asyncio.start_server(srv.handle, "127.0.0.1", 0)
-    srv.port = srv.server.sockets[0].getsockname()[1]
-    try:
-        yield srv
-    finally:
-        srv.server.close()
-        await srv.server.wait_closed()
 
 
 async def test_webhook_posts_the_action_as_json(http_server: Server) -> None:

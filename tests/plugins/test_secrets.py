@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import os
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import msgspec
@@ -20,18 +19,6 @@ from tests.plugins.test_hardening import actuator
 
 
 # -- 5. secrets --------------------------------------------------------------------------------
-@pytest.fixture
-async def http_server() -> AsyncIterator[Server]:
-    srv = Server()
-    srv.server = await asyncio.start_server(srv.handle, "127.0.0.1", 0)
-    srv.port = srv.server.sockets[0].getsockname()[1]
-    try:
-        yield srv
-    finally:
-        srv.server.close()
-        await srv.server.wait_closed()
-
-
 async def test_webhook_reads_headers_from_a_credential_and_a_file(
     http_server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -1,0 +1,22 @@
+"""Fixtures shared by the plugin tests."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from tests.plugins.test_actuators import Server
+
+
+@pytest.fixture
+async def http_server() -> AsyncIterator[Server]:
+    srv = Server()
+    srv.server = await asyncio.start_server(srv.handle, "127.0.0.1", 0)
+    srv.port = srv.server.sockets[0].getsockname()[1]
+    try:
+        yield srv
+    finally:
+        srv.server.close()
+        await srv.server.wait_closed()
