@@ -115,17 +115,33 @@ async def test_overrun_skips_missed_ticks_without_burst() -> None:
     # every 5th call sleeps 3 intervals (+ a little): the tick overruns 3 deadlines
     slow = Sleeper(3 * interval + 0.01, every=5)
     loop = make_loop(interval, {"slow": handle("sensor", "slow", slow, timeout=10 * interval)})
+    seen: list[tuple[int, int]] = []  # (overruns, skipped) as each report is delivered
+    fanout = next(o for o in loop.observers if isinstance(o, TickFanout))
+
+    class Counts:
+        def on_tick(self, report: TickReport) -> None:
+            st = loop.stats()
+            seen.append((st.overruns, st.skipped))
+
+        def on_late_result(self, result: object) -> None:
+            pass
+
+    fanout.subscribe(Counts())
     reports = await run_for(loop, 11)
-    stats = loop.stats()
-    assert stats.overruns == 2  # ticks 5 and 10
-    assert stats.skipped == 6  # 3 deadlines each, counted exactly
     gaps = [b.scheduled - a.scheduled for a, b in itertools.pairwise(reports)]
+    slots = [round(g / interval) for g in gaps]
+    for g, k in zip(gaps, slots, strict=True):  # still on the original grid
+        assert g == pytest.approx(k * interval, abs=1e-6)
     assert min(gaps) == pytest.approx(interval, abs=1e-9)  # never a catch-up burst
-    assert sorted(round(g / interval) for g in gaps).count(4) == 2
-    first = reports[0].scheduled
-    for r in reports:  # still on the original grid
-        k = (r.scheduled - first) / interval
-        assert k == pytest.approx(round(k), abs=1e-6)
+    # the two slow ticks (5 and 10) each skipped at least the 3 deadlines they slept through
+    assert slots[4] >= 4
+    assert slots[9] >= 4
+    # every skipped deadline is counted exactly: when tick 11 is reported the counters hold
+    # the overruns of ticks 1-10, which are the gaps between the reports. On a quiet machine
+    # that is 2 overruns and 6 deadlines; a loaded one may add an overrun, counted the same way.
+    overruns, skipped = seen[-1]
+    assert overruns == sum(1 for k in slots if k > 1) >= 2
+    assert skipped == sum(k - 1 for k in slots) >= 6
 
 
 async def test_failing_plugins_are_isolated_and_logged_once(
