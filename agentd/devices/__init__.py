@@ -1,1 +1,2 @@
-"""Device protocols behind the device plugins (agentd/plugins/builtin/{mqtt_device,modbus,openapi}.py): imported only when such a plugin is configured."""
+"""Device protocols behind the device plugins (MQTT devices, Modbus, OpenAPI), imported only
+when such a plugin is configured."""

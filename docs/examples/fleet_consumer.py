@@ -115,7 +115,7 @@ def decode(payload: bytes) -> dict[str, Any]:
     except msgspec.DecodeError:
         out = msgspec.json.decode(payload)
     if not isinstance(out, dict):
-        raise ValueError("not an envelope")
+        raise TypeError("not an envelope")
     return out
 
 
