@@ -53,6 +53,8 @@ FAKES = {
     ),
     "/usr/local/bin/queue-depth": ("#!/bin/sh\necho 3\n", True),
     "/usr/local/bin/blink": ("#!/bin/sh\nexit 0\n", True),
+    "/usr/bin/gpioget": ("#!/bin/sh\necho 1\n", True),
+    "/usr/bin/gpioset": ("#!/bin/sh\nexit 0\n", True),
 }
 
 
