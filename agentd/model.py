@@ -303,8 +303,13 @@ class ControlStats(msgspec.Struct, frozen=True, kw_only=True):
 Stream = Literal["observations", "actions", "events"]
 
 
+#: an uplink engine's phase, and its health as `agentctl uplink`, health and metrics see it
+UplinkPhase = Literal["stopped", "connecting", "connected", "backoff", "stopping"]
+UplinkHealth = Literal["ok", "degraded"]
+
+
 class UplinkStreamStatus(msgspec.Struct, frozen=True, kw_only=True):
-    """``uplink``: one stream of one uplink (made from `agentd.uplink.StreamState`)."""
+    """``uplink``: one stream of one uplink (made by `agentd.uplink.UplinkEngine.state`)."""
 
     stream: Stream
     #: the durable cursor: every id <= acked is acknowledged by the broker (or was a gap)
@@ -333,12 +338,13 @@ class UplinkStreamStatus(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class UplinkStatus(msgspec.Struct, frozen=True, kw_only=True):
-    """``uplink``: one configured uplink (made from `agentd.uplink.UplinkState`)."""
+    """``uplink``: one configured uplink (`agentd.uplink.UplinkEngine.state`; also the
+    ``uplink`` field of a fleet ``status`` reply)."""
 
     name: str
     node: str
-    phase: Literal["stopped", "connecting", "connected", "backoff", "stopping"]
-    health: Literal["ok", "degraded"]
+    phase: UplinkPhase
+    health: UplinkHealth
     #: why it is degraded (None when ok)
     reason: str | None = None
     connected: bool = False

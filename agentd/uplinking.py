@@ -19,12 +19,12 @@ from collections.abc import Callable, Mapping
 from typing import Final, final
 
 from agentd.errors import AgentdError, StoreError
-from agentd.model import UplinkStatus, UplinkStreamStatus
+from agentd.model import UplinkStatus
 from agentd.plugins.transport import UplinkRunner
 from agentd.store import Store
-from agentd.uplink import StreamState, UplinkEngine, UplinkState
+from agentd.uplink import UplinkEngine
 
-__all__ = ["RELOAD_STOP_BUDGET", "WATCH_INTERVAL", "Uplinks", "status"]
+__all__ = ["RELOAD_STOP_BUDGET", "WATCH_INTERVAL", "Uplinks"]
 
 log = logging.getLogger("agentd")
 
@@ -126,13 +126,13 @@ class Uplinks:
             if isinstance(result, BaseException):
                 log.error("uplink %r did not stop cleanly: %s", name, result)
             else:
-                backlog = sum(s.backlog_rows for s in result.streams)
+                backlog = sum(s.backlog for s in result.streams)
                 log.info("uplink %r stopped; %d rows left for the next start", name, backlog)
 
     # -- the operator's view ---------------------------------------------------------------
     def states(self) -> list[UplinkStatus]:
         """Every running engine's state (cheap: no I/O)."""
-        return [status(e.state()) for e in self._engines.values()]
+        return [e.state() for e in self._engines.values()]
 
     async def _carry_health(self) -> None:
         while True:
@@ -146,42 +146,3 @@ class Uplinks:
                     handle.fail(state.reason or "degraded")
                 elif state.health == "ok" and handle.state == "failing":
                     handle.ok()
-
-
-def status(s: UplinkState) -> UplinkStatus:
-    """The engine's state as the control plane's reply (field by field: mypy sees a rename)."""
-    return UplinkStatus(
-        name=s.name,
-        node=s.node,
-        phase=s.phase,
-        health=s.health,
-        reason=s.reason,
-        connected=s.connected,
-        since=s.since,
-        protocol=s.protocol,
-        window=s.window,
-        reconnects=s.reconnects,
-        last_error=s.last_error,
-        epoch=s.epoch,
-        streams=[_stream(x) for x in s.streams],
-    )
-
-
-def _stream(s: StreamState) -> UplinkStreamStatus:
-    return UplinkStreamStatus(
-        stream=s.stream,
-        acked=s.acked,
-        head=s.head,
-        confirmed=s.confirmed,
-        backlog=s.backlog_rows,
-        backlog_bytes=s.backlog_bytes,
-        oldest_age=s.oldest_age,
-        in_flight=s.in_flight,
-        delivered=s.delivered,
-        batches=s.batches,
-        duplicates=s.duplicates,
-        gap_rows=s.gap_rows,
-        gaps=s.gaps,
-        refused=s.refused,
-        last_error=s.last_error,
-    )

@@ -8,7 +8,6 @@
 from agentd.uplink.base import Delivery, Link, Message, Stream, TransportError, Uplink
 from agentd.uplink.config import MqttConfig, UplinkSettings
 from agentd.uplink.engine import UplinkEngine
-from agentd.uplink.state import StreamState, UplinkState
 
 __all__ = [
     "Delivery",
@@ -16,10 +15,8 @@ __all__ = [
     "Message",
     "MqttConfig",
     "Stream",
-    "StreamState",
     "TransportError",
     "Uplink",
     "UplinkEngine",
     "UplinkSettings",
-    "UplinkState",
 ]

@@ -26,13 +26,19 @@ import msgspec
 
 from agentd.config import CommandsConfig
 from agentd.errors import ConfigError, StoreError
-from agentd.model import Action, ActionResult, FleetCommand, HealthReport, StatusReport
+from agentd.model import (
+    Action,
+    ActionResult,
+    FleetCommand,
+    HealthReport,
+    StatusReport,
+    UplinkStatus,
+)
 from agentd.store import Store
 from agentd.uplink import cmdproto as cp
 from agentd.uplink.base import Delivery, Message, TransportError
 from agentd.uplink.inbound import Ack, Inbound
 from agentd.uplink.keys import read_key
-from agentd.uplink.state import UplinkState
 from agentd.uplink.verbs import Verbs, result_reply
 
 __all__ = ["CLAIM_NS", "CommandChannel", "CommandHost"]
@@ -414,7 +420,7 @@ class CommandChannel:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    def uplink_state(self) -> UplinkState | None:
+    def uplink_state(self) -> UplinkStatus | None:
         return self.verbs.uplink_state()
 
 

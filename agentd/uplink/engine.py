@@ -27,6 +27,7 @@ from typing import Final
 
 from agentd import __version__
 from agentd.errors import AgentdError, StoreError
+from agentd.model import UplinkPhase, UplinkStatus, UplinkStreamStatus
 from agentd.uplink import envelope as env
 from agentd.uplink.base import STREAMS, Delivery, Link, Message, Stream, TransportError, Uplink
 from agentd.uplink.batcher import Batcher
@@ -45,7 +46,6 @@ from agentd.uplink.parts import (
     full_jitter,
 )
 from agentd.uplink.rollout import ConfigView
-from agentd.uplink.state import Phase, StreamState, UplinkState
 from agentd.uplink.storeview import UplinkStore
 
 __all__ = ["PRIORITY", "UplinkEngine"]
@@ -83,7 +83,7 @@ class UplinkEngine:
         self.client_id = f"agentd-{self.node}-{name}"[:128]
         self._streams = {s: StreamCursor(s) for s in PRIORITY if s in settings.streams}
         self._content_type = env.CONTENT_TYPES[settings.format]
-        self._phase: Phase = "stopped"
+        self._phase: UplinkPhase = "stopped"
         self._task: asyncio.Task[None] | None = None
         self._watchers: list[asyncio.Task[None]] = []
         self._wake = asyncio.Event()
@@ -136,7 +136,7 @@ class UplinkEngine:
             await self.store.wait_head(stream, self.store.stream_head(stream), 3600.0)
             self._wake.set()
 
-    async def stop(self, budget: float) -> UplinkState:
+    async def stop(self, budget: float) -> UplinkStatus:
         """Publish offline, send what is left within ``budget`` seconds, disconnect, flush the
         cursors. Returns the final state (its backlog is what the next start resends)."""
         task = self._task
@@ -180,9 +180,9 @@ class UplinkEngine:
         return self.state()
 
     # -- the operator's view -----------------------------------------------------------------
-    def state(self) -> UplinkState:
+    def state(self) -> UplinkStatus:
         now = self._clock()
-        streams: list[StreamState] = []
+        streams: list[UplinkStreamStatus] = []
         degraded: list[str] = []
         if self._refused:
             degraded.append(self._refused)
@@ -193,7 +193,7 @@ class UplinkEngine:
             streams.append(snap)
             degraded += problems
         connected = self._link is not None and not self._lost
-        return UplinkState(
+        return UplinkStatus(
             name=self.name,
             node=self.node,
             phase=self._phase,
@@ -206,7 +206,7 @@ class UplinkEngine:
             reconnects=self._reconnects,
             last_error=self._last_error,
             epoch=self.store.epoch,
-            streams=tuple(streams),
+            streams=streams,
         )
 
     def _is_lost(self) -> bool:

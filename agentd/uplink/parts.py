@@ -10,8 +10,8 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from agentd.model import UplinkStreamStatus
 from agentd.uplink.base import Delivery, Stream
-from agentd.uplink.state import StreamState
 from agentd.uplink.storeview import DroppedLike, RowLike
 
 __all__ = [
@@ -85,7 +85,7 @@ class StreamCursor:
 
     def snapshot(
         self, head: int, now: float, max_age: float | None
-    ) -> tuple[StreamState, list[str]]:
+    ) -> tuple[UplinkStreamStatus, list[str]]:
         """The operator's view of this stream, and why it makes the uplink degraded."""
         age = None
         if self.oldest_wall is not None:
@@ -97,12 +97,12 @@ class StreamCursor:
             problems.append(f"{self.name} backlog is {age:.0f}s old")
         if self.failures:
             problems.append(f"{self.name}: {self.last_error}")
-        return StreamState(
+        return UplinkStreamStatus(
             stream=self.name,
             acked=self.acked,
             head=head,
             confirmed=self.confirmed,
-            backlog_rows=self.backlog_rows,
+            backlog=self.backlog_rows,
             backlog_bytes=self.backlog_bytes,
             oldest_age=age,
             in_flight=len(self.inflight),

@@ -11,13 +11,12 @@ from typing import TYPE_CHECKING, Final, Protocol
 import msgspec
 
 from agentd.errors import StoreError
-from agentd.model import ActionResult, HealthReport, StatusReport
+from agentd.model import ActionResult, HealthReport, StatusReport, UplinkStatus
 from agentd.store import Store
 from agentd.uplink import cmdproto as cp
 from agentd.uplink import envelope as env
 from agentd.uplink.base import Delivery, Message, Stream, TransportError
 from agentd.uplink.config import Format
-from agentd.uplink.state import UplinkState
 from agentd.uplink.storeview import RowLike
 
 if TYPE_CHECKING:
@@ -40,7 +39,7 @@ class Reader(Protocol):
 class StatusResult(msgspec.Struct, frozen=True, kw_only=True):
     agent: StatusReport
     config: ConfigView | None = None
-    uplink: UplinkState | None = None
+    uplink: UplinkStatus | None = None
 
 
 class ReplayResult(msgspec.Struct, frozen=True, kw_only=True):
@@ -162,13 +161,13 @@ class Verbs:
         self,
         *,
         host: Reader,
-        uplink: Callable[[], UplinkState | None],
+        uplink: Callable[[], UplinkStatus | None],
         replayer: Replayer | None,
         rollout: Rollout | None,
     ) -> None:
         self.host = host
         #: the engine's ``state`` (set once the engine exists: it is built around the link)
-        self.uplink_state: Callable[[], UplinkState | None] = uplink
+        self.uplink_state: Callable[[], UplinkStatus | None] = uplink
         self.replayer = replayer
         self.rollout = rollout
 

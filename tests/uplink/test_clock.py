@@ -70,7 +70,7 @@ async def test_clock_step_deletes_nothing_and_does_not_degrade(
             await asyncio.sleep(2.5)  # the engine refreshes its backlog figures meanwhile
             assert store.health().dropped["observations"] == 0
             obs = next(s for s in e.state().streams if s.stream == "observations")
-            assert obs.backlog_rows == 110
+            assert obs.backlog == 110
             # the oldest row says 1970, unsynchronized: not "55 years old"
             assert obs.oldest_age is not None
             assert obs.oldest_age < 60
