@@ -308,9 +308,8 @@ def build_handle(
     try:
         obj = spec.factory(instance.config, **granted)
     except Exception as exc:
-        raise PluginError(
-            instance.name, f"cannot be built: {type(exc).__name__}: {exc}", spec.origin
-        ) from exc
+        why = redact_text(f"{type(exc).__name__}: {exc}", secret_values(instance.config))
+        raise PluginError(instance.name, f"cannot be built: {why}", spec.origin) from exc
     return runner(instance, spec, obj, events)
 
 

@@ -148,9 +148,9 @@ class PluginSupervisor:
             async with asyncio.timeout(self._start_timeout):
                 await handle.start()
         except Exception as exc:
-            raise PluginError(
-                inst.name, f"failed to start: {type(exc).__name__}: {exc}", handle.spec.origin
-            ) from exc
+            # a device may quote its credentials back (a broker's or an API's error text)
+            why = handle.redact(f"{type(exc).__name__}: {exc}")
+            raise PluginError(inst.name, f"failed to start: {why}", handle.spec.origin) from exc
         if self._prepare is not None:
             await self._prepare(handle)
         return handle

@@ -6,15 +6,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Annotated
 
 import msgspec
 import pytest
 
 from agentd.config import loads
+from agentd.errors import PluginError
 from agentd.model import Action
 from agentd.plugins.base import PluginSpec
 from agentd.plugins.registry import Registry
 from agentd.plugins.supervisor import PluginSupervisor
+from agentd.secrets import SECRET
 
 
 class Empty(msgspec.Struct, forbid_unknown_fields=True):
@@ -142,3 +145,56 @@ async def test_stop_all_stops_each_under_one_budget_and_names_the_stuck(
     assert a.obj.stopped
     assert a.state == "stopped"
     assert "still stopping after the budget, cancelled: actuator 'h'" in caplog.text
+
+
+class Keyed(msgspec.Struct, forbid_unknown_fields=True):
+    token: Annotated[str, SECRET]
+
+
+class Refused:
+    """A device that quotes its credentials back in the error (a broker, an HTTP API...)."""
+
+    def __init__(self, config: Keyed) -> None:
+        self.token = config.token
+        if config.token.startswith("bad"):
+            raise ValueError(f"malformed token {config.token}")
+
+    async def start(self) -> None:
+        raise OSError(f"login refused for token {self.token}")
+
+    async def perceive(self) -> dict[str, float]:
+        return {}
+
+
+@pytest.mark.parametrize(
+    ("policy", "token", "why"),
+    [
+        ("fail", "s3cr3t-t0ken", "failed to start: OSError: login refused for token"),
+        ("skip", "s3cr3t-t0ken", "failed to start: OSError: login refused for token"),
+        ("fail", "bad-s3cr3t-t0ken", "cannot be built: ValueError: malformed token"),
+        ("skip", "bad-s3cr3t-t0ken", "cannot be built: ValueError: malformed token"),
+    ],
+)
+async def test_failed_to_start_never_quotes_a_secret(
+    policy: str, token: str, why: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    reg = Registry()
+    reg.register(PluginSpec("refused", "sensor", Refused, Keyed))
+    conf = loads(
+        f'[sensors.dev]\nplugin = "refused"\ntoken = "{token}"\nstartup_error = "{policy}"\n',
+        reg,
+    )
+    sup = PluginSupervisor(reg)
+    caplog.set_level(logging.DEBUG, logger="agentd")
+    if policy == "fail":
+        with pytest.raises(PluginError) as err:
+            await sup.start_all(conf)
+        shown = str(err.value)
+    else:
+        await sup.start_all(conf)
+        (status,) = sup.statuses()
+        shown = status.last_error or ""
+    assert why in shown
+    assert "s3cr3t-t0ken" not in shown
+    assert "s3cr3t-t0ken" not in caplog.text
+    await sup.stop_all(0.1)
