@@ -1,0 +1,457 @@
+"""An OpenAPI 3.0/3.1 document (JSON or YAML) read and compiled into actions, once, when the
+config is validated: every operation with an ``x-tool-name`` (or else an ``operationId``)
+becomes an `Operation` whose params JSON Schema has one property per path, query and header
+parameter and, for a JSON request body, one property named ``body_param`` holding the body
+whole (so its schema is used unchanged, and a body field never collides with a parameter).
+
+What is refused, each as one `SpecError` naming the place (``paths./pump/{id}.post.requestBody``):
+a missing, unreadable, non-regular or too big file; text that is not JSON/YAML; a document that
+is not OpenAPI 3.0/3.1; a remote ``$ref`` (only ``#/...`` ones are followed); a ``$ref`` to
+nothing or a cycle of them outside schemas; two operations with one name; cookie parameters,
+``content`` parameters and the styles `agentd.devices.openapi` cannot encode; a path template
+and its path parameters that do not match; a required body that is not JSON.
+
+Schema ``$ref``s become ``#/$defs/NAME`` in the action's schema (``#/components/schemas/Pump``
+-> ``#/$defs/Pump``), so recursive schemas work and a shared one is not copied. OpenAPI 3.0's
+own keywords are turned into JSON Schema: ``nullable: true`` adds ``"null"`` to the type (or
+wraps an untyped schema in ``anyOf``), boolean ``exclusiveMinimum``/``exclusiveMaximum`` become
+the numeric 2020-12 form; siblings of a 3.0 ``$ref`` are dropped, as 3.0 says.
+
+Reading the file (JSON or YAML, bounded) is agentd/devices/openapi_load.py's."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from agentd.devices.openapi_load import MAX_DEPTH, SpecError, dotted, load_document, one_line
+
+__all__ = [
+    "METHODS",
+    "CompiledSpec",
+    "Operation",
+    "ParamSpec",
+    "SpecError",
+    "compile_spec",
+]
+
+METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
+_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}")
+_DEF_NAME = re.compile(r"[A-Za-z0-9._\-]{1,128}")
+_TEMPLATE = re.compile(r"\{([^{}/]+)\}")
+#: header parameters OpenAPI says to ignore (the request's own)
+_IGNORED_HEADERS = frozenset({"accept", "content-type", "authorization"})
+_STYLES = {
+    "path": ("simple",),
+    "query": ("form", "spaceDelimited", "pipeDelimited", "deepObject"),
+    "header": ("simple",),
+}
+Location = Literal["path", "query", "header"]
+Shape = Literal["primitive", "array", "object"]
+
+
+@dataclass(frozen=True, slots=True)
+class ParamSpec:
+    name: str
+    location: Location
+    style: str
+    explode: bool
+    shape: Shape
+    #: the schema says integer: a whole float (TOML ``40.0``) is sent as ``40``
+    integer: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Operation:
+    name: str
+    #: upper case
+    method: str
+    #: the path template, ``/pump/{id}``
+    path: str
+    #: where it is in the document, ``paths./pump/{id}.post``
+    where: str
+    params: tuple[ParamSpec, ...]
+    #: the param holding the JSON body, or None when the operation takes none
+    body: str | None
+    #: the params' JSON Schema (Draft 2020-12)
+    schema: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledSpec:
+    file: str
+    #: the document's ``openapi`` version
+    version: str
+    title: str
+    operations: Mapping[str, Operation]
+
+
+# -- references ---------------------------------------------------------------------------------
+def _pointer(doc: Mapping[str, Any], ref: object, where: str) -> tuple[Any, str]:
+    """The node a local ``$ref`` names and its place; SpecError for any other."""
+    from urllib.parse import unquote
+
+    place = f"{where}.$ref"
+    if not isinstance(ref, str):
+        raise SpecError(place, "a $ref is a string")
+    if not ref.startswith("#"):
+        raise SpecError(
+            place, f"{ref[:80]!r} is a remote reference (only local '#/...' ones are supported)"
+        )
+    node: Any = doc
+    parts: list[str] = []
+    fragment = unquote(ref[1:])
+    for raw in fragment.split("/")[1:] if fragment else []:
+        part = raw.replace("~1", "/").replace("~0", "~")
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        else:
+            raise SpecError(place, f"{ref[:80]!r} points to nothing")
+        parts.append(part)
+    return node, dotted(parts)
+
+
+def _deref(doc: Mapping[str, Any], node: Any, where: str) -> tuple[Any, str]:
+    """Follow ``$ref``s from an OpenAPI object (a parameter, a request body, a path item)."""
+    for _ in range(32):
+        if not (isinstance(node, dict) and "$ref" in node):
+            return node, where
+        node, where = _pointer(doc, node["$ref"], where)
+    raise SpecError(where, "a cycle of $refs")
+
+
+class _Schemas:
+    """Converts schemas to JSON Schema 2020-12, collecting the ``$ref``ed ones as defs."""
+
+    _SCHEMA: tuple[str, ...] = ("additionalProperties", "not", "contains", "propertyNames")
+    _SCHEMA += (
+        "if",
+        "then",
+        "else",
+        "unevaluatedItems",
+        "unevaluatedProperties",
+        "additionalItems",
+    )
+    _LISTS = ("allOf", "anyOf", "oneOf", "prefixItems")
+    _MAPS = ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas")
+
+    def __init__(
+        self,
+        doc: Mapping[str, Any],
+        v30: bool,
+        check: Callable[[object, str], str | None] | None = None,
+    ) -> None:
+        self.doc = doc
+        self.v30 = v30
+        self.check = check
+        #: def name -> converted schema; ref -> def name; def name -> the defs it refers to
+        self.defs: dict[str, Any] = {}
+        self.names: dict[str, str] = {}
+        self.uses: dict[str, set[str]] = {}
+        self.places: dict[str, str] = {}
+
+    def checked(self, schema: Any, where: str, uses: set[str]) -> Any:
+        """`convert`, then refused (one line) if it is not a valid JSON Schema."""
+        out = self.convert(schema, where, uses)
+        problem = self.check(out, where) if self.check is not None else None
+        if problem:
+            raise SpecError("", problem)
+        return out
+
+    def convert(self, schema: Any, where: str, uses: set[str]) -> Any:
+        if isinstance(schema, bool):
+            return schema
+        if not isinstance(schema, dict):
+            raise SpecError(where, f"a schema is an object, not {type(schema).__name__}")
+        if "$ref" in schema:
+            name = self._def(schema["$ref"], where)
+            uses.add(name)
+            ref = {"$ref": f"#/$defs/{name}"}
+            if self.v30:
+                return ref  # 3.0: "sibling values alongside a $ref SHALL be ignored"
+            rest = {k: v for k, v in schema.items() if k != "$ref"}
+            return {**ref, **self.convert(rest, where, uses)} if rest else ref
+        out: dict[str, Any] = {}
+        for key, value in schema.items():
+            at = f"{where}.{key}"
+            if key in self._SCHEMA or (key == "items" and isinstance(value, dict | bool)):
+                out[key] = self.convert(value, at, uses)
+            elif key in self._LISTS or key == "items":
+                if not isinstance(value, list):
+                    raise SpecError(at, "expected a list of schemas")
+                out[key] = [self.convert(v, f"{at}.{i}", uses) for i, v in enumerate(value)]
+            elif key in self._MAPS:
+                if not isinstance(value, dict):
+                    raise SpecError(at, "expected an object of schemas")
+                out[key] = {k: self.convert(v, f"{at}.{k}", uses) for k, v in value.items()}
+            else:
+                out[key] = value
+        return self._from_30(out) if self.v30 else out
+
+    @staticmethod
+    def _from_30(s: dict[str, Any]) -> dict[str, Any]:
+        for bound, limit in (("exclusiveMaximum", "maximum"), ("exclusiveMinimum", "minimum")):
+            flag = s.get(bound)
+            if isinstance(flag, bool):
+                del s[bound]
+                if flag and limit in s:
+                    s[bound] = s.pop(limit)
+        if s.pop("nullable", False) is True:
+            kind = s.get("type")
+            if isinstance(kind, str):
+                s["type"] = [kind, "null"]
+                if isinstance(s.get("enum"), list) and None not in s["enum"]:
+                    s["enum"] = [*s["enum"], None]
+            elif kind is None:
+                return {"anyOf": [s, {"type": "null"}]}
+        return s
+
+    def _def(self, ref: object, where: str) -> str:
+        target, place = _pointer(self.doc, ref, where)
+        assert isinstance(ref, str)
+        if ref in self.names:
+            return self.names[ref]
+        tail = ref.removeprefix("#/components/schemas/")
+        ok = tail != ref and _DEF_NAME.fullmatch(tail) and tail not in self.defs
+        name = tail if ok else f"@{len(self.names) + 1}"  # '@': never a component's name
+        self.names[ref] = name
+        self.places[name] = place
+        uses: set[str] = set()
+        self.defs[name] = True  # reserved while converting (a recursive schema names itself)
+        self.defs[name] = self.checked(target, place, uses)
+        self.uses[name] = uses
+        return name
+
+    def closure(self, names: set[str]) -> dict[str, Any]:
+        todo, seen = list(names), set()
+        while todo:
+            n = todo.pop()
+            if n not in seen:
+                seen.add(n)
+                todo += self.uses.get(n, ())
+        return {n: self.defs[n] for n in sorted(seen)}
+
+
+# -- operations ---------------------------------------------------------------------------------
+def compile_spec(
+    path: str,
+    *,
+    max_bytes: int,
+    operations: Collection[str] | None = None,
+    body_param: str = "body",
+    reserved_headers: Collection[str] = (),
+    check_schema: Callable[[object, str], str | None] | None = None,
+) -> CompiledSpec:
+    """Read and compile the document at ``path``. ``operations`` keeps only those (and their
+    problems); ``reserved_headers`` (lower case) are configured ones a parameter may not set;
+    ``check_schema(schema, place)`` says why a schema is not valid JSON Schema."""
+    try:
+        return _compile(path, max_bytes, operations, body_param, reserved_headers, check_schema)
+    except RecursionError:
+        raise SpecError("", f"nested deeper than {MAX_DEPTH} levels") from None
+
+
+def _compile(
+    path: str,
+    max_bytes: int,
+    wanted: Collection[str] | None,
+    body_param: str,
+    reserved: Collection[str],
+    check: Callable[[object, str], str | None] | None,
+) -> CompiledSpec:
+    doc = load_document(path, max_bytes)
+    version = doc.get("openapi")
+    if not isinstance(version, str) or not re.match(r"3\.[01](\.|$)", version):
+        if "swagger" in doc:
+            raise SpecError("swagger", "a Swagger 2.0 document, not OpenAPI 3.0/3.1")
+        shown = "missing" if version is None else f"{str(version)[:20]!r}"
+        raise SpecError("openapi", f"{shown}: not an OpenAPI 3.0 or 3.1 document")
+    paths = doc.get("paths", {})
+    if not isinstance(paths, dict):
+        raise SpecError("paths", "expected an object")
+    found: dict[str, list[tuple[str, str, dict[str, Any], list[Any], str]]] = {}
+    for template, raw_item in paths.items():
+        item, item_at = _deref(doc, raw_item, f"paths.{template}")
+        if not isinstance(item, dict):
+            raise SpecError(item_at, "a path item is an object")
+        for method in METHODS:
+            op = item.get(method)
+            if not isinstance(op, dict):
+                continue
+            where = f"paths.{template}.{method}"
+            name = op.get("x-tool-name") or op.get("operationId")
+            if name is None:
+                continue  # not a tool
+            key = "x-tool-name" if "x-tool-name" in op else "operationId"
+            if not isinstance(name, str) or not _NAME.fullmatch(name):
+                if wanted is None or name in wanted:
+                    raise SpecError(
+                        f"{where}.{key}",
+                        f"{str(name)[:60]!r} is not an action name (letters, digits, '_.-')",
+                    )
+                continue
+            common = item.get("parameters", [])
+            found.setdefault(name, []).append((template, method, op, common, where))
+    if wanted is not None:
+        for i, name in enumerate(wanted):
+            if name not in found:
+                from agentd.config_refs import did_you_mean
+
+                hint = did_you_mean(name, found)
+                raise SpecError(f"operations[{i}]", f"{name!r}: no such operation{hint}")
+    schemas = _Schemas(doc, version.startswith("3.0"), check)
+    ops: dict[str, Operation] = {}
+    for name, places in found.items():
+        if wanted is not None and name not in wanted:
+            continue
+        if len(places) > 1:
+            first, other = places[0][4], places[1][4]
+            raise SpecError(other, f"operation name {name!r} is also {first}'s: names are unique")
+        template, method, op, common, where = places[0]
+        ops[name] = _operation(
+            schemas, name, template, method, op, common, where, body_param, reserved
+        )
+    if not ops:
+        raise SpecError("paths", "no operation has an operationId or x-tool-name")
+    info = doc.get("info")
+    title = info.get("title") if isinstance(info, dict) else None
+    return CompiledSpec(file=path, version=version, title=str(title or ""), operations=ops)
+
+
+def _operation(
+    schemas: _Schemas,
+    name: str,
+    template: str,
+    method: str,
+    op: dict[str, Any],
+    common: Any,
+    where: str,
+    body_param: str,
+    reserved: Collection[str],
+) -> Operation:
+    doc = schemas.doc
+    merged: dict[tuple[str, str], tuple[dict[str, Any], str]] = {}
+    for table, at in (
+        (common, f"paths.{template}.parameters"),
+        (op.get("parameters", []), f"{where}.parameters"),
+    ):
+        if not isinstance(table, list):
+            raise SpecError(at, "expected a list of parameters")
+        for i, raw in enumerate(table):
+            p, p_at = _deref(doc, raw, f"{at}.{i}")
+            if not isinstance(p, dict) or not isinstance(p.get("name"), str):
+                raise SpecError(p_at, "a parameter is an object with a `name`")
+            merged[(p["name"], str(p.get("in")))] = (p, p_at)
+    props: dict[str, Any] = {}
+    required: list[str] = []
+    uses: set[str] = set()
+    params: list[ParamSpec] = []
+    owner: dict[str, str] = {}
+    for (pname, loc), (p, p_at) in merged.items():
+        if loc == "header" and pname.lower() in _IGNORED_HEADERS:
+            continue  # OpenAPI: "the parameter definition SHALL be ignored"
+        spec = _param(schemas, pname, loc, p, p_at, reserved)
+        if pname in owner or pname == body_param:
+            other = owner.get(pname, "the request body param")
+            raise SpecError(p_at, f"parameter {pname!r} has the name of {other}: not supported")
+        owner[pname] = f"the {loc} parameter"
+        prop = schemas.checked(p.get("schema", {}), f"{p_at}.schema", uses)
+        if isinstance(p.get("description"), str) and isinstance(prop, dict):
+            prop = {"description": one_line(p["description"], 200), **prop}
+        props[pname] = prop
+        if p.get("required") is True:
+            required.append(pname)
+        params.append(spec)
+    slots = set(_TEMPLATE.findall(template))
+    in_path = {p.name for p in params if p.location == "path"}
+    for slot in sorted(slots - in_path):
+        raise SpecError(where, f"the path has {{{slot}}} but no path parameter {slot!r}")
+    for pname in sorted(in_path - slots):
+        raise SpecError(where, f"path parameter {pname!r} is not in the path {template!r}")
+    body = _body(schemas, op, where, uses)
+    if body is not None:
+        props[body_param] = body[0]
+        if body[1]:
+            required.append(body_param)
+    schema: dict[str, Any] = {"type": "object", "title": name}
+    summary = op.get("summary") or op.get("description")
+    if isinstance(summary, str) and summary.strip():
+        schema["description"] = one_line(summary, 200)
+    schema["properties"] = props
+    if required:
+        schema["required"] = required
+    schema["additionalProperties"] = False
+    defs = schemas.closure(uses)
+    if defs:
+        schema["$defs"] = defs
+    return Operation(
+        name=name,
+        method=method.upper(),
+        path=template,
+        where=where,
+        params=tuple(params),
+        body=body_param if body is not None else None,
+        schema=schema,
+    )
+
+
+def _param(
+    schemas: _Schemas, name: str, loc: str, p: dict[str, Any], at: str, reserved: Collection[str]
+) -> ParamSpec:
+    if loc not in _STYLES:
+        what = "cookie parameters are" if loc == "cookie" else f"`in: {loc[:20]}` is"
+        raise SpecError(f"{at}.in", f"{what} not supported (path, query and header are)")
+    if "content" in p and "schema" not in p:
+        raise SpecError(f"{at}.content", "a parameter with `content` is not supported")
+    if loc == "header" and (name.lower() in reserved or any(c in name for c in ":\r\n\0 ")):
+        raise SpecError(at, f"header {name!r} is set by the config (or not a header name)")
+    if loc == "path" and p.get("required") is not True:
+        raise SpecError(f"{at}.required", "a path parameter must be required")
+    style = p.get("style", "form" if loc == "query" else "simple")
+    if style not in _STYLES[loc]:
+        allowed = ", ".join(_STYLES[loc])
+        raise SpecError(f"{at}.style", f"{str(style)[:30]!r} is not supported here ({allowed})")
+    explode = p.get("explode", style == "form")
+    if not isinstance(explode, bool):
+        raise SpecError(f"{at}.explode", "expected true or false")
+    target, _ = _deref(schemas.doc, p.get("schema", {}), f"{at}.schema")
+    kind = target.get("type") if isinstance(target, dict) else None
+    kinds = set(kind) if isinstance(kind, list) else {kind}
+    shape: Shape = "object" if "object" in kinds else "array" if "array" in kinds else "primitive"
+    if shape == "object" and not (style == "deepObject" or (style == "form" and explode)):
+        raise SpecError(f"{at}.style", f"an object in a {loc} parameter is not supported")
+    if style in ("spaceDelimited", "pipeDelimited") and (shape != "array" or explode):
+        raise SpecError(f"{at}.style", f"{style!r} is supported for an unexploded array only")
+    if style == "deepObject" and shape != "object":
+        raise SpecError(f"{at}.style", "'deepObject' is for an object parameter")
+    return ParamSpec(name, loc, style, explode, shape, integer="integer" in kinds)  # type: ignore[arg-type]
+
+
+def _body(
+    schemas: _Schemas, op: dict[str, Any], where: str, uses: set[str]
+) -> tuple[Any, bool] | None:
+    """(the body's schema, required) for a JSON request body, None when there is none."""
+    if "requestBody" not in op:
+        return None
+    body, at = _deref(schemas.doc, op["requestBody"], f"{where}.requestBody")
+    if not isinstance(body, dict) or not isinstance(body.get("content"), dict):
+        raise SpecError(at, "a request body has a `content` object")
+    content: dict[str, Any] = body["content"]
+    required = body.get("required") is True
+    for media, entry in content.items():
+        base = media.split(";", 1)[0].strip().lower()
+        if base == "application/json" or (
+            base.startswith("application/") and base.endswith("+json")
+        ):
+            media_at = f"{at}.content.{media}"
+            if not isinstance(entry, dict):
+                raise SpecError(media_at, "a media type is an object")
+            return schemas.checked(entry.get("schema", {}), f"{media_at}.schema", uses), required
+    if not required:
+        return None  # optional and not JSON: the operation is called without one
+    types = ", ".join(list(content)[:4]) or "nothing"
+    raise SpecError(at, f"no application/json content (it takes {types}): not supported")
