@@ -12,6 +12,7 @@ with the status and a short redacted excerpt."""
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -27,6 +28,9 @@ from agentd.plugins.paramschema import ParamsSchema
 
 __all__ = ["OpenAPIActuator", "Refused", "build_request"]
 
+_SLOT = re.compile(r"\{([^{}/]+)\}")
+#: what the template's own text keeps unencoded (RFC 3986 pchar, '/' and an existing '%XX')
+_PATH_SAFE = "/:@!$&'()*+,;=-._~%"
 _DELIMITERS = {"spaceDelimited": " ", "pipeDelimited": "|", "form": ",", "simple": ","}
 
 
@@ -87,13 +91,27 @@ def _header(spec: ParamSpec, value: object, where: str) -> str | None:
     return text
 
 
+def _fill(template: str, segments: Mapping[str, str], where: str) -> str:
+    """The template with each ``{name}`` replaced by its encoded segment; the template's own
+    text (the document's, never a param's) encoded as a URL path is."""
+    out = []
+    for i, part in enumerate(_SLOT.split(template)):
+        if i % 2 == 0:
+            out.append(quote(part, safe=_PATH_SAFE))
+        elif part in segments:
+            out.append(segments[part])
+        else:
+            raise Refused(f"{where}.{part}: required (a path parameter)")
+    return "".join(out)
+
+
 def build_request(
     op: Operation, params: Mapping[str, Any], base_url: str
 ) -> tuple[str, bytes | None, dict[str, str]]:
     """(URL, JSON body or None, header params) for ``op`` called with ``params`` (already
     checked against its schema); `Refused` for a value that cannot go where it belongs."""
     where = f"{op.name}.params"
-    path = op.path
+    segments: dict[str, str] = {}
     query: list[tuple[str, str]] = []
     headers: dict[str, str] = {}
     for spec in op.params:
@@ -102,14 +120,14 @@ def build_request(
         value = params[spec.name]
         at = f"{where}.{spec.name}"
         if spec.location == "path":
-            path = path.replace(f"{{{spec.name}}}", _segment(spec, value, at))
+            segments[spec.name] = _segment(spec, value, at)
         elif spec.location == "query":
             query += _query(spec, value, at)
         else:
             text = _header(spec, value, at)
             if text is not None:
                 headers[spec.name] = text
-    url = base_url.rstrip("/") + path
+    url = base_url.rstrip("/") + _fill(op.path, segments, where)
     if query:
         url += "?" + urlencode(query, quote_via=quote)
     body = None

@@ -43,6 +43,12 @@ _DEF_NAME = re.compile(r"[A-Za-z0-9._\-]{1,128}")
 _TEMPLATE = re.compile(r"\{([^{}/]+)\}")
 #: header parameters OpenAPI says to ignore (the request's own)
 _IGNORED_HEADERS = frozenset({"accept", "content-type", "authorization"})
+#: headers that frame the request (the client writes them): a param never sets one
+_FRAMING = frozenset(
+    {"host", "content-length", "transfer-encoding", "connection", "keep-alive", "te"}
+    | {"trailer", "upgrade", "expect", "user-agent", "proxy-authorization", "proxy-connection"}
+)
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,128}")
 _STYLES = {
     "path": ("simple",),
     "query": ("form", "spaceDelimited", "pipeDelimited", "deepObject"),
@@ -355,8 +361,12 @@ def _operation(
         if loc == "header" and pname.lower() in _IGNORED_HEADERS:
             continue  # OpenAPI: "the parameter definition SHALL be ignored"
         spec = _param(schemas, pname, loc, p, p_at, reserved)
-        if pname in owner or pname == body_param:
-            other = owner.get(pname, "the request body param")
+        if pname == body_param and "requestBody" in op:
+            raise SpecError(
+                p_at, f"parameter {pname!r} has the body's param name: set `body_param` to another"
+            )
+        if pname in owner:
+            other = owner[pname]
             raise SpecError(p_at, f"parameter {pname!r} has the name of {other}: not supported")
         owner[pname] = f"the {loc} parameter"
         prop = schemas.checked(p.get("schema", {}), f"{p_at}.schema", uses)
@@ -407,8 +417,12 @@ def _param(
         raise SpecError(f"{at}.in", f"{what} not supported (path, query and header are)")
     if "content" in p and "schema" not in p:
         raise SpecError(f"{at}.content", "a parameter with `content` is not supported")
-    if loc == "header" and (name.lower() in reserved or any(c in name for c in ":\r\n\0 ")):
-        raise SpecError(at, f"header {name!r} is set by the config (or not a header name)")
+    if loc == "header" and not _TOKEN.fullmatch(name):
+        raise SpecError(f"{at}.name", f"{name[:40]!r} is not a header name")
+    if loc == "header" and name.lower() in _FRAMING:
+        raise SpecError(f"{at}.name", f"header {name!r} frames the request: not a parameter")
+    if loc == "header" and name.lower() in reserved:
+        raise SpecError(f"{at}.name", f"header {name!r} is set by the config: not a parameter")
     if loc == "path" and p.get("required") is not True:
         raise SpecError(f"{at}.required", "a path parameter must be required")
     style = p.get("style", "form" if loc == "query" else "simple")

@@ -363,3 +363,15 @@ async def test_openapi_31_schemas_and_the_allow_list(pump: PumpServer, tmp_path:
     assert isinstance(conf, openapi.OpenAPIConfig)
     assert conf.offers() == ["get_pump", "set_speed"]
     assert conf.needs("set_speed") == {"id", "body"}
+
+
+async def test_the_templates_own_text_is_encoded_as_a_path(
+    pump: PumpServer, tmp_path: Path
+) -> None:
+    spec = json.loads(json.dumps(PUMP_SPEC))
+    spec["paths"]["/pump list/{id}"] = spec["paths"].pop("/pumps/{id}")
+    path = write_spec(tmp_path / "spaced.json", spec)
+    r, _ = actuator(openapi, spec=str(path), base_url=pump.base, retries=0)
+    res = await r.run(call("get_pump", id="p1"))
+    assert res.status == "failed"  # the server has no such route
+    assert pump.requests[-1][0] == "GET /api/pump%20list/p1 HTTP/1.1"

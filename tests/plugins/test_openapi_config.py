@@ -106,6 +106,22 @@ BROKEN: list[tuple[str, Callable[[dict[str, Any]], object], str]] = [
         "(it takes application/x-www-form-urlencoded): not supported",
     ),
     (
+        "framing-header",
+        lambda s: _op(s, "/version", "get").update(
+            parameters=[{"name": "Content-Length", "in": "header", "schema": {"type": "integer"}}]
+        ),
+        "paths./version.get.parameters.0.name: header 'Content-Length' frames the request: "
+        "not a parameter",
+    ),
+    (
+        "body-param-name",
+        lambda s: _op(s, "/pumps/{id}/speed", "post").update(
+            parameters=[{"name": "body", "in": "query", "schema": {"type": "string"}}]
+        ),
+        f"{SPEED}.parameters.0: parameter 'body' has the body's param name: set `body_param` "
+        "to another",
+    ),
+    (
         "swagger",
         lambda s: (s.pop("openapi"), s.update(swagger="2.0")),
         "swagger: a Swagger 2.0 document, not OpenAPI 3.0/3.1",
@@ -176,6 +192,17 @@ def test_the_allow_list_names_operations_of_the_spec(tmp_path: Path) -> None:
     )
     spec = write_spec(tmp_path / "pump2.json", broken)
     assert load_errors(conf_text(spec, 'operations = ["get_pump"]\n')) == []
+
+
+def test_a_parameter_cannot_set_a_configured_header(tmp_path: Path) -> None:
+    spec = write_spec(tmp_path / "pump.json")
+    assert load_errors(conf_text(spec, 'headers = { "x-trace" = "on" }\n')) == [
+        f"actuators.pump: `spec` {spec}: paths./pumps/{{id}}.get.parameters.2.name: "
+        "header 'X-Trace' is set by the config: not a parameter"
+    ]
+    renamed = conf_text(spec, 'body_param = "speed"\n')
+    conf = cfg.loads(renamed, default_registry).actuators["pump"].config
+    assert conf.needs("set_speed") == {"id", "speed"}  # type: ignore[attr-defined]
 
 
 def test_yaml_12_scalars_stay_what_was_written(tmp_path: Path) -> None:
