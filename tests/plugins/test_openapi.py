@@ -375,3 +375,33 @@ async def test_the_templates_own_text_is_encoded_as_a_path(
     res = await r.run(call("get_pump", id="p1"))
     assert res.status == "failed"  # the server has no such route
     assert pump.requests[-1][0] == "GET /api/pump%20list/p1 HTTP/1.1"
+
+
+async def test_a_recursive_schema_is_validated_through_its_defs(
+    pump: PumpServer, tmp_path: Path
+) -> None:
+    spec = json.loads(json.dumps(PUMP_SPEC))
+    schemas = spec["components"]["schemas"]
+    schemas["Step"] = {
+        "type": "object",
+        "required": ["rpm"],
+        "properties": {
+            "rpm": {"type": "integer"},
+            "then": {"$ref": "#/components/schemas/Step"},
+        },
+    }
+    schemas["Speed"]["properties"]["program"] = {"$ref": "#/components/schemas/Step"}
+    path = write_spec(tmp_path / "program.yaml", spec)
+    r, _ = actuator(openapi, spec=str(path), base_url=pump.base)
+    deep = {"rpm": 1, "then": {"rpm": 2, "then": {"rpm": 3}}}
+    ok = await r.run(call("set_speed", id="p1", body={"rpm": 1, "program": deep}))
+    assert ok.status == "ok", ok.error
+    bad = {"rpm": 1, "then": {"rpm": 2, "then": {"rpm": "three"}}}
+    res = await r.run(call("set_speed", id="p1", body={"rpm": 1, "program": bad}))
+    assert res.status == "rejected"
+    assert str(res.error).startswith(
+        "actuator 'a': set_speed.params.body.program.then.then.rpm: 'three' is not of type"
+    )
+    schema = r.actuators["a"].obj.config.action_schemas()["set_speed"]
+    assert sorted(schema["$defs"]) == ["Ramp", "Speed", "Step"]
+    assert schema["$defs"]["Step"]["properties"]["then"] == {"$ref": "#/$defs/Step"}

@@ -69,6 +69,14 @@ BROKEN: list[tuple[str, Callable[[dict[str, Any]], object], str]] = [
         f"{SPEED}.requestBody.$ref: '#/components/requestBodies/Sped' points to nothing",
     ),
     (
+        "ref-cycle",
+        lambda s: s["components"]["parameters"].update(
+            PumpId={"$ref": "#/components/parameters/Again"},
+            Again={"$ref": "#/components/parameters/PumpId"},
+        ),
+        "components.parameters.Again: a cycle of $refs",
+    ),
+    (
         "duplicate-name",
         lambda s: _op(s, "/version", "get").update(operationId="set_speed"),
         "paths./version.get: operation name 'set_speed' is also "
