@@ -18,7 +18,16 @@ from typing import Any
 
 import msgspec
 
-__all__ = ["MAX_DEPTH", "MAX_NODES", "SpecError", "dotted", "load_document", "one_line"]
+__all__ = [
+    "MAX_DEPTH",
+    "MAX_NODES",
+    "SpecError",
+    "dotted",
+    "load_document",
+    "one_line",
+    "parse_document",
+    "read_document",
+]
 
 #: values (objects, arrays, scalars) a document may have once its aliases are expanded
 MAX_NODES = 1_000_000
@@ -45,6 +54,11 @@ def dotted(parts: Collection[object]) -> str:
 # -- reading ------------------------------------------------------------------------------------
 def load_document(path: str, max_bytes: int) -> dict[str, Any]:
     """The document at ``path`` as a plain tree of dicts, lists and scalars."""
+    return parse_document(path, read_document(path, max_bytes))
+
+
+def read_document(path: str, max_bytes: int) -> bytes:
+    """The bytes of the regular file ``path``, at most ``max_bytes`` of them."""
     try:
         # O_NONBLOCK: a FIFO put where the spec should be is refused, not waited on
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
@@ -68,6 +82,11 @@ def load_document(path: str, max_bytes: int) -> dict[str, Any]:
         os.close(fd)
     if len(data) > max_bytes:
         raise SpecError("", f"more than max_spec_bytes ({max_bytes}) bytes")
+    return data
+
+
+def parse_document(path: str, data: bytes) -> dict[str, Any]:
+    """``data`` (read from ``path``: its suffix says JSON or YAML) as a plain tree."""
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:

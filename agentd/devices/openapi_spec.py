@@ -21,14 +21,25 @@ Reading the file (JSON or YAML, bounded) is agentd/devices/openapi_load.py's."""
 
 from __future__ import annotations
 
+import hashlib
 import re
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from agentd.devices.openapi_load import MAX_DEPTH, SpecError, dotted, load_document, one_line
+from agentd.devices.openapi_load import (
+    MAX_DEPTH,
+    SpecError,
+    dotted,
+    one_line,
+    parse_document,
+    read_document,
+)
 
 __all__ = [
+    "CACHED",
     "METHODS",
     "CompiledSpec",
     "Operation",
@@ -242,6 +253,14 @@ class _Schemas:
         return {n: self.defs[n] for n in sorted(seen)}
 
 
+#: spec files whose compiled form is kept for the next load of the same bytes with the same
+#: options (a reload, the fleet's check of a config: the daemon loads its config on the event
+#: loop, and compiling a 1 MiB document takes a good part of a second)
+CACHED = 8
+_CACHE: OrderedDict[tuple[object, ...], tuple[bytes, CompiledSpec]] = OrderedDict()
+_CACHE_LOCK = threading.Lock()
+
+
 # -- operations ---------------------------------------------------------------------------------
 def compile_spec(
     path: str,
@@ -255,21 +274,35 @@ def compile_spec(
     """Read and compile the document at ``path``. ``operations`` keeps only those (and their
     problems); ``reserved_headers`` (lower case) are configured ones a parameter may not set;
     ``check_schema(schema, place)`` says why a schema is not valid JSON Schema."""
+    data = read_document(path, max_bytes)
+    wanted = tuple(operations) if operations is not None else None
+    digest = hashlib.sha256(data).digest()
+    key = (path, wanted, body_param, frozenset(reserved_headers), check_schema)
+    with _CACHE_LOCK:
+        hit = _CACHE.get(key)
+        if hit is not None and hit[0] == digest:
+            _CACHE.move_to_end(key)
+            return hit[1]
     try:
-        return _compile(path, max_bytes, operations, body_param, reserved_headers, check_schema)
+        compiled = _compile(path, data, wanted, body_param, reserved_headers, check_schema)
     except RecursionError:
         raise SpecError("", f"nested deeper than {MAX_DEPTH} levels") from None
+    with _CACHE_LOCK:
+        _CACHE[key] = (digest, compiled)  # the latest document of that file, not every one
+        while len(_CACHE) > CACHED:
+            _CACHE.popitem(last=False)
+    return compiled
 
 
 def _compile(
     path: str,
-    max_bytes: int,
+    data: bytes,
     wanted: Collection[str] | None,
     body_param: str,
     reserved: Collection[str],
     check: Callable[[object, str], str | None] | None,
 ) -> CompiledSpec:
-    doc = load_document(path, max_bytes)
+    doc = parse_document(path, data)
     version = doc.get("openapi")
     if not isinstance(version, str) or not re.match(r"3\.[01](\.|$)", version):
         if "swagger" in doc:

@@ -345,3 +345,21 @@ def test_yaml_and_jsonschema_are_imported_only_for_an_openapi_actuator(tmp_path:
         "with-json.toml": "['jsonschema']",
         "with-yaml.toml": "['jsonschema', 'yaml']",
     }
+
+
+def test_a_reload_of_the_same_document_does_not_compile_it_again(tmp_path: Path) -> None:
+    spec = write_spec(tmp_path / "pump.yaml")
+    text = conf_text(spec)
+
+    def compiled() -> Any:
+        return cfg.loads(text, default_registry).actuators["pump"].config.compiled  # type: ignore[attr-defined]
+
+    first = compiled()
+    assert compiled() is first  # the same bytes: the compiled form is reused
+    write_spec(spec, edited(lambda s: _op(s, "/version", "get").update(operationId="about")))
+    changed = compiled()
+    assert changed is not first
+    assert "about" in changed.operations
+    assert "version" not in changed.operations
+    write_spec(spec, edited(BROKEN[0][1]))
+    assert len(load_errors(text)) == 1  # a broken document is never served from the cache
