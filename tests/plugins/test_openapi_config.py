@@ -283,7 +283,12 @@ def test_check_config_and_run_refuse_a_broken_spec(tmp_path: Path) -> None:
 def test_agentd_schema_shows_an_instances_actions(tmp_path: Path) -> None:
     spec = write_spec(tmp_path / "pump.json")
     conf = tmp_path / "agentd.toml"
-    conf.write_text(conf_text(spec) + '[actuators.webhook]\nurl = "http://127.0.0.1:9/h"\n')
+    conf.write_text(
+        conf_text(spec)
+        + '[actuators.webhook]\nurl = "http://127.0.0.1:9/h"\n'
+        + '[actuators.bump]\nplugin = "exec"\n'
+        + 'commands = { go = ["/bin/true"], stop = ["/bin/false"] }\n'
+    )
     out = run_agentd("schema", "--config", str(conf), "actuator:pump")
     assert out.returncode == 0, out.stderr
     doc = json.loads(out.stdout)
@@ -304,6 +309,10 @@ def test_agentd_schema_shows_an_instances_actions(tmp_path: Path) -> None:
     # an instance named like a plugin wins (its document is the plugin's, plus the instance)
     hook = json.loads(run_agentd("schema", "-c", str(conf), "actuator:webhook").stdout)
     assert (hook["instance"], hook["plugin"]) == ("webhook", "webhook")
+    # an actuator whose actions come from its config (offers()) but has no schemas of its own
+    bump = json.loads(run_agentd("schema", "-c", str(conf), "actuator:bump").stdout)
+    assert sorted(bump["actions"]) == ["go", "stop"]
+    assert bump["actions"]["go"]["$ref"] == "#/$defs/ExecParams"
     # a bare name is always the plugin, without reading a config
     plugin = json.loads(run_agentd("schema", "openapi").stdout)
     assert "instance" not in plugin
