@@ -207,6 +207,15 @@ class _Schemas:
                 out[key] = {k: self.convert(v, f"{at}.{k}", uses) for k, v in value.items()}
             else:
                 out[key] = value
+        props, required = out.get("properties"), out.get("required")
+        if isinstance(props, dict) and isinstance(required, list):
+            # every schema here describes a request: OpenAPI says a required readOnly property
+            # is required in responses only (a server-assigned id is not sent)
+            out["required"] = [
+                r
+                for r in required
+                if not (isinstance(props.get(r), dict) and props[r].get("readOnly") is True)
+            ]
         return self._from_30(out) if self.v30 else out
 
     @staticmethod

@@ -405,3 +405,18 @@ async def test_a_recursive_schema_is_validated_through_its_defs(
     schema = r.actuators["a"].obj.config.action_schemas()["set_speed"]
     assert sorted(schema["$defs"]) == ["Ramp", "Speed", "Step"]
     assert schema["$defs"]["Step"]["properties"]["then"] == {"$ref": "#/$defs/Step"}
+
+
+async def test_a_required_read_only_property_is_not_asked_for(
+    pump: PumpServer, tmp_path: Path
+) -> None:
+    spec = json.loads(json.dumps(PUMP_SPEC))
+    speed = spec["components"]["schemas"]["Speed"]
+    speed["properties"]["serial"] = {"type": "string", "readOnly": True}
+    speed["required"] = ["rpm", "serial"]
+    path = write_spec(tmp_path / "readonly.json", spec)
+    r, _ = actuator(openapi, spec=str(path), base_url=pump.base)
+    res = await r.run(call("set_speed", id="p1", body={"rpm": 10}))
+    assert res.status == "ok", res.error
+    missing = await r.run(call("set_speed", id="p1", body={"serial": "x"}))
+    assert str(missing.error).endswith("set_speed.params.body: 'rpm' is a required property")
