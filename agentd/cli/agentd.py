@@ -75,8 +75,25 @@ def _parser() -> argparse.ArgumentParser:
     plugins = sub.add_parser("plugins", help="list the plugins this agentd can run")
     plugins.add_argument("--json", action="store_true")
 
-    schema = sub.add_parser("schema", help="print the JSON Schema of the config or a plugin")
-    schema.add_argument("plugin", nargs="?", help="one plugin's config and action params")
+    schema = sub.add_parser(
+        "schema",
+        help="print the JSON Schema of the config, a plugin or a configured instance",
+        description="Without NAME: the JSON Schema of the whole config file. NAME: one plugin's "
+        "config and action params (`file`, or `actuator:file` for one kind). KIND:NAME (KIND is "
+        "sensor, policy, actuator or uplink) is first looked up as an instance [<section>.NAME] "
+        "of the config (--config, else the one `run` would use), whose document adds the "
+        "actions it offers with their params schemas (an openapi actuator's operations); when "
+        "the config has no such instance, it is the plugin NAME of that kind.",
+    )
+    schema.add_argument(
+        "plugin", nargs="?", metavar="NAME", help="a plugin, or KIND:NAME for an instance"
+    )
+    schema.add_argument(
+        "-c",
+        "--config",
+        metavar="FILE",
+        help="config file for KIND:NAME (default: the one `run` would use)",
+    )
 
     sub.add_parser("ctl", help="the control CLI (same as agentctl)", add_help=False)
     return p
@@ -118,7 +135,7 @@ def main(argv: Sequence[str]) -> int:  # noqa: RET503 - parser.error exits
     if args.command == "plugins":
         return _plugins(args.json)
     if args.command == "schema":
-        return _schema(args.plugin)
+        return _schema(args.plugin, args.config)
     if args.command == "run":
         return _run(args)
     parser.error(f"unknown command {args.command!r}")  # exits with status 2
@@ -136,26 +153,12 @@ def _config_path(explicit: str | None) -> str | None:
 def _load_checked(file: str | None) -> tuple[str | None, Config, Registry, list[str]] | int:
     """Load a config (shapes, `config.load`) with the registry it was checked against, and
     what can never work in it (agentd/config_refs.py); an exit code if it does not load."""
-    from agentd.config import load
     from agentd.config_refs import check_host, check_references
-    from agentd.errors import ConfigError
-    from agentd.plugins.registry import default_registry
 
-    path = _config_path(file)
-    registry = None
-
-    def catalog(blocked: Iterable[str]) -> Registry:
-        nonlocal registry
-        registry = default_registry(blocked)
-        return registry
-
-    try:
-        config = load(path, catalog)
-    except ConfigError as exc:
-        for line in exc.errors:
-            print(line, file=sys.stderr)
-        return EXIT_ERROR
-    assert registry is not None
+    loaded = _load_config(file)
+    if isinstance(loaded, int):
+        return loaded
+    path, config, registry = loaded
     return path, config, registry, check_references(config, registry) + check_host(config)
 
 
@@ -245,18 +248,62 @@ def _plugins(as_json: bool) -> int:
     return EXIT_OK
 
 
-def _schema(plugin: str | None) -> int:
+def _schema(plugin: str | None, config_file: str | None) -> int:
     import json
+    from typing import Any
 
-    from agentd.schema import config_schema, plugin_schema
+    from agentd.schema import config_schema, instance_schema, plugin_schema, split_kind
 
+    doc: dict[str, Any] | None = None
+    kind, name = split_kind(plugin or "")
+    if kind is not None:
+        # an instance of the config wins over a plugin of the same name: its document is the
+        # plugin's with the instance's own actions added
+        loaded = _load_config(config_file)
+        if isinstance(loaded, int):
+            return loaded
+        path, config, registry = loaded
+        doc = instance_schema(config, kind, name, registry)
+        if doc is None and not registry.find_all(name):
+            where = path or "the embedded default config"
+            print(
+                f"agentd: no {kind} named {name!r} in {where}, nor a plugin (see `agentd plugins`)",
+                file=sys.stderr,
+            )
+            return EXIT_ERROR
     try:
-        doc = plugin_schema(plugin) if plugin else config_schema()
+        if doc is None:
+            doc = plugin_schema(plugin) if plugin else config_schema()
     except KeyError:
         print(f"agentd: no plugin named {plugin!r} (see `agentd plugins`)", file=sys.stderr)
         return EXIT_ERROR
     print(json.dumps(doc, indent=2, sort_keys=True))
     return EXIT_OK
+
+
+def _load_config(file: str | None) -> tuple[str | None, Config, Registry] | int:
+    """The config `run` would use (or ``file``) with its registry; an exit code (the problems
+    printed, one a line) if it does not load."""
+    from agentd.config import load
+    from agentd.errors import ConfigError
+    from agentd.plugins.registry import default_registry
+
+    path = _config_path(file)
+    registry = None
+
+    def catalog(blocked: Iterable[str]) -> Registry:
+        nonlocal registry
+        registry = default_registry(blocked)
+        return registry
+
+    try:
+        config = load(path, catalog)
+    except ConfigError as exc:
+        for line in exc.errors:
+            print(line, file=sys.stderr)
+        return EXIT_ERROR
+    assert registry is not None
+    return path, config, registry
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -9,6 +9,7 @@ from agentd.plugins.builtin import (
     log_actuator,
     mqtt,
     net,
+    openapi,
     process,
     rate,
     rules,
@@ -36,6 +37,7 @@ BUILTINS: list[PluginSpec] = [
     exec_actuator.SPEC,
     file_actuator.SPEC,
     webhook.SPEC,
+    openapi.SPEC,
     session.SPEC,
     # uplinks (transports)
     mqtt.SPEC,
