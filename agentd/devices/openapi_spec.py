@@ -16,6 +16,7 @@ bounded) is agentd/devices/openapi_load.py's."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import re
 import threading
@@ -93,6 +94,8 @@ class Operation:
 @dataclass(frozen=True, slots=True)
 class CompiledSpec:
     file: str
+    #: sha256 of the document's bytes: a reload rebuilds the actuator when it changed
+    digest: str
     #: the document's ``openapi`` version
     version: str
     title: str
@@ -131,6 +134,7 @@ def compile_spec(
             return hit[1]
     try:
         compiled = _compile(path, data, wanted, body_param, reserved_headers, check_schema)
+        compiled = dataclasses.replace(compiled, digest=digest.hex())
     except RecursionError:
         raise SpecError("", f"nested deeper than {MAX_DEPTH} levels") from None
     with _CACHE_LOCK:
@@ -204,7 +208,9 @@ def _compile(
         raise SpecError("paths", "no operation has an operationId or x-tool-name")
     info = doc.get("info")
     title = info.get("title") if isinstance(info, dict) else None
-    return CompiledSpec(file=path, version=version, title=str(title or ""), operations=ops)
+    return CompiledSpec(
+        file=path, digest="", version=version, title=str(title or ""), operations=ops
+    )
 
 
 def _operation(

@@ -68,6 +68,7 @@ class PluginHandle:
         "episode",
         "errors",
         "events",
+        "inputs",
         "instance",
         "last_error",
         "name",
@@ -116,6 +117,10 @@ class PluginHandle:
         #: what its thread calls are tagged with (`agentd.plugins.executor`)
         self.owner = f"{self.kind}:{self.name}"
         self._secrets = secret_values(instance.config)
+        #: what the instance read from outside its table when it was built (its config's
+        #: ``reload_key()``, e.g. a document's or a token file's digest): a reload with the
+        #: same table rebuilds it when this changed
+        self.inputs = reload_key(instance.config)
 
     def redact(self, text: str) -> str:
         """``text`` without this instance's configured secrets (for errors and log lines)."""
@@ -311,6 +316,12 @@ def build_handle(
         why = redact_text(f"{type(exc).__name__}: {exc}", secret_values(instance.config))
         raise PluginError(instance.name, f"cannot be built: {why}", spec.origin) from exc
     return runner(instance, spec, obj, events)
+
+
+def reload_key(config: object) -> object:
+    """A config's ``reload_key()`` (None when it declares none)."""
+    key = getattr(config, "reload_key", None)
+    return key() if callable(key) else None
 
 
 _VALUE_TYPES = (float, int, bool, str)

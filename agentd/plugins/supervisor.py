@@ -27,6 +27,7 @@ from agentd.plugins.handle import (
     PolicyRunner,
     SensorRunner,
     build_handle,
+    reload_key,
 )
 from agentd.plugins.kinds import KINDS, kind_of
 from agentd.plugins.registry import Registry
@@ -249,7 +250,7 @@ class PluginSupervisor:
                     continue
                 kind = kind_of(inst).name
                 old = old_all.get((kind, inst.name))
-                if old is not None and old.instance.raw == inst.raw:
+                if old is not None and _unchanged(old, inst):
                     plan.handles[kind][inst.name] = old
                     continue
                 handle = await self._build_or_defer(inst, plan.unstarted, plan.deferred)
@@ -322,3 +323,10 @@ class PluginSupervisor:
 def _typed(by_name: Mapping[str, PluginHandle], runner: type[H]) -> dict[str, H]:
     assert all(isinstance(h, runner) for h in by_name.values())
     return cast(dict[str, H], dict(by_name))
+
+
+def _unchanged(old: PluginHandle, new: PluginInstance) -> bool:
+    """The same table, and the same outside inputs where the config declares them
+    (``reload_key()`` on its Struct: the ``openapi`` document's digest, the header files'),
+    as read when the running handle was built."""
+    return old.instance.raw == new.raw and old.inputs == reload_key(new.config)

@@ -372,3 +372,31 @@ def test_a_reload_of_the_same_document_does_not_compile_it_again(tmp_path: Path)
     assert "version" not in changed.operations
     write_spec(spec, edited(BROKEN[0][1]))
     assert len(load_errors(text)) == 1  # a broken document is never served from the cache
+
+
+async def test_a_reload_rebuilds_the_actuator_when_only_its_document_changed(
+    tmp_path: Path,
+) -> None:
+    from agentd.plugins.supervisor import PluginSupervisor
+
+    spec = write_spec(tmp_path / "pump.yaml")
+    text = conf_text(spec)
+    registry = default_registry()
+    sup = PluginSupervisor(registry)
+    await sup.start_all(cfg.loads(text, registry))
+    try:
+        first = sup.actuators()["pump"]
+        async with sup.lock:  # the table and the document as they were: the same actuator
+            sup.commit(await sup.rebuild(cfg.loads(text, registry)))
+        assert sup.actuators()["pump"] is first
+        # the operator edits the document in place, then reloads (the table is unchanged)
+        write_spec(spec, edited(lambda s: _op(s, "/version", "get").update(operationId="about")))
+        async with sup.lock:
+            retired = sup.commit(await sup.rebuild(cfg.loads(text, registry)))
+        rebuilt = sup.actuators()["pump"]
+        assert rebuilt is not first
+        assert retired == [first]
+        assert "about" in rebuilt.instance.config.offers()  # type: ignore[attr-defined]
+        await sup.stop_all(1.0, retired)
+    finally:
+        await sup.stop_all(1.0)

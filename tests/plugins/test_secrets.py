@@ -138,3 +138,39 @@ def test_redact_hides_secret_fields() -> None:
     assert secrets.secret_fields(webhook.WebhookConfig) == {"headers": "value", "url": "url"}
     plain = msgspec.convert({"targets": {"a": "/x"}}, file_actuator.FileActuatorConfig)
     assert secrets.redact(plain) == msgspec.to_builtins(plain)
+
+
+async def test_a_reload_after_a_rotated_token_file_sends_the_new_token(
+    http_server: Server, tmp_path: Path
+) -> None:
+    from agentd.config import loads
+    from agentd.plugins.registry import default_registry
+    from agentd.plugins.supervisor import PluginSupervisor
+
+    token = tmp_path / "site.token"
+    token.write_text("key-before")
+    token.chmod(0o600)
+    text = (
+        f'[sensors.system]\n[actuators.hook]\nplugin = "webhook"\nurl = "{http_server.url}"\n'
+        f'header_files = {{ X-Site-Key = "{token}" }}\n'
+    )
+    registry = default_registry()
+    sup = PluginSupervisor(registry)
+    await sup.start_all(loads(text, registry))
+    try:
+        first = sup.actuators()["hook"]
+        async with sup.lock:  # nothing changed: the running actuator is kept
+            sup.commit(await sup.rebuild(loads(text, registry)))
+        assert sup.actuators()["hook"] is first
+        token.write_text("key-after")  # rotated in place; the config table is the same
+        async with sup.lock:
+            retired = sup.commit(await sup.rebuild(loads(text, registry)))
+        assert retired == [first]
+        await sup.stop_all(1.0, retired)
+        hook = sup.actuators()["hook"]
+        await hook.obj.act(Action(actuator="hook", name="alert"))
+        _, headers, _ = http_server.requests[-1]
+        assert headers["x-site-key"] == "key-after"
+        assert "key-after" not in hook.instance.config.reload_key()  # type: ignore[attr-defined]
+    finally:
+        await sup.stop_all(1.0)

@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import os
 import re
 import ssl
+from collections.abc import Callable
 from typing import Annotated, NamedTuple
 from urllib.parse import urlsplit, urlunsplit
 
@@ -101,6 +103,24 @@ class HTTPClientConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True)
                     raise ValueError(f"`{table}.{name}`: {source!r} is not an absolute path")
                 if table == "header_credentials" and not valid_credential_name(source):
                     raise ValueError(f"`{table}.{name}`: {source!r} is not a credential name")
+
+    def reload_key(self) -> str:
+        """What a reload compares besides the table (`PluginSupervisor.rebuild`): a digest of
+        the header values read from files and credentials, so a rotated token file followed by
+        ``systemctl reload`` rebuilds the actuator, which reads it again. The digest, never the
+        secret, is kept; one that cannot be read counts by its error."""
+        digest = hashlib.sha256()
+        sources: list[tuple[str, str, Callable[[str], str]]] = [
+            (f"file:{p}", p, read_secret_file) for p in self.header_files.values()
+        ]
+        sources += [(f"cred:{c}", c, read_credential) for c in self.header_credentials.values()]
+        for label, source, read in sorted(sources):
+            try:
+                value = read(source)
+            except SecretError as exc:
+                value = f"unreadable: {exc}"
+            digest.update(f"{label}\0{len(value)}\0{value}\0".encode())
+        return digest.hexdigest()
 
     def header_names(self) -> set[str]:
         """Every configured header name, lower-cased."""

@@ -84,6 +84,11 @@ class OpenAPIConfig(HTTPClientConfig, forbid_unknown_fields=True, kw_only=True, 
         except SpecError as exc:
             raise ValueError(f"`spec` {self.spec}: {exc}") from None
 
+    def reload_key(self) -> str:
+        """What a reload compares besides the table: the document's bytes (a spec file edited
+        in place, then `systemctl reload`, rebuilds the actuator) and the header secrets."""
+        return f"{self.compiled.digest}:{super().reload_key()}"
+
     # -- declarations for check-config and `agentd schema` -------------------------------------
     def offers(self) -> list[str]:
         return list(self.compiled.operations)
