@@ -7,6 +7,7 @@ from agentd.plugins.builtin import (
     file_actuator,
     file_sensor,
     log_actuator,
+    modbus,
     mqtt,
     net,
     process,
@@ -27,6 +28,7 @@ BUILTINS: list[PluginSpec] = [
     command.SPEC,
     net.SPEC,
     process.SPEC,
+    modbus.SENSOR_SPEC,
     # policies
     threshold.SPEC,
     rules.SPEC,
@@ -37,6 +39,7 @@ BUILTINS: list[PluginSpec] = [
     file_actuator.SPEC,
     webhook.SPEC,
     session.SPEC,
+    modbus.ACTUATOR_SPEC,
     # uplinks (transports)
     mqtt.SPEC,
 ]
