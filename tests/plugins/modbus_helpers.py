@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import re
 import shutil
@@ -16,14 +17,14 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 from pymodbus.pdu import ModbusPDU
 from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
-__all__ = ["FC", "Device", "PtyPair", "stand_ins"]
+__all__ = ["FC", "Device", "PtyPair", "StandIns", "stand_ins"]
 
 #: the function code that reads each table (the datastore is addressed by them)
 FC = {"coil": 1, "discrete": 2, "holding": 3, "input": 4}
@@ -37,6 +38,8 @@ class Device:
     def __init__(self, unit: int = 1, size: int = 1024) -> None:
         self.unit = unit
         self.size = size
+        #: RTU unit ids whose answers are never sent (units that are not on the line)
+        self.silent: set[int] = set()
         #: every request a client sent, as it arrived
         self.requests: list[ModbusPDU] = []
         self.server: ModbusTcpServer | ModbusSerialServer | None = None
@@ -63,6 +66,10 @@ class Device:
             for p in self.requests
             if p.function_code in FC.values()
         ]
+
+    def _packet(self, sending: bool, data: bytes) -> bytes:
+        # an RTU frame starts with the unit id
+        return b"" if sending and data and data[0] in self.silent else data
 
     def _trace(self, sending: bool, pdu: ModbusPDU) -> ModbusPDU:
         if not sending:
@@ -95,6 +102,7 @@ class Device:
             parity=parity,
             reconnect_delay=0,
             trace_pdu=self._trace,
+            trace_packet=self._packet,
         )
         await self.server.serve_forever(background=True)
 
@@ -149,36 +157,47 @@ class PtyPair:
         self.proc = None
 
 
+class StandIns:
+    """The stand-in devices' process (`stand_ins`)."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], directory: Path) -> None:
+        self.proc = proc
+        self.tcp = f"tcp://127.0.0.1:{(directory / 'tcp.port').read_text().strip()}"
+        self.tty = str(directory / "ttyRTU")
+        self.socat = int((directory / "socat.pid").read_text())
+
+    def point(self, conf: Path) -> None:
+        """Point the ``tcp://`` and ``rtu://`` URLs of a config file at the stand-ins."""
+        text = re.sub(r'"tcp://[^"]*"', f'"{self.tcp}"', conf.read_text())
+        conf.write_text(re.sub(r'"rtu://(/[^?"]*)', f'"rtu://{self.tty}', text))
+
+
 @contextlib.contextmanager
-def stand_ins(directory: Path) -> Iterator[Callable[[Path], None]]:
+def stand_ins(directory: Path) -> Iterator[StandIns]:
     """A subprocess serving one Modbus TCP device and one RTU device (on a pty pair; every
-    unit id, every address below 1024 of each table, all zero) until the block ends. Yields a
-    function that points the ``tcp://`` and ``rtu://`` URLs of a config file at them."""
+    unit id, every address below 1024 of each table, all zero) until the block ends."""
     directory.mkdir(parents=True, exist_ok=True)
     proc = subprocess.Popen(
         [sys.executable, "-m", "tests.plugins.modbus_helpers", str(directory)],
         cwd=Path(__file__).resolve().parents[2],
+        stdout=subprocess.DEVNULL,
     )
     try:
         deadline = time.monotonic() + 20
-        port_file, tty = directory / "tcp.port", directory / "ttyRTU"
-        while not (port_file.exists() and tty.exists() and (directory / "ready").exists()):
+        while not (directory / "ready").exists():
             assert proc.poll() is None, "the Modbus stand-ins exited"
             assert time.monotonic() < deadline, "the Modbus stand-ins did not start"
             time.sleep(0.05)
-        tcp = f"tcp://127.0.0.1:{port_file.read_text().strip()}"
-
-        def point(conf: Path) -> None:
-            text = re.sub(r'"tcp://[^"]*"', f'"{tcp}"', conf.read_text())
-            conf.write_text(re.sub(r'"rtu://(/[^?"]*)', f'"rtu://{tty}', text))
-
-        yield point
+        yield StandIns(proc, directory)
     finally:
-        proc.terminate()
-        proc.wait(10)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGCONT)  # a test may have stopped it
+            proc.terminate()
+            proc.wait(10)
 
 
 async def _serve(directory: Path) -> None:
+    logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
     pair = PtyPair(directory).start()
     os.replace(pair.a, directory / "ttyRTU")
     try:
@@ -186,6 +205,8 @@ async def _serve(directory: Path) -> None:
         url = await tcp.start_tcp()
         await rtu.start_rtu(pair.b)
         (directory / "tcp.port").write_text(url.rsplit(":", 1)[1])
+        assert pair.proc is not None
+        (directory / "socat.pid").write_text(str(pair.proc.pid))
         (directory / "ready").write_text("")
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

@@ -83,8 +83,8 @@ def _doc_config(tmp: Path) -> tuple[Path, dict[str, str]]:
 @pytest.fixture
 def modbus_devices(tmp_path: Path) -> Iterator[Callable[[Path], None]]:
     """The Modbus devices the examples name, as local stand-ins (tests/plugins/modbus_helpers)."""
-    with stand_ins(tmp_path / "modbus") as point:
-        yield point
+    with stand_ins(tmp_path / "modbus") as devices:
+        yield devices.point
 
 
 def test_every_example_passes_check_config_and_agentd_test(
