@@ -128,13 +128,12 @@ class Link:
         client = self.client
         if client is not None and client.connected:
             return client
-        now = time.monotonic()
-        if now < self.retry_at:
-            raise ModbusError(f"{self.last_error} (next attempt in {self.retry_at - now:.1f}s)")
+        self._check_backoff()
         async with asyncio.timeout(timeout):
             async with self._opening:  # another user may be opening it right now
                 if self.client is not None and self.client.connected:
                     return self.client
+                self._check_backoff()  # the one before us may just have failed
                 self.drop()
                 client = self._new_client()
                 try:
@@ -142,11 +141,16 @@ class Link:
                 except BaseException:
                     client.close()
                     raise
-        if not ok:
-            client.close()
-            self._failed(self._why_not(), backoff)
-        self.client, self.delay = client, 0.0
+                if not ok:
+                    client.close()
+                    self._failed(self._why_not(), backoff)
+                self.client, self.delay = client, 0.0
         return client
+
+    def _check_backoff(self) -> None:
+        now = time.monotonic()
+        if now < self.retry_at:
+            raise ModbusError(f"{self.last_error} (next attempt in {self.retry_at - now:.1f}s)")
 
     def _why_not(self) -> str:
         e = self.endpoint
@@ -181,22 +185,27 @@ class Link:
             async with asyncio.timeout(timeout):
                 pdu = await request(client)
         except TimeoutError:
-            self.drop()
+            self.drop(client)
             raise ModbusError(f"no answer within {timeout:g}s") from None
         except asyncio.CancelledError:
-            self.drop()
+            self.drop(client)
             raise
         except ModbusException as exc:
-            self.drop()
+            self.drop(client)
             raise ModbusError(" ".join(str(exc).split())[:200]) from None
         if pdu.isError():
             code = pdu.exception_code
             raise ModbusError(f"exception {code} ({EXCEPTION_CODES.get(code, 'unknown')})")
         return pdu
 
-    def drop(self) -> None:
-        """Close the connection (the next call opens a new one)."""
-        client, self.client = self.client, None
+    def drop(self, client: AsyncModbusTcpClient | AsyncModbusSerialClient | None = None) -> None:
+        """Close the connection (the next call opens a new one). With ``client``: only if it
+        is still the link's, so a request that failed on an old connection does not close the
+        new one another user has opened since."""
+        if client is None:
+            client = self.client
+        if client is self.client:
+            self.client = None
         if client is not None:
             client.close()
 

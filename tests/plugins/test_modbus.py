@@ -360,6 +360,30 @@ async def test_a_sensor_and_an_actuator_share_one_connection(device: Device) -> 
     assert POOL.links() == {}
 
 
+async def test_a_failed_request_on_an_old_connection_leaves_the_new_one_open(
+    device: Device,
+) -> None:
+    # two users of one link: A's request fails and A reopens; B's request, still on the old
+    # connection, fails after that: B must not close A's new connection
+    sensor = ModbusSensor(sensor_config(device.url, [{"name": "v", "address": 0}], unit=3))
+    try:
+        await sensor.perceive()
+        link = sensor.link
+        assert link is not None
+        old = link.client
+        link.drop(old)
+        await sensor.perceive()
+        new = link.client
+        assert new is not None
+        assert new is not old
+        link.drop(old)
+        assert link.client is new
+        assert new.connected
+        assert await sensor.perceive() == {"v": 0}
+    finally:
+        await sensor.stop()
+
+
 async def test_one_serial_port_with_two_line_settings_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "ttyX"
     first = ModbusSensor(sensor_config(f"rtu://{path}?baud=9600", [{"name": "a", "address": 0}]))

@@ -19,7 +19,7 @@ BAD = [
     ('url = "rtu:///dev/ttyS0?parity=X"', "parity='X' is not N, E or O"),
     ('url = "rtu:///dev/ttyS0?speed=9600"', "unknown setting 'speed'"),
     ('url = "rtu://dev/ttyS0"', "an rtu URL names a serial device"),
-    ("unit = 0", "sensors.m.unit: expected an integer >= 1, got 0"),
+    ("unit = 256", "sensors.m.unit: expected an integer <= 255, got 256"),
     (
         'registers = [{ name = "a", address = 70000 }]',
         "sensors.m.registers[0].address: expected an integer <= 65535, got 70000",
@@ -50,6 +50,10 @@ BAD = [
     ),
     ("registers = []", "sensors.m.registers: expected an array of length >= 1"),
     ("max_registers = 126", "sensors.m.max_registers: expected an integer <= 125, got 126"),
+    (
+        'unit = 0\nurl = "rtu:///dev/ttyS0"',
+        "sensors.m: `unit` 0: a unit on a serial line is 1..247",
+    ),
     ("request_timeout = 0", "sensors.m.request_timeout: expected a number > 0"),
 ]
 
@@ -62,6 +66,8 @@ def test_bad_configs_are_one_line_from_check_config(tmp_path: Path, line: str, e
         "registers": 'registers = [{ name = "v", address = 0 }]',
     }
     table[key] = line
+    if "\n" in line:  # the unit's bounds depend on the URL: the line sets both
+        del table["url"]
     conf = tmp_path / "agentd.toml"
     conf.write_text('[sensors.m]\nplugin = "modbus"\n' + "\n".join(table.values()) + "\n")
     proc = subprocess.run(
@@ -76,6 +82,23 @@ def test_bad_configs_are_one_line_from_check_config(tmp_path: Path, line: str, e
     assert len(lines) == 1, proc.stderr
     assert error in lines[0], lines[0]
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("unit", [0, 255])
+def test_a_tcp_unit_may_be_0_or_255(tmp_path: Path, unit: int) -> None:
+    conf = tmp_path / "agentd.toml"
+    conf.write_text(
+        f'[sensors.m]\nplugin = "modbus"\nurl = "tcp://127.0.0.1:5020"\nunit = {unit}\n'
+        'registers = [{ name = "v", address = 0 }]\n'
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "agentd", "check-config", str(conf)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, "ok\n", "")
 
 
 def test_an_actuator_on_a_read_only_table_and_a_policy_typo_are_refused(tmp_path: Path) -> None:

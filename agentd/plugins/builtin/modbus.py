@@ -153,8 +153,9 @@ class ModbusConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, fro
 
     #: ``tcp://HOST[:PORT]`` or ``rtu:///dev/ttyUSB0?baud=9600&parity=N&stop=1&bytesize=8``
     url: str
-    #: the unit (slave) id; 0 is the broadcast address (no answer comes: not allowed)
-    unit: Annotated[int, Meta(ge=1, le=247)] = 1
+    #: the unit (slave) id: 1..247 on a serial line (0 is its broadcast address, which no unit
+    #: answers); 0..255 over TCP (gateways route by it; many TCP devices want 1, 0 or 255)
+    unit: Annotated[int, Meta(ge=0, le=255)] = 1
     registers: Annotated[list[Register], Meta(min_length=1, max_length=MAX_MAP)]
     #: seconds one request may take (waiting for the shared connection included); keep
     #: ``requests x request_timeout`` below the plugin's timeout (default: the loop interval)
@@ -167,9 +168,11 @@ class ModbusConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, fro
 
     def __post_init__(self) -> None:
         try:
-            parse_url(self.url)
+            endpoint = parse_url(self.url)
         except ValueError as exc:
             raise ValueError(f"`url` {exc}") from None
+        if endpoint.scheme == "rtu" and not 1 <= self.unit <= 247:
+            raise ValueError(f"`unit` {self.unit}: a unit on a serial line is 1..247")
         if self.reconnect_max < self.reconnect_min:
             raise ValueError("`reconnect_max` is below `reconnect_min`")
         seen: dict[str, int] = {}
