@@ -161,7 +161,7 @@ async def test_every_type_and_order_round_trips_over_tcp(device: Device) -> None
 
 
 async def test_scale_offset_and_units(device: Device) -> None:
-    await device.set("input", 0, [2315, 0xFFFF, 40])
+    await device.set("input", 0, [2315, 0xFFFF, 40, 0x0100, 0])
     config = sensor_config(
         device.url,
         [
@@ -175,16 +175,24 @@ async def test_scale_offset_and_units(device: Device) -> None:
                 "offset": -40,
                 "unit": "C",
             },
+            {"name": "on", "table": "input", "address": 3, "type": "bool"},
+            {"name": "off", "table": "input", "address": 4, "type": "bool"},
         ],
         unit=device.unit,
     )
-    assert declared_metrics(config) == {"volts": "V", "delta": "", "temp": "C"}
+    assert declared_metrics(config) == {"volts": "V", "delta": "", "temp": "C", "on": "", "off": ""}
     sensor = ModbusSensor(config)
     try:
         readings = await sensor.perceive()
     finally:
         await sensor.stop()
-    assert readings == {"volts": pytest.approx(231.5), "delta": -0.5, "temp": 0.0}
+    assert readings == {
+        "volts": pytest.approx(231.5),
+        "delta": -0.5,
+        "temp": 0.0,
+        "on": True,  # a register read as bool: non-zero
+        "off": False,
+    }
     assert isinstance(readings["temp"], float)
 
 
