@@ -84,10 +84,21 @@ Call = Callable[[AsyncModbusTcpClient | AsyncModbusSerialClient], Awaitable[Modb
 class Link:
     """One connection to one endpoint, shared by the instances configured on it."""
 
-    __slots__ = ("_opening", "client", "delay", "endpoint", "last_error", "retry_at", "users")
+    __slots__ = (
+        "_opening",
+        "client",
+        "delay",
+        "endpoint",
+        "key",
+        "last_error",
+        "retry_at",
+        "users",
+    )
 
-    def __init__(self, endpoint: Endpoint) -> None:
+    def __init__(self, endpoint: Endpoint, key: str = "") -> None:
         self.endpoint = endpoint
+        #: the pool's key (the serial port's real path)
+        self.key = key or endpoint.key
         self.users = 0
         self.client: AsyncModbusTcpClient | AsyncModbusSerialClient | None = None
         #: the back-off after failed opens: no new attempt before ``retry_at``
@@ -219,9 +230,10 @@ class LinkPool:
         self._links: dict[str, Link] = {}
 
     def acquire(self, endpoint: Endpoint) -> Link:
-        link = self._links.get(endpoint.key)
+        key = _pool_key(endpoint)
+        link = self._links.get(key)
         if link is None:
-            link = self._links[endpoint.key] = Link(endpoint)
+            link = self._links[key] = Link(endpoint, key)
         elif link.endpoint.line != endpoint.line and endpoint.scheme == "rtu":
             have, want = link.endpoint, endpoint
             raise ModbusError(
@@ -237,12 +249,20 @@ class LinkPool:
         link.users -= 1
         if link.users <= 0:
             link.drop()
-            if self._links.get(link.endpoint.key) is link:
-                del self._links[link.endpoint.key]
+            if self._links.get(link.key) is link:
+                del self._links[link.key]
 
     def links(self) -> dict[str, int]:
         """Endpoint key -> users (for tests and diagnostics)."""
         return {k: v.users for k, v in self._links.items()}
+
+
+def _pool_key(endpoint: Endpoint) -> str:
+    # one port under two names (/dev/ttyUSB0 and its /dev/serial/by-id/... link) is one line:
+    # the second open would fail on the exclusive lock
+    if endpoint.scheme == "rtu":
+        return f"rtu://{os.path.realpath(endpoint.path)}"
+    return endpoint.key
 
 
 #: the one pool of the process

@@ -7,6 +7,7 @@ deadline, never hanging."""
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -60,12 +61,34 @@ async def test_a_sensor_and_an_actuator_share_the_serial_port(
         writes = [actuator.act(Action(actuator="a", name="v", params={"to": i})) for i in range(4)]
         reads = [sensor.perceive() for _ in range(4)]
         await asyncio.gather(*writes, *reads)
-        assert POOL.links() == {f"rtu://{pair.a}": 2}
+        # keyed by the port's real path (the pty behind the socat link)
+        assert POOL.links() == {f"rtu://{os.path.realpath(pair.a)}": 2}
         assert await sensor.perceive() == {"v": 3}
         assert [w[2] for w in dev.writes] == [[0], [1], [2], [3]]
     finally:
         await sensor.stop()
         await actuator.stop()
+
+
+async def test_one_port_under_two_names_is_one_link(line: tuple[PtyPair, Device]) -> None:
+    pair, dev = line
+    alias = Path(pair.a).with_name("by-id-adapter")
+    alias.symlink_to(pair.a)
+    await dev.set("holding", 0, [11])
+    first = ModbusSensor(sensor_config(rtu(pair), [{"name": "v", "address": 0}], unit=7))
+    second = ModbusSensor(
+        sensor_config(f"rtu://{alias}?baud=19200", [{"name": "v", "address": 0}], unit=7)
+    )
+    try:
+        # a second open of the port would fail (it is opened exclusively)
+        assert await first.perceive() == {"v": 11}
+        assert await second.perceive() == {"v": 11}
+        assert first.link is second.link
+        assert list(POOL.links().values()) == [2]
+    finally:
+        await first.stop()
+        await second.stop()
+    assert POOL.links() == {}
 
 
 async def test_a_silent_unit_times_out_and_the_line_still_serves_the_others(
