@@ -30,6 +30,7 @@ GROUPS = [
     ["scaling"],
     ["telemetry"],
     ["uplink"],
+    ["modbus"],
     ["commands"],
     ["footprint"],
 ]

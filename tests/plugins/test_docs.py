@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ import pytest
 from agentd import config as cfg
 from agentd.plugins.builtin import BUILTINS
 from agentd.plugins.registry import default_registry
+from tests.plugins.modbus_helpers import stand_ins
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "plugins.md"
 BLOCKS = [b for b in re.findall(r"```toml\n(.*?)```", DOC.read_text(), re.S) if "[project" not in b]
@@ -110,8 +112,18 @@ def _doc_config(tmp: Path) -> tuple[Path, dict[str, str]]:
     return conf, env
 
 
-def test_every_example_passes_check_config_and_agentd_test(tmp_path: Path) -> None:
+@pytest.fixture
+def modbus_devices(tmp_path: Path) -> Iterator[Callable[[Path], None]]:
+    """The Modbus devices the examples name, as local stand-ins (tests/plugins/modbus_helpers)."""
+    with stand_ins(tmp_path / "modbus") as devices:
+        yield devices.point
+
+
+def test_every_example_passes_check_config_and_agentd_test(
+    tmp_path: Path, modbus_devices: Callable[[Path], None]
+) -> None:
     conf, env = _doc_config(tmp_path)
+    modbus_devices(conf)
     check = subprocess.run(
         [sys.executable, "-m", "agentd", "check-config", str(conf)],
         capture_output=True,

@@ -7,6 +7,7 @@ from agentd.plugins.builtin import (
     file_actuator,
     file_sensor,
     log_actuator,
+    modbus,
     mqtt,
     net,
     openapi,
@@ -28,6 +29,7 @@ BUILTINS: list[PluginSpec] = [
     command.SPEC,
     net.SPEC,
     process.SPEC,
+    modbus.SENSOR_SPEC,
     # policies
     threshold.SPEC,
     rules.SPEC,
@@ -39,6 +41,7 @@ BUILTINS: list[PluginSpec] = [
     webhook.SPEC,
     openapi.SPEC,
     session.SPEC,
+    modbus.ACTUATOR_SPEC,
     # uplinks (transports)
     mqtt.SPEC,
 ]
