@@ -6,6 +6,9 @@ references between instances, and the programs the config names on this host.
 - a policy's actuator offers the action (``offers()`` where the actions depend on the config);
 - a placeholder an actuator's action needs (``needs(action)``: an ``exec`` argv's ``{param}``)
   is in every params table a policy sends it;
+- a policy's fixed params satisfy the action's params schema where the actuator declares one
+  (``action_schemas()``: ``openapi``, ``mqtt``, ``modbus``), and the params the policy adds
+  itself (``EXTRA_PARAMS``) are ones the schema accepts;
 - what a config names on this host exists (``host_problems()``: an ``exec`` program must be an
   executable file).
 
@@ -98,6 +101,46 @@ def _strings(node: Any, path: str) -> Iterator[tuple[str, str]]:
             yield from _strings(v, f"{path}[{i}]")
 
 
+#: any ``{...}`` placeholder: a value holding one is only known when the policy fills it
+_PLACEHOLDER = re.compile(r"\{[A-Za-z_][^{}]*\}")
+
+
+def _templated(value: object) -> bool:
+    return any(_PLACEHOLDER.search(text) for _, text in _strings(value, ""))
+
+
+def _schema_problems(
+    where: str, table: str, target: str, action: str, params: object, extra: set[str], act: object
+) -> list[str]:
+    """A policy's fixed params against the action's params schema, where the actuator's config
+    declares one (``action_schemas()``: openapi, mqtt, modbus): values that are placeholders
+    and the params the policy adds itself (``EXTRA_PARAMS``) are only known at run time, so
+    those are checked by name only."""
+    from agentd.plugins.paramschema import ParamsSchema, declared_action_schemas
+
+    schemas = declared_action_schemas(act)
+    schema = schemas.get(action) if schemas else None
+    if not isinstance(schema, Mapping) or not isinstance(params, dict):
+        return []
+    properties = schema.get("properties")
+    known = set(properties) if isinstance(properties, Mapping) else set()
+    closed = schema.get("additionalProperties") is False
+    refused = sorted(extra - known) if closed else []
+    if refused:
+        return [
+            f"{where}.{table}: this policy adds {', '.join(refused)} to the params it sends, "
+            f"which actuator {target!r} action {action!r} does not accept "
+            f"(it takes: {', '.join(sorted(known)) or 'none'}); use a `rules` policy"
+        ]
+    later = extra | {k for k, v in params.items() if _templated(v)}
+    fixed = {k: v for k, v in params.items() if k not in later}
+    required = schema.get("required")
+    if isinstance(required, list):
+        schema = {**schema, "required": [r for r in required if r not in later]}
+    problem = ParamsSchema(schema).problem(fixed, where=f"{where}.{table}")
+    return [f"{problem} (actuator {target!r} action {action!r})"] if problem else []
+
+
 def _sends(config: object) -> Iterator[tuple[str, str, set[str]]]:
     """(key path, action, param names) for every action a policy config may send."""
     extra = set(getattr(config, "EXTRA_PARAMS", ()))
@@ -143,8 +186,20 @@ def check_references(config: Config, catalog: PluginCatalog) -> list[str]:
                 continue
             needs = getattr(act.config, "needs", None)
             missing = sorted(set(needs(action)) - params) if callable(needs) else []
+            table = "clear_params" if path == "clear_action" else "params"
+            params_sent = getattr(inst.config, "params", None)
+            # as _sends: a policy without its own clear_params sends its params when clearing
+            sent = params_sent if table == "params" else getattr(inst.config, table, params_sent)
+            errors += _schema_problems(
+                where,
+                table,
+                target,
+                action,
+                sent,
+                set(getattr(inst.config, "EXTRA_PARAMS", ())),
+                act.config,
+            )
             if missing:
-                table = "clear_params" if path == "clear_action" else "params"
                 errors.append(
                     f"{where}.{table}: actuator {target!r} action {action!r} needs "
                     + ", ".join(f"{{{m}}}" for m in missing)

@@ -21,6 +21,13 @@ metric = "celsius"
 [actuators.ex]
 plugin = "exec"
 commands = { blink = ["/bin/echo", "--times", "{times}"], go = ["/bin/true"] }
+[actuators.plc]
+plugin = "modbus"
+url = "tcp://127.0.0.1:1502"
+registers = [
+  { name = "setpoint", address = 100, type = "int16", min = 30.0, max = 65.0 },
+  { name = "pump", table = "coil", address = 0 },
+]
 """
 
 CASES = {
@@ -58,6 +65,19 @@ CASES = {
         "params = { time = 3 }\n"
         "conditions = [{ metric = 'tank.celsius', op = '>', value = 1 }]\n",
         "policies.p.params: actuator 'ex' action 'blink' needs {times}, which 'p' does not send",
+    ),
+    "param_outside_the_schema": (
+        "[policies.p]\nplugin = 'rules'\nactuator = 'plc'\naction = 'setpoint'\n"
+        "params = { to = 90 }\n"
+        "conditions = [{ metric = 'tank.celsius', op = '>', value = 1 }]\n",
+        "policies.p.params.to: 90 is greater than the maximum of 65 "
+        "(actuator 'plc' action 'setpoint')",
+    ),
+    "clear_param_outside_the_schema": (
+        "[policies.p]\nplugin = 'rules'\nactuator = 'plc'\naction = 'pump'\n"
+        "params = { to = true }\nclear_action = 'pump'\nclear_params = { to = 'off' }\n"
+        "conditions = [{ metric = 'tank.celsius', op = '>', value = 1 }]\n",
+        "policies.p.clear_params.to: 'off' is not of type 'boolean' (actuator 'plc' action 'pump')",
     ),
     "actuator_typo": (
         "[policies.p]\nplugin = 'threshold'\nmetric = 'system.cpu.percent'\nabove = 1.0\n"
@@ -113,6 +133,11 @@ def test_good_references_pass_and_a_template_extra_is_not_a_metric(tmp_path: Pat
         " { metric = 'system.temp.cpu_thermal.0', op = '>', value = 1 }]\n"
         "[policies.q]\nplugin = 'rate'\nmetric = 'system.disk.root.free'\nbelow = -1.0\n"
         "actuator = 'log'\nparams = { message = '{rate}' }\n"
+        # a placeholder is only known when the policy fills it: not checked against the schema
+        "[policies.r]\nplugin = 'rules'\nactuator = 'plc'\naction = 'setpoint'\n"
+        "params = { to = '{tank.celsius:.0f}' }\nclear_action = 'setpoint'\n"
+        "clear_params = { to = 45 }\n"
+        "conditions = [{ metric = 'tank.celsius', op = '>', value = 1 }]\n"
     )
     out = check(path)
     assert (out.returncode, out.stdout, out.stderr) == (0, "ok\n", "")

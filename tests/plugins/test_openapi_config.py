@@ -275,8 +275,11 @@ def test_check_config_and_run_refuse_a_broken_spec(tmp_path: Path) -> None:
     conf.write_text(conf.read_text().replace('"set_sped"', '"set_speed"'))
     out = run_agentd("check-config", str(conf))
     assert out.stderr.splitlines() == [
+        "policies.hot.params: this policy adds metric, threshold, value to the params it "
+        "sends, which actuator 'pump' action 'set_speed' does not accept (it takes: body, id); "
+        "use a `rules` policy",
         "policies.hot.params: actuator 'pump' action 'set_speed' needs {body}, {id}, which "
-        "'hot' does not send"
+        "'hot' does not send",
     ]
 
 
