@@ -8,6 +8,7 @@ from agentd.plugins.builtin import (
     file_sensor,
     log_actuator,
     mqtt,
+    mqtt_device,
     net,
     process,
     rate,
@@ -27,6 +28,7 @@ BUILTINS: list[PluginSpec] = [
     command.SPEC,
     net.SPEC,
     process.SPEC,
+    mqtt_device.SENSOR_SPEC,
     # policies
     threshold.SPEC,
     rules.SPEC,
@@ -37,6 +39,7 @@ BUILTINS: list[PluginSpec] = [
     file_actuator.SPEC,
     webhook.SPEC,
     session.SPEC,
+    mqtt_device.ACTUATOR_SPEC,
     # uplinks (transports)
     mqtt.SPEC,
 ]
