@@ -77,7 +77,7 @@ class _Drops:
         self._logged[kind] = now
         more = f" ({n} such drops since the last line)" if last is not None else ""
         log.warning(
-            "mqtt sensor %s: dropped a message on %r: %s%s; counted in %s.dropped.%s",
+            "%s: dropped a message on %r: %s%s; counted in %s.dropped.%s",
             self.where,
             topic[:120],
             reason,
@@ -95,6 +95,7 @@ class MqttSensor:
         # below that, a payload over max_payload is read, dropped and counted here
         self.link = DeviceLink(
             c,
+            role="sensor",
             reconnect=(c.reconnect_min, c.reconnect_max),
             subscriptions=c.topics,
             qos=c.qos,
@@ -107,7 +108,7 @@ class MqttSensor:
         self.table: dict[str, tuple[Value, float]] = {}
         #: metrics in the table reported stale (kept so a retained copy keeps their age)
         self.stale: dict[str, None] = {}
-        self.drops = _Drops(self.link.where)
+        self.drops = _Drops(self.link.name)
         self.received = 0
         self.accepted = 0
         self.stale_count = 0
@@ -214,7 +215,9 @@ class _Refused(ValueError):
 class MqttActuator:
     def __init__(self, config: MqttActuatorConfig) -> None:
         self.config = config
-        self.link = DeviceLink(config, reconnect=(config.reconnect_min, config.reconnect_max))
+        self.link = DeviceLink(
+            config, role="actuator", reconnect=(config.reconnect_min, config.reconnect_max)
+        )
         self._schemas = {name: ParamsSchema(a.params) for name, a in config.actions.items()}
         self._patterns = {name: re.compile(a.value_pattern) for name, a in config.actions.items()}
 

@@ -59,6 +59,7 @@ class DeviceLink:
         self,
         config: MqttConfig,
         *,
+        role: str,
         reconnect: tuple[float, float],
         subscriptions: Sequence[str] = (),
         qos: int = 0,
@@ -68,6 +69,8 @@ class DeviceLink:
         self.config = config
         self.endpoint = config.endpoint()
         self.where = f"{self.endpoint.host}:{self.endpoint.port}"
+        #: what log lines call this link ("mqtt sensor 127.0.0.1:1883")
+        self.name = f"mqtt {role} {self.where}"
         self._reconnect = reconnect
         self._subscriptions = list(subscriptions)
         self._qos = qos
@@ -129,7 +132,7 @@ class DeviceLink:
             except Exception as exc:  # noqa: BLE001 - any failed connect is retried
                 error = str(exc) if isinstance(exc, LinkError) else f"{type(exc).__name__}: {exc}"
                 if error != self._error:
-                    log.warning("mqtt %s: %s; retrying", self.where, error)
+                    log.warning("%s: %s; retrying", self.name, error)
                 self._error = error
                 attempt += 1
                 await asyncio.sleep(random.uniform(0, min(high, low * 2**attempt)))
@@ -137,14 +140,14 @@ class DeviceLink:
             self.connects += 1
             if self.connects > 1:
                 self.reconnects += 1
-                log.warning("mqtt %s: connected again after %d attempts", self.where, attempt + 1)
+                log.warning("%s: connected again after %d attempts", self.name, attempt + 1)
             attempt = 0
             self._up.set()
             assert self._lost is not None
             why = await asyncio.shield(self._lost)
             self._up.clear()
             self._error = why
-            log.warning("mqtt %s: %s; reconnecting", self.where, why)
+            log.warning("%s: %s; reconnecting", self.name, why)
 
     # -- connect -----------------------------------------------------------------------------
     async def _connect(self) -> None:
@@ -400,7 +403,7 @@ class DeviceLink:
             try:
                 self._on_message(msg)
             except Exception:  # a bad message must not take the link down
-                log.exception("mqtt %s: handling a message on %r failed", self.where, msg.topic)
+                log.exception("%s: handling a message on %r failed", self.name, msg.topic)
 
     def _handle_disconnect(
         self, _c: paho.Client, _u: Any, flags: Any, reason: ReasonCode, _p: Properties | None
