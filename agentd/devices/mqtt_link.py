@@ -329,7 +329,9 @@ class DeviceLink:
         self._misc = loop.call_later(MISC_EVERY, self._tick)
 
     def _readable(self) -> None:
-        self._more = None
+        if self._more is not None:  # the selector fired while a continuation was queued
+            self._more.cancel()
+            self._more = None
         client = self._client
         if client is None:
             return
