@@ -30,6 +30,7 @@ GROUPS = [
     ["scaling"],
     ["telemetry"],
     ["uplink"],
+    ["mqtt_sensor"],
     ["commands"],
     ["footprint"],
 ]
