@@ -148,6 +148,16 @@ def test_the_issues_keys_load() -> None:
     )
     assert fixed.produces() == {"_mqtt.*": "", "0.*": ""}
 
+    def produces(topic: str, style: str) -> object:
+        keys = {"url": "mqtt://h", "topics": [topic], "metric_names": style, "stats": False}
+        return msgspec.convert(keys, MqttSensorConfig).produces()
+
+    assert produces("tele/+/SENSOR", "wildcards") is None  # named by the device level
+    assert produces("tele/+/SENSOR", "last") == {"SENSOR.*": ""}
+    assert produces("tele/+/SENSOR", "topic") == {"tele.*": ""}
+    assert produces("tele/dev 1/SENSOR", "topic") == {"tele.dev_1.SENSOR.*": ""}
+    assert produces("tele/#", "last") is None
+
 
 @pytest.mark.parametrize(
     ("text", "expected"),

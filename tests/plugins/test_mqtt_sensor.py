@@ -17,8 +17,14 @@ import msgspec
 import pytest
 
 from agentd.devices.mqtt import MqttSensor
+from agentd.errors import ConfigError
 from agentd.plugins.builtin.mqtt_device import MqttSensorConfig
-from tests.uplink.broker import Mosquitto
+from tests.uplink.broker import Certs, Mosquitto, make_certs
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
+    return make_certs(tmp_path_factory.mktemp("certs"))
 
 
 @pytest.fixture
@@ -245,3 +251,38 @@ async def test_a_broker_restart_degrades_then_recovers(
     assert len([m for m in messages if "reconnecting" in m]) == 1
     assert len([m for m in messages if "connected again" in m]) == 1
     assert len([m for m in messages if "retrying" in m]) <= 2  # once per distinct error
+
+
+async def test_an_unreadable_password_fails_the_start_in_one_line(mosquitto: Mosquitto) -> None:
+    sensor = MqttSensor(config(mosquitto, username="gw", password_file="/nonexistent/pw"))
+    with pytest.raises(ConfigError) as err:
+        await sensor.start()
+    assert "mqtt password" in str(err.value)
+    assert "/nonexistent/pw" in str(err.value)
+    await sensor.stop()
+
+
+async def test_tls_with_a_client_certificate(tmp_path: Path, certs: Certs) -> None:
+    b = Mosquitto(tmp_path / "tls", certs=certs)
+    b.start()
+    try:
+        keys = {"ca": str(certs.ca), "cert": str(certs.client), "key": str(certs.client_key)}
+        sensor = MqttSensor(config(b, url=b.tls_url, **keys))
+        await sensor.start()
+        try:
+            assert sensor.link.problem() is None
+            pub(b, "zigbee2mqtt/kitchen", '{"temperature": 19.5}')
+            r = await until(sensor, lambda r: "kitchen.temperature" in r)
+            assert r["kitchen.temperature"] == 19.5
+        finally:
+            await sensor.stop()
+        wrong = MqttSensor(config(b, url=b.tls_url, ca=str(certs.other_ca)))
+        await wrong.start()
+        try:
+            problem = wrong.link.problem()
+            assert problem is not None
+            assert "certificate verify failed" in problem
+        finally:
+            await wrong.stop()
+    finally:
+        b.stop()

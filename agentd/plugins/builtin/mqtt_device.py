@@ -114,12 +114,13 @@ class MqttSensorConfig(_Connection, frozen=True, kw_only=True):
                 if not fixed:
                     return None
                 out[".".join(fixed) + ".*"] = ""
-            elif "+" in levels or "#" in levels:
-                if self.metric_names == "last" or levels[-1] in ("+", "#"):
-                    return None
-                out[f"{safe_level(levels[-1])}.*"] = ""
-            else:
-                out[f"{safe_level(levels[-1])}.*"] = ""
+                continue
+            wild = "+" in levels or "#" in levels
+            # "wildcards" names a filter's metrics by its wildcard levels, "last" by the
+            # topic's last level: known here only when that level is not a wildcard
+            if levels[-1] in ("+", "#") or (wild and self.metric_names == "wildcards"):
+                return None
+            out[f"{safe_level(levels[-1])}.*"] = ""
         return out
 
 
