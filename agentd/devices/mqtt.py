@@ -76,7 +76,10 @@ class _Drops:
         n, self._since[kind] = self._since[kind], 0
         self._logged[kind] = now
         more = f" ({n} such drops since the last line)" if last is not None else ""
-        log.warning(
+        # a message with none of the fields is normal (a plug's power report to a sensor
+        # that reads temperatures): said, but not as a fault
+        log.log(
+            logging.INFO if kind == "unmapped" else logging.WARNING,
             "%s: dropped a message on %r: %s%s; counted in %s.dropped.%s",
             self.where,
             topic[:120],

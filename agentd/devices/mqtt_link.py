@@ -112,6 +112,8 @@ class DeviceLink:
         client = self._client
         if client is not None and self._lost is not None and not self._lost.done():
             client.disconnect()
+            with contextlib.suppress(Exception):  # the DISCONNECT out before the socket closes
+                client.loop_write()
         self._teardown("stopped")
 
     def problem(self) -> str | None:
@@ -160,6 +162,7 @@ class DeviceLink:
             rc = await self._connect_version(version)
             if rc == 0:
                 break
+            self._teardown("refused")
             reason = connack_reason(rc, version == MQTTProtocolVersion.MQTTv5)
             if rc not in _UNSUPPORTED_VERSION or n + 1 == len(versions):
                 raise LinkError(f"connect refused: {reason} (0x{rc:02x})")
