@@ -433,7 +433,7 @@ class DeviceLink:
                 sock = client.socket()
                 if sock is not None:
                     sock.close()
-        err = LinkError(f"{self.where}: connection lost: {why}")
+        err = LinkError(f"{self.where}: no PUBACK, the link went: {why}")
         pending, self._pending = self._pending, {}
         for fut in pending.values():
             if not fut.done():

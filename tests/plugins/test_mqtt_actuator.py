@@ -4,6 +4,7 @@ missing PUBACK failing with a reason (the broker stopped with SIGSTOP)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -208,3 +209,48 @@ async def test_a_broker_that_is_down_fails_the_action_in_one_line(tmp_path: Path
     assert result.error is not None
     assert f"127.0.0.1:{down.port}: not connected: " in result.error
     assert "refused" in result.error.lower()
+
+
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
+async def test_it_publishes_again_after_a_broker_restart(
+    mosquitto: Mosquitto, protocol: str
+) -> None:
+    a = make(mosquitto, protocol=protocol, reconnect_max=0.5, publish_timeout=10.0)
+    await a.start()
+    try:
+        assert (await runner(a).run(act("on"))).status == "ok"
+        await asyncio.to_thread(mosquitto.stop)  # the loop runs: the link sees it go
+        await asyncio.to_thread(mosquitto.start)
+        with Collector(mosquitto.port, "shellies/#", client_id="relay") as relay:
+            # the wait for the link is inside publish_timeout: no failure, no retry needed
+            result = await runner(a).run(act("on"))
+            assert result.status == "ok", result.error
+            assert relay.wait_for(relay.snapshot, 10)
+            assert relay.snapshot() == [("shellies/relay-1/relay/0/command", b"on", False)]
+        assert a.link.reconnects == 1
+    finally:
+        await a.stop()
+
+
+async def test_a_publish_into_a_link_that_just_went_fails_and_the_retry_sends_it(
+    mosquitto: Mosquitto,
+) -> None:
+    a = make(mosquitto, reconnect_max=0.5, publish_timeout=10.0)
+    await a.start()
+    try:
+        # blocking on purpose: the loop does not run, so the link has not seen the restart
+        mosquitto.stop()
+        mosquitto.start()
+        with Collector(mosquitto.port, "shellies/#", client_id="relay") as relay:
+            once = await runner(a).run(act("on"))
+            assert once.status == "failed"
+            assert once.error is not None
+            assert "no PUBACK, the link went" in once.error
+            mosquitto.stop()
+            mosquitto.start()
+            retried = await runner(a, retries=1, backoff=0.1).run(act("on"))
+            assert retried.status == "ok", retried.error
+            assert retried.attempts == 2
+            assert relay.wait_for(relay.snapshot, 10)
+    finally:
+        await a.stop()

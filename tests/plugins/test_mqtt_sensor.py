@@ -286,3 +286,16 @@ async def test_tls_with_a_client_certificate(tmp_path: Path, certs: Certs) -> No
             await wrong.stop()
     finally:
         b.stop()
+
+
+@pytest.mark.parametrize(
+    "started", [{"protocol": "3.1.1"}, {"qos": 1}, {"protocol": "3.1.1", "qos": 1}], indirect=True
+)
+async def test_mqtt_3_1_1_and_qos_1_subscriptions(
+    mosquitto: Mosquitto, started: MqttSensor
+) -> None:
+    pub(mosquitto, "zigbee2mqtt/plug", '{"state": "OFF"}', retain=True)
+    pub(mosquitto, "zigbee2mqtt/kitchen", '{"temperature": 18}')
+    r = await until(started, lambda r: "kitchen.temperature" in r and "plug.state" in r)
+    assert r["kitchen.temperature"] == 18
+    assert r["plug.state"] is False
