@@ -147,8 +147,6 @@ class DeviceLink:
             self._up.set()
             assert self._lost is not None
             why = await asyncio.shield(self._lost)
-            self._up.clear()
-            self._error = why
             log.warning("%s: %s; reconnecting", self.name, why)
 
     # -- connect -----------------------------------------------------------------------------
@@ -419,6 +417,9 @@ class DeviceLink:
             self._teardown("connection lost")
 
     def _teardown(self, why: str) -> None:
+        if self._up.is_set():  # down from now on, not from when _run next wakes
+            self._up.clear()
+            self._error = why
         client, self._client = self._client, None
         for handle in (self._misc, self._more):
             if handle is not None:

@@ -246,6 +246,7 @@ async def test_a_publish_into_a_link_that_just_went_fails_and_the_retry_sends_it
             assert once.status == "failed"
             assert once.error is not None
             assert "no PUBACK, the link went" in once.error
+            assert await a.link.wait_up(10)
             mosquitto.stop()
             mosquitto.start()
             retried = await runner(a, retries=1, backoff=0.1).run(act("on"))
