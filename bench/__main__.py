@@ -31,6 +31,7 @@ GROUPS = [
     ["telemetry"],
     ["uplink"],
     ["modbus"],
+    ["mqtt_sensor"],
     ["commands"],
     ["footprint"],
 ]

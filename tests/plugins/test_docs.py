@@ -15,6 +15,7 @@ from agentd import config as cfg
 from agentd.plugins.builtin import BUILTINS
 from agentd.plugins.registry import default_registry
 from tests.plugins.modbus_helpers import stand_ins
+from tests.uplink.broker import Mosquitto
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "plugins.md"
 BLOCKS = [b for b in re.findall(r"```toml\n(.*?)```", DOC.read_text(), re.S) if "[project" not in b]
@@ -95,11 +96,32 @@ def _faked(text: str, tmp: Path, strict: bool = True) -> str:
     return text
 
 
-def _doc_config(tmp: Path) -> tuple[Path, dict[str, str]]:
+#: the broker the `mqtt` examples name: a real mosquitto on an ephemeral port stands in, with
+#: the retained state of the Zigbee2MQTT device they read
+BROKER = "mqtt://127.0.0.1:1883"
+Z2M_STATE = ("zigbee2mqtt/livingroom", '{"temperature": 27.5, "humidity": 41, "battery": 90}')
+
+
+@pytest.fixture
+def doc_broker(tmp_path: Path) -> Iterator[Mosquitto]:
+    broker = Mosquitto(tmp_path / "broker")
+    broker.start()
+    try:
+        topic, payload = Z2M_STATE
+        cmd = ["mosquitto_pub", "-p", str(broker.port), "-r", "-t", topic, "-m", payload]
+        subprocess.run(cmd, check=True, timeout=30)
+        yield broker
+    finally:
+        broker.stop()
+
+
+def _doc_config(tmp: Path, broker: str = BROKER) -> tuple[Path, dict[str, str]]:
     """Every example of docs/plugins.md in one config (their names are distinct, and the
     policies refer to the sensors and actuators of the other examples), with the devices and
     programs it names replaced by stand-ins under ``tmp``."""
-    text = _faked("\n".join(BLOCKS), tmp)
+    text = "\n".join(BLOCKS)
+    assert f'"{BROKER}"' in text, f"{BROKER} is no longer in docs/plugins.md: drop the broker"
+    text = _faked(text.replace(f'"{BROKER}"', f'"{broker}"'), tmp)
     creds = tmp / "credentials"
     creds.mkdir()
     (creds / "ops-token").write_text("Bearer t0ken\n")
@@ -120,9 +142,9 @@ def modbus_devices(tmp_path: Path) -> Iterator[Callable[[Path], None]]:
 
 
 def test_every_example_passes_check_config_and_agentd_test(
-    tmp_path: Path, modbus_devices: Callable[[Path], None]
+    tmp_path: Path, modbus_devices: Callable[[Path], None], doc_broker: Mosquitto
 ) -> None:
-    conf, env = _doc_config(tmp_path)
+    conf, env = _doc_config(tmp_path, doc_broker.url)
     modbus_devices(conf)
     check = subprocess.run(
         [sys.executable, "-m", "agentd", "check-config", str(conf)],
@@ -149,5 +171,7 @@ def test_every_example_passes_check_config_and_agentd_test(
     assert ("tank", "value", "23.125") in rows
     assert ("queue", "depth", "3") in rows
     assert ("modem", "modem.signal", "80") in rows
+    assert ("z2m", "livingroom.temperature", "27.5") in rows
+    assert "would run fan_relay.on" in out.stdout
     conf_sensors = set(re.findall(r"\[sensors\.([\w-]+)\]", "\n".join(BLOCKS)))
     assert conf_sensors == {r[0] for r in rows if r[0] not in ("SENSOR", "would", "ran")}

@@ -9,6 +9,7 @@ from agentd.plugins.builtin import (
     log_actuator,
     modbus,
     mqtt,
+    mqtt_device,
     net,
     openapi,
     process,
@@ -30,6 +31,7 @@ BUILTINS: list[PluginSpec] = [
     net.SPEC,
     process.SPEC,
     modbus.SENSOR_SPEC,
+    mqtt_device.SENSOR_SPEC,
     # policies
     threshold.SPEC,
     rules.SPEC,
@@ -42,6 +44,7 @@ BUILTINS: list[PluginSpec] = [
     openapi.SPEC,
     session.SPEC,
     modbus.ACTUATOR_SPEC,
+    mqtt_device.ACTUATOR_SPEC,
     # uplinks (transports)
     mqtt.SPEC,
 ]
