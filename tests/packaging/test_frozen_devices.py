@@ -1,5 +1,6 @@
 """The frozen binary has the device plugins (issue 16): ``agentd plugins`` in the artifact lists
-them, it reads a real Modbus TCP device (pymodbus is bundled), and it loads a YAML OpenAPI
+them, it reads a device's retained state from a real mosquitto and a real Modbus TCP device
+(pymodbus is bundled), and it loads a YAML OpenAPI
 document and calls the device it describes with params validated against the generated schema
 (PyYAML and jsonschema, with its metaschemas, are bundled)."""
 
@@ -17,8 +18,11 @@ from pathlib import Path
 import pytest
 
 from tests.plugins.modbus_helpers import Device
+from tests.uplink.broker import Mosquitto
 
 DEVICE_PLUGINS = {
+    ("mqtt", "sensor"),
+    ("mqtt", "actuator"),
     ("modbus", "sensor"),
     ("modbus", "actuator"),
     ("openapi", "actuator"),
@@ -95,6 +99,37 @@ async def test_frozen_agentd_reads_a_modbus_tcp_device(
         assert "Traceback" not in out
     finally:
         await device.stop()
+
+
+def test_frozen_agentd_reads_an_mqtt_device(
+    frozen_dir: Path, frozen_env: dict[str, str], tmp_path: Path
+) -> None:
+    broker = Mosquitto(tmp_path / "broker")
+    broker.start()
+    try:
+        state = '{"temperature": 21.5, "state": "ON"}'
+        pub = ["mosquitto_pub", "-p", str(broker.port), "-r", "-t", "zigbee2mqtt/hall", "-m", state]
+        subprocess.run(pub, check=True, timeout=30)
+        conf = tmp_path / "z2m.toml"
+        conf.write_text(
+            f'[sensors.z2m]\nplugin = "mqtt"\nurl = "{broker.url}"\n'
+            'topics = ["zigbee2mqtt/+"]\nfields = ["temperature", "state"]\n'
+        )
+        res = subprocess.run(
+            [str(frozen_dir / "agentd"), "test", "--config", str(conf), "--ticks", "2"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=frozen_env,
+            check=False,
+        )
+        assert res.returncode == 0, res.stdout + res.stderr
+        got = readings(res.stdout, "z2m")
+        assert got["hall.temperature"] == "21.5"
+        assert got["hall.state"] == "true"
+        assert "Traceback" not in res.stdout + res.stderr
+    finally:
+        broker.stop()
 
 
 SPEC = """openapi: 3.0.3
