@@ -33,7 +33,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, final
 
 import psutil
-from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from agentd import __version__
 from agentd.config import TelemetryConfig
@@ -85,7 +84,6 @@ class Telemetry(TickSpans):
         self.recent: deque[tuple[float, float]] = deque(maxlen=10_000)
         self._random = random.random
         self._ratio = config.tick_sample_ratio
-        self._propagator = TraceContextTextMapPropagator()
         self._processor: BoundedSpanProcessor | None = None
         self._closed = False
         self._state_dir = state_dir
@@ -123,6 +121,9 @@ class Telemetry(TickSpans):
             from opentelemetry.sdk.resources import Resource
             from opentelemetry.sdk.trace import TracerProvider
             from opentelemetry.sdk.trace.sampling import ALWAYS_ON
+            from opentelemetry.trace.propagation.tracecontext import (
+                TraceContextTextMapPropagator,
+            )
 
             from agentd.telemetry.export import (
                 BoundedSpanProcessor,
@@ -200,6 +201,7 @@ class Telemetry(TickSpans):
                     self.tracer_provider.add_span_processor(self._processor)
                 for processor in span_processors:
                     self.tracer_provider.add_span_processor(processor)
+                self._propagator = TraceContextTextMapPropagator()
                 self.tracer = self.tracer_provider.get_tracer("agentd", __version__)
             self._instruments(self.meter_provider)
             self.reader = reader
