@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import random
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Final, Protocol, final
 
 from agentd.config import TelemetryConfig
 from agentd.model import Action, ActionResult, TickReport
-from agentd.telemetry.produced import Produced, Tally
+from agentd.telemetry.produced import Produced, RecentTicks, Tally
 
 if TYPE_CHECKING:
     from opentelemetry import trace
@@ -104,7 +103,7 @@ class TickSpans:
     tracer: trace.Tracer | None
     loop: LoopFigures | None
     produced: Produced
-    recent: deque[tuple[float, float]]
+    recent: RecentTicks
     _closed: bool
     _random: Callable[[], float]
     _ratio: float
@@ -150,7 +149,7 @@ class TickSpans:
         produced = self.produced
         if not report.manual:
             produced.lateness.add(report.lateness)
-            self.recent.append((report.started, report.lateness))
+            self.recent.append(report.started, report.lateness)
         stages = produced.stages
         stages["perceive"].add(timings.perceive)
         stages["decide"].add(timings.decide)
