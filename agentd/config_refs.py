@@ -31,7 +31,6 @@ program installed later still starts. Each problem is one line naming the key pa
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
 from collections.abc import Collection, Iterator, Mapping
@@ -56,6 +55,8 @@ _REF = re.compile(r"\{([A-Za-z0-9_][A-Za-z0-9_\-]*\.[A-Za-z0-9_.\-]+)(?::[^{}]*)
 
 def did_you_mean(name: str, known: Collection[str]) -> str:
     """`` (did you mean 'x'?)`` when exactly one known name is close, else ``""``."""
+    import difflib  # only for a config with a mistake: not in every daemon (issue #18)
+
     close = difflib.get_close_matches(name, list(known), n=2, cutoff=0.75)
     return f" (did you mean {close[0]!r}?)" if len(close) == 1 else ""
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import Callable
+from typing import Any
 
 __all__ = ["TraceIdFilter", "setup_logging"]
 
@@ -38,15 +40,22 @@ def _stderr_is_journal() -> bool:
 
 class TraceIdFilter(logging.Filter):
     """Adds ``trace_id=<32 hex>`` (as ``%(trace)s``) to a record logged while a span or a
-    tick's trace context is current (agentd.telemetry), else an empty string."""
+    tick's trace context is current (agentd.telemetry), else an empty string. Until something
+    has imported the OpenTelemetry API no span can be current, so it is not imported here
+    (agentd.telemetry.spans imports it only when spans are made; issue #18)."""
 
     def __init__(self) -> None:
         super().__init__()
-        from opentelemetry.trace import get_current_span
-
-        self._current = get_current_span
+        self._current: Callable[[], Any] | None = None
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if self._current is None:
+            # (getattr: another thread may be importing it right now)
+            current = getattr(sys.modules.get("opentelemetry.trace"), "get_current_span", None)
+            if current is None:
+                record.trace = ""
+                return True
+            self._current = current
         ctx = self._current().get_span_context()
         record.trace = f" trace_id={ctx.trace_id:032x}" if ctx.is_valid else ""
         return True

@@ -22,7 +22,6 @@ or plain text), a boolean (JSON ``true``/``false``, or the strings ``ON``/``OFF`
 
 from __future__ import annotations
 
-import hashlib
 import math
 import re
 from collections.abc import Iterator, Mapping, Sequence
@@ -114,7 +113,11 @@ def template_problem(template: str) -> str | None:
 
 # -- names ------------------------------------------------------------------------------------
 def _digest(text: str) -> str:
-    return hashlib.blake2s(text.encode(), digest_size=4).hexdigest()
+    # CPython's own SHA-256, not hashlib's: this module is imported by every daemon start
+    # (the plugin's config), and hashlib initializes OpenSSL's digests (issue #18)
+    from agentd.plugins.builtin._template import sha256_hex
+
+    return sha256_hex(text.encode())[:8]
 
 
 def _bounded(text: str, limit: int) -> str:

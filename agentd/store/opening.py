@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Final
 
 from agentd.config import StoreConfig
 from agentd.errors import StoreError
@@ -31,12 +32,18 @@ from agentd.store.schema import LATEST, migrate, user_version
 from agentd.store.streams import load_holds
 from agentd.store.thread import DatabaseThread
 
-__all__ = ["KEY_MEMORY", "Opened", "Unavailable", "close_quietly", "open_database"]
+__all__ = ["CACHE_KIB", "KEY_MEMORY", "Opened", "Unavailable", "close_quietly", "open_database"]
 
 log = logging.getLogger("agentd.store")
 
 #: idempotency keys remembered (loaded from the action journal at open)
 KEY_MEMORY = 100_000
+#: the connection's page cache in KiB (SQLite's default is 2000): the journals append at one
+#: end of their tables and trim the other, so their hot pages are few; with the default, a
+#: database past a few MB (3 hours of 1 s ticks) keeps 1.5 MiB more in memory for good, and
+#: appends, upserts, reads and sweeps on a 1M-row database are no faster for it (issue #18;
+#: docs/deployment.md, "Footprint"). 256 starts to cost (appends at half speed).
+CACHE_KIB: Final = 512
 
 
 class Unavailable(Exception):
@@ -168,6 +175,7 @@ def _prepare_read_only(
     conn: sqlite3.Connection, config: StoreConfig, journals: list[Journal]
 ) -> Opened:
     conn.execute(f"PRAGMA busy_timeout = {int(config.busy_timeout * 1000):d}")
+    conn.execute(f"PRAGMA cache_size = -{CACHE_KIB:d}")
     version = user_version(conn)
     if version > LATEST:
         raise _Newer(version)
@@ -201,6 +209,7 @@ def _prepare(
         log.warning("store: %s cannot use WAL here; running in %s mode", path, mode)
     conn.execute(f"PRAGMA synchronous = {config.synchronous.upper()}")
     conn.execute("PRAGMA foreign_keys = ON")
+    conn.execute(f"PRAGMA cache_size = -{CACHE_KIB:d}")
     applied = migrate(conn)
     if applied and applied[0] == 1:
         log.debug("store: created %s (schema version %d)", path, applied[-1])

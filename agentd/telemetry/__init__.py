@@ -27,18 +27,16 @@ import random
 import socket
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, final
 
 import psutil
-from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from agentd import __version__
 from agentd.config import TelemetryConfig
 from agentd.model import MetricPoint, UplinkStatus
-from agentd.telemetry.produced import Points, Produced, Tally
+from agentd.telemetry.produced import Points, Produced, RecentTicks, Tally
 from agentd.telemetry.spans import LoopFigures, TickRecorder, TickSpans
 
 if TYPE_CHECKING:
@@ -82,10 +80,9 @@ class Telemetry(TickSpans):
         self.handles: Callable[[], Iterable[PluginHandle]] = tuple
         self.store: Callable[[], Any] | None = None
         self.produced = Produced()
-        self.recent: deque[tuple[float, float]] = deque(maxlen=10_000)
+        self.recent = RecentTicks(10_000)
         self._random = random.random
         self._ratio = config.tick_sample_ratio
-        self._propagator = TraceContextTextMapPropagator()
         self._processor: BoundedSpanProcessor | None = None
         self._closed = False
         self._state_dir = state_dir
@@ -123,6 +120,9 @@ class Telemetry(TickSpans):
             from opentelemetry.sdk.resources import Resource
             from opentelemetry.sdk.trace import TracerProvider
             from opentelemetry.sdk.trace.sampling import ALWAYS_ON
+            from opentelemetry.trace.propagation.tracecontext import (
+                TraceContextTextMapPropagator,
+            )
 
             from agentd.telemetry.export import (
                 BoundedSpanProcessor,
@@ -200,6 +200,7 @@ class Telemetry(TickSpans):
                     self.tracer_provider.add_span_processor(self._processor)
                 for processor in span_processors:
                     self.tracer_provider.add_span_processor(processor)
+                self._propagator = TraceContextTextMapPropagator()
                 self.tracer = self.tracer_provider.get_tracer("agentd", __version__)
             self._instruments(self.meter_provider)
             self.reader = reader
@@ -416,7 +417,7 @@ class Telemetry(TickSpans):
     def recent_lateness_p99(self, window: float) -> float | None:
         """p99 tick lateness over the last ``window`` seconds (None without ticks in it)."""
         since = time.monotonic() - window
-        values = sorted(lat for started, lat in list(self.recent) if started >= since)
+        values = sorted(self.recent.lateness_since(since))
         if not values:
             return None
         return values[min(len(values) - 1, math.ceil(0.99 * len(values)) - 1)]

@@ -1,26 +1,26 @@
 """Spans: the per-tick notes the loop makes while telemetry traces (`TickRecorder`), the span
 tree built after a tick that is sampled, failed or overran, the actuator span inside a traced
-request, and the control request's span (the `TickTracer` half of `Telemetry`)."""
+request, and the control request's span (the `TickTracer` half of `Telemetry`).
+
+The OpenTelemetry API is imported only where a tracer exists (`Telemetry` makes one along with
+the SDK, when spans are exported): with ``exporter = "none"`` every hook returns before it is
+needed, and the daemon does not load it (0.3 MiB, issue #18; tests/telemetry/test_lazy.py)."""
 
 from __future__ import annotations
 
 import random
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Final, Protocol, final
 
-from opentelemetry import context as otel_context
-from opentelemetry import trace
-from opentelemetry.trace import NonRecordingSpan, SpanContext, Status, StatusCode, TraceFlags
-from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
-
 from agentd.config import TelemetryConfig
 from agentd.model import Action, ActionResult, TickReport
-from agentd.telemetry.produced import Produced, Tally
+from agentd.telemetry.produced import Produced, RecentTicks, Tally
 
 if TYPE_CHECKING:
+    from opentelemetry import trace
     from opentelemetry.metrics import Counter
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
     from agentd.loop import TickSpan
     from agentd.plugins.handle import PolicyRunner
@@ -103,7 +103,7 @@ class TickSpans:
     tracer: trace.Tracer | None
     loop: LoopFigures | None
     produced: Produced
-    recent: deque[tuple[float, float]]
+    recent: RecentTicks
     _closed: bool
     _random: Callable[[], float]
     _ratio: float
@@ -117,6 +117,10 @@ class TickSpans:
         """Called as a tick starts. Returns None when nothing traces (or after shutdown)."""
         if self.tracer is None or self._closed:
             return None
+        from opentelemetry import context as otel_context
+        from opentelemetry import trace
+        from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
+
         current = trace.get_current_span()
         if current.is_recording():  # a control request (`agentctl tick`): traced, in its trace
             rec = TickRecorder(
@@ -145,7 +149,7 @@ class TickSpans:
         produced = self.produced
         if not report.manual:
             produced.lateness.add(report.lateness)
-            self.recent.append((report.started, report.lateness))
+            self.recent.append(report.started, report.lateness)
         stages = produced.stages
         stages["perceive"].add(timings.perceive)
         stages["decide"].add(timings.decide)
@@ -154,6 +158,8 @@ class TickSpans:
         if not isinstance(span, TickRecorder):
             return
         rec = span
+        from opentelemetry import context as otel_context
+
         otel_context.detach(rec.token)  # type: ignore[arg-type]
         failed = bool(report.observation.errors) or any(r.status in _NOT_OK for r in report.results)
         if not failed:
@@ -173,6 +179,8 @@ class TickSpans:
     ) -> None:
         tracer = self.tracer
         assert tracer is not None
+        from opentelemetry import trace
+
         offset = time.time_ns() - time.monotonic_ns()
 
         def ns(mono: float) -> int:
@@ -197,7 +205,7 @@ class TickSpans:
         )
         self._ids.next_trace_id = self._ids.next_span_id = 0
         if failed:
-            root.set_status(Status(StatusCode.ERROR, _failure_summary(report)))
+            _set_error(root, _failure_summary(report))
         in_root = trace.set_span_in_context(root)
         errors = report.observation.errors
         stage_spans = []
@@ -221,7 +229,7 @@ class TickSpans:
                 attributes=_action_attributes(r),
             )
             if r.status in _NOT_OK:
-                span.set_status(Status(StatusCode.ERROR, r.error or r.status))
+                _set_error(span, r.error or r.status)
             span.end(end_time=end_ns)
         del errors
         for stage, end in stage_spans:
@@ -250,7 +258,7 @@ class TickSpans:
             },
         )
         if error is not None:
-            span.set_status(Status(StatusCode.ERROR, error))
+            _set_error(span, error)
         span.end(end_time=end)
 
     async def run_action(self, action: Action, tick: int | None, run: ActionRun) -> ActionResult:
@@ -261,17 +269,21 @@ class TickSpans:
         span = None
         token = None
         tracer = self.tracer
-        if tracer is not None and trace.get_current_span().is_recording():
-            span = tracer.start_span(
-                "agentd.actuator.act",
-                attributes={"agentd.plugin": action.actuator, "agentd.action": action.name},
-            )
-            token = otel_context.attach(trace.set_span_in_context(span))
+        if tracer is not None:
+            from opentelemetry import context as otel_context
+            from opentelemetry import trace
+
+            if trace.get_current_span().is_recording():
+                span = tracer.start_span(
+                    "agentd.actuator.act",
+                    attributes={"agentd.plugin": action.actuator, "agentd.action": action.name},
+                )
+                token = otel_context.attach(trace.set_span_in_context(span))
         try:
             result = await run(action, tick)
         except BaseException as exc:
             if span is not None:
-                span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+                _set_error(span, type(exc).__name__)
                 span.end()
             raise
         finally:
@@ -283,7 +295,7 @@ class TickSpans:
         if span is not None:
             span.set_attributes(_action_attributes(result))
             if result.status in _NOT_OK:
-                span.set_status(Status(StatusCode.ERROR, result.error or result.status))
+                _set_error(span, result.error or result.status)
             span.end()
         return result
 
@@ -298,6 +310,9 @@ class TickSpans:
         span = None
         tracer = self.tracer
         if tracer is not None:
+            from opentelemetry import context as otel_context
+            from opentelemetry import trace
+
             parent = self._propagator.extract({"traceparent": traceparent}) if traceparent else None
             span = tracer.start_span(
                 f"agentd.control {command}",
@@ -313,13 +328,19 @@ class TickSpans:
             if span is not None:
                 span.set_attribute("agentd.control.result", result)
                 if code is not None:
-                    span.set_status(Status(StatusCode.ERROR, code))
+                    _set_error(span, code)
                 span.end()
             self._control.add(
                 1, {"agentd.control.command": command, "agentd.control.result": result}
             )
 
         return finish
+
+
+def _set_error(span: trace.Span, description: str) -> None:
+    from opentelemetry.trace import Status, StatusCode
+
+    span.set_status(Status(StatusCode.ERROR, description))
 
 
 def _action_attributes(r: ActionResult) -> dict[str, Any]:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import os
 import re
 import ssl
@@ -109,18 +108,22 @@ class HTTPClientConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True)
         the header values read from files and credentials, so a rotated token file followed by
         ``systemctl reload`` rebuilds the actuator, which reads it again. The digest, never the
         secret, is kept; one that cannot be read counts by its error."""
-        digest = hashlib.sha256()
+        parts: list[str] = []
         sources: list[tuple[str, str, Callable[[str], str]]] = [
             (f"file:{p}", p, read_secret_file) for p in self.header_files.values()
         ]
         sources += [(f"cred:{c}", c, read_credential) for c in self.header_credentials.values()]
-        for label, source, read in sorted(sources):
+        for label, source, read in sorted(sources, key=lambda s: s[0]):
             try:
                 value = read(source)
             except SecretError as exc:
                 value = f"unreadable: {exc}"
-            digest.update(f"{label}\0{len(value)}\0{value}\0".encode())
-        return digest.hexdigest()
+            parts.append(f"{label}\0{len(value)}\0{value}\0")
+        if not parts:
+            return ""
+        from agentd.plugins.builtin._template import sha256_hex  # not hashlib (issue #18)
+
+        return sha256_hex("".join(parts).encode())
 
     def header_names(self) -> set[str]:
         """Every configured header name, lower-cased."""

@@ -23,7 +23,6 @@ import contextlib
 import itertools
 import os
 import resource
-import secrets
 import signal
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -159,7 +158,9 @@ async def run_argv(
     process group is killed and TimeoutError raised. OSError (no such program) propagates.
     Whatever the program leaves running is killed when it exits (``ProcResult.strays``)."""
     become_subreaper()
-    token = f"{os.getpid()}.{next(_runs)}.{secrets.token_hex(4)}"
+    # os.urandom is what secrets.token_hex reads; importing secrets would load hashlib and
+    # OpenSSL's digests into every daemon (issue #18)
+    token = f"{os.getpid()}.{next(_runs)}.{os.urandom(4).hex()}"
     since = boot_ticks()
     loop = asyncio.get_running_loop()
     pipes: list[asyncio.ReadTransport] = []
