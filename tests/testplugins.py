@@ -14,7 +14,7 @@ import msgspec
 
 from agentd.model import Action
 from agentd.plugins.base import ActuatorReply, PluginSpec
-from agentd.plugins.builtin import BUILTINS
+from agentd.plugins.builtin import EXTRA
 
 
 class SlowConfig(msgspec.Struct, forbid_unknown_fields=True):
@@ -175,7 +175,7 @@ TEST_PLUGINS = [
     ),
 ]
 
-BUILTINS.extend(p for p in TEST_PLUGINS if p not in BUILTINS)
+EXTRA.extend(p for p in TEST_PLUGINS if p not in EXTRA)
 
 if __name__ == "__main__":
     from agentd.cli.main import main

@@ -4,6 +4,8 @@ metadata) plus third-party plugins from the entry-point group ``agentd.plugins``
 An entry point names a `PluginSpec`, or a callable returning one or a list of them. Plugins are
 validated when registered; a broken third-party plugin is reported in ``problems`` (one line
 naming the plugin and its distribution) and skipped. A blocked entry point is not even imported.
+Built-ins are known by name and kind (`register_lazy`) and their module is imported when one is
+looked up or everything is listed, so a config imports only the plugins it uses.
 
 ``importlib.metadata`` is imported only when some installed distribution declares the group
 (a look at the ``entry_points.txt`` files on ``sys.path`` first): it brings email, zipfile,
@@ -16,7 +18,7 @@ import inspect
 import logging
 import os
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, final
 
 import msgspec
@@ -38,10 +40,12 @@ class Registry:
     built-in ``file`` ones). ``problems`` lists third-party plugins that were skipped. It is
     the `PluginCatalog` the config is validated through (`kinds`, `schema`, `known`)."""
 
-    __slots__ = ("_blocked", "_failed", "_specs", "problems")
+    __slots__ = ("_blocked", "_failed", "_lazy", "_specs", "problems")
 
     def __init__(self, blocked: Iterable[str] = ()) -> None:
         self._specs: dict[tuple[str, str], PluginSpec] = {}
+        #: plugins known by name whose spec is loaded when first needed (the built-ins)
+        self._lazy: dict[tuple[str, str], Callable[[], PluginSpec]] = {}
         self._blocked = set(blocked)
         self.problems: list[str] = []
         self._failed: dict[str, str] = {}
@@ -56,6 +60,10 @@ class Registry:
             raise PluginError(spec.name, f"unknown kind {spec.kind!r}", where)
         if not spec.name or not spec.name.replace("_", "").replace("-", "").isalnum():
             raise PluginError(spec.name, "plugin names use letters, digits, '_' and '-'", where)
+        if (spec.kind, spec.name) in self._lazy:
+            raise PluginError(
+                spec.name, f"duplicate {spec.kind} plugin name (already from builtin)", where
+            )
         if (spec.kind, spec.name) in self._specs:
             other = self._specs[spec.kind, spec.name].origin
             raise PluginError(
@@ -97,12 +105,34 @@ class Registry:
             raise PluginError(spec.name, f"an {kind.name} must declare at least one action", where)
         self._specs[spec.kind, spec.name] = spec
 
+    def register_lazy(self, name: str, kind: PluginKind, load: Callable[[], PluginSpec]) -> None:
+        """Know plugin ``name`` of ``kind`` now, and import its spec (``load()``, then
+        `register`) only when it is first looked up or everything is listed."""
+        if (kind, name) in self._specs or (kind, name) in self._lazy:
+            raise PluginError(name, f"duplicate {kind} plugin name", "builtin")
+        self._lazy[kind, name] = load
+
+    def _load(self, kind: str, name: str) -> None:
+        load = self._lazy.pop((kind, name), None)
+        if load is None:
+            return
+        spec = load()
+        if (spec.kind, spec.name) != (kind, name):
+            raise PluginError(name, f"its spec says {spec.kind} {spec.name!r}", spec.origin)
+        self.register(spec)
+
+    def _load_all(self) -> None:
+        for kind, name in list(self._lazy):
+            if name not in self._blocked:  # a blocked plugin is never imported
+                self._load(kind, name)
+
     def find(self, name: str, kind: PluginKind | None = None) -> PluginSpec | None:
         """The plugin called ``name`` (of ``kind``; without it, the first of sensor, policy,
         actuator). None if unknown or blocked."""
         if name in self._blocked:
             return None
         for k in (kind,) if kind else _KIND_NAMES:
+            self._load(k, name)
             spec = self._specs.get((k, name))
             if spec is not None:
                 return spec
@@ -122,11 +152,13 @@ class Registry:
         return name in self._blocked
 
     def names(self, kind: PluginKind | None = None) -> list[str]:
+        known = [*self._specs, *self._lazy]  # the names need no import
         return sorted(
-            {n for (k, n) in self._specs if (kind is None or k == kind) and n not in self._blocked}
+            {n for (k, n) in known if (kind is None or k == kind) and n not in self._blocked}
         )
 
     def specs(self) -> list[PluginSpec]:
+        self._load_all()
         return sorted(
             (s for s in self._specs.values() if s.name not in self._blocked),
             key=lambda s: (s.name, _KIND_NAMES.index(s.kind)),
@@ -241,10 +273,12 @@ def _with_origin(spec: PluginSpec, origin: str) -> PluginSpec:
 
 def default_registry(blocked: Iterable[str] = (), entry_points: bool = True) -> Registry:
     """The built-ins plus, unless disabled, the third-party plugins installed."""
-    from agentd.plugins.builtin import BUILTINS
+    from agentd.plugins.builtin import EXTRA, TABLE
 
     registry = Registry(blocked)
-    for spec in BUILTINS:
+    for builtin in TABLE:
+        registry.register_lazy(builtin.name, builtin.kind, builtin.load)
+    for spec in EXTRA:
         registry.register(spec)
     if entry_points:
         registry.load_entry_points()

@@ -32,6 +32,16 @@ NEVER = {
     "lzma": "shutil's",
     "difflib": "config_refs.did_you_mean: only for a config with a mistake",
     "multiprocessing": "nothing (the frozen spec excludes it with its runtime hook)",
+    # built-ins the default config does not use: the registry imports a plugin's module when
+    # a config names it (agentd/plugins/builtin/__init__.py's TABLE)
+    "agentd.plugins.builtin.modbus": "the registry: only for a modbus instance",
+    "agentd.plugins.builtin.mqtt_device": "the registry: only for an mqtt sensor or actuator",
+    "agentd.plugins.builtin.openapi": "the registry: only for an openapi actuator",
+    "agentd.plugins.builtin.webhook": "the registry: only for a webhook actuator",
+    "agentd.plugins.builtin.exec_actuator": "the registry: only for an exec actuator",
+    "agentd.plugins.builtin.mqtt": "the registry: only for an uplink",
+    "agentd.devices.": "the device plugins' modules, only when one is configured",
+    "agentd.uplink.config": "the mqtt plugins' config, only when one is configured",
 }
 
 CODE = """

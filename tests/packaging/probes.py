@@ -22,7 +22,7 @@ from typing import Any
 import msgspec
 
 from agentd.plugins.base import PluginSpec
-from agentd.plugins.builtin import BUILTINS
+from agentd.plugins.builtin import EXTRA
 
 
 class ProbeConfig(msgspec.Struct, forbid_unknown_fields=True):
@@ -144,4 +144,4 @@ PROBES = [
     ),
 ]
 
-BUILTINS.extend(p for p in PROBES if p not in BUILTINS)
+EXTRA.extend(p for p in PROBES if p not in EXTRA)

@@ -64,3 +64,47 @@ def test_the_default_registry_does_not_import_importlib_metadata() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
     )
     assert out.stdout.strip() == "False"
+
+
+def test_a_builtin_is_imported_only_when_looked_up_or_listed() -> None:
+    from agentd.errors import PluginError
+    from agentd.plugins.builtin import TABLE
+    from agentd.plugins.registry import Registry
+
+    loaded: list[str] = []
+
+    def loader(row: object) -> object:
+        def load() -> object:
+            loaded.append(f"{row.kind}:{row.name}")  # type: ignore[attr-defined]
+            return row.load()  # type: ignore[attr-defined]
+
+        return load
+
+    reg = Registry(blocked=["exec"])
+    for row in TABLE:
+        reg.register_lazy(row.name, row.kind, loader(row))  # type: ignore[arg-type]
+    # names and kinds are known without importing anything (check-config's "known" lists)
+    assert "modbus" in reg.names("sensor")
+    assert "exec" not in reg.names("actuator")
+    assert loaded == []
+    assert reg.get("threshold", "policy").name == "threshold"
+    assert reg.find("exec") is None  # blocked: never imported
+    assert loaded == ["policy:threshold"]
+    with pytest.raises(PluginError, match="duplicate sensor plugin name"):
+        reg.register_lazy("modbus", "sensor", loader(TABLE[0]))
+    assert len(reg.specs()) == len(TABLE) - 1  # listing loads the rest (exec stays blocked)
+    assert len(loaded) == len(TABLE) - 1
+
+
+def test_the_default_config_imports_only_its_own_builtins() -> None:
+    code = (
+        "import sys; from agentd.config import load; from agentd.plugins.registry "
+        "import default_registry; load(None, default_registry); "
+        "print(sorted(m for m in sys.modules if m.startswith('agentd.plugins.builtin.')))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    mods = {m.rsplit(".", 1)[1] for m in eval(out.stdout)}
+    assert {"system", "threshold", "log_actuator"} <= mods
+    assert not mods & {"modbus", "mqtt_device", "openapi", "webhook", "exec_actuator", "mqtt"}
