@@ -20,7 +20,6 @@ import contextlib
 import logging
 import random
 import secrets
-import socket
 import ssl
 from collections.abc import Callable, Sequence
 from typing import Any, Final
@@ -33,7 +32,14 @@ from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from agentd.uplink.config import MqttConfig, read_password
-from agentd.uplink.mqtt_client import Client, Handoff, connack_reason, oserror_text, properties
+from agentd.uplink.mqtt_client import (
+    Client,
+    Handoff,
+    SocketDrive,
+    connack_reason,
+    oserror_text,
+    properties,
+)
 
 __all__ = ["READ_BATCH", "DeviceLink", "LinkError"]
 
@@ -43,7 +49,6 @@ log = logging.getLogger("agentd.devices.mqtt")
 #: 2-core CI machine (a small JSON message), so one turn of a flood takes ~0.6 ms, which is
 #: what a flood adds to a tick's lateness
 READ_BATCH: Final = 32
-MISC_EVERY: Final = 1.0
 _UNSUPPORTED_VERSION: Final = frozenset({0x01, 0x84})
 
 OnMessage = Callable[[paho.MQTTMessage], None]
@@ -53,7 +58,7 @@ class LinkError(Exception):
     """A connect, subscribe or publish that failed; the message is one line."""
 
 
-class DeviceLink:
+class DeviceLink(SocketDrive):
     """A connection that comes back after a broker restart. ``problem()`` is None while it is
     up, else why not."""
 
@@ -310,26 +315,12 @@ class DeviceLink:
 
     # -- the asyncio drive -------------------------------------------------------------------
     def _attach(self, client: paho.Client) -> None:
-        loop = asyncio.get_running_loop()
-        sock = client.socket()
-        if sock is None:
-            raise LinkError("connect: no socket")
-        self._fd = sock.fileno()
-        if isinstance(sock, socket.socket):
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         client.on_connect = self._handle_connect
         client.on_subscribe = self._handle_subscribe
         client.on_publish = self._handle_publish
         client.on_message = self._handle_message
         client.on_disconnect = self._handle_disconnect
-        client.on_socket_register_write = self._register_write
-        client.on_socket_unregister_write = self._unregister_write
-        client.on_socket_close = self._socket_close
-        loop.add_reader(self._fd, self._readable)
-        if client.want_write():
-            loop.add_writer(self._fd, self._writable)
-        self._misc = loop.call_later(MISC_EVERY, self._tick)
+        self._drive(client, LinkError)
 
     def _readable(self) -> None:
         if self._more is not None:  # the selector fired while a continuation was queued
@@ -347,36 +338,6 @@ class DeviceLink:
                 return  # the selector says when there is more
         # bytes already read but not parsed: the rest on the next loop turn, after the others
         self._more = asyncio.get_running_loop().call_soon(self._readable)
-
-    def _writable(self) -> None:
-        if self._client is not None:
-            self._client.loop_write()
-
-    def _tick(self) -> None:
-        client = self._client
-        if client is None:
-            return
-        client.loop_misc()
-        if self._client is client and self._lost is not None and not self._lost.done():
-            self._misc = asyncio.get_running_loop().call_later(MISC_EVERY, self._tick)
-
-    def _register_write(self, _c: paho.Client, _u: Any, _sock: Any) -> None:
-        if self._fd >= 0:
-            asyncio.get_running_loop().add_writer(self._fd, self._writable)
-
-    def _unregister_write(self, _c: paho.Client, _u: Any, _sock: Any) -> None:
-        if self._fd >= 0:
-            asyncio.get_running_loop().remove_writer(self._fd)
-
-    def _socket_close(self, _c: paho.Client, _u: Any, _sock: Any) -> None:
-        self._detach_fd()
-
-    def _detach_fd(self) -> None:
-        if self._fd >= 0:
-            loop = asyncio.get_running_loop()
-            loop.remove_reader(self._fd)
-            loop.remove_writer(self._fd)
-            self._fd = -1
 
     # -- paho callbacks (all on the loop thread) ---------------------------------------------
     def _handle_connect(

@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import socket
 import ssl
 from collections.abc import Callable
 from typing import Any, Final
@@ -40,6 +39,7 @@ from agentd.uplink.inbound import InboundSink, from_paho
 from agentd.uplink.mqtt_client import (
     Client,
     Handoff,
+    SocketDrive,
     WrongVersion,
     connack_reason,
     oserror_text,
@@ -50,12 +50,11 @@ __all__ = ["MqttTransport"]
 
 log = logging.getLogger("agentd.uplink.mqtt")
 
-MISC_EVERY: Final = 1.0
 #: CONNACK reason codes (MQTT 5 and the 3.1.1 return code 1) meaning "speak another version"
 _UNSUPPORTED_VERSION: Final = frozenset({0x01, 0x84})
 
 
-class MqttTransport:
+class MqttTransport(SocketDrive):
     """One MQTT connection at a time. Implements `agentd.uplink.base.Uplink`."""
 
     def __init__(self, config: MqttConfig) -> None:
@@ -289,26 +288,12 @@ class MqttTransport:
 
     # -- the asyncio drive -------------------------------------------------------------------
     def _attach(self, client: paho.Client) -> None:
-        loop = asyncio.get_running_loop()
-        sock = client.socket()
-        if sock is None:
-            raise TransportError("connect: no socket")
-        self._fd = sock.fileno()
-        if isinstance(sock, socket.socket):  # a reply must not wait out Nagle + delayed ACK
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         client.on_connect = self._handle_connect
         client.on_publish = self._handle_publish
         client.on_subscribe = self._handle_subscribe
         client.on_message = self._handle_message
         client.on_disconnect = self._handle_disconnect
-        client.on_socket_register_write = self._register_write
-        client.on_socket_unregister_write = self._unregister_write
-        client.on_socket_close = self._socket_close
-        loop.add_reader(self._fd, self._readable)
-        if client.want_write():
-            loop.add_writer(self._fd, self._writable)
-        self._misc = loop.call_later(MISC_EVERY, self._tick)
+        self._drive(client, TransportError)
 
     def _readable(self) -> None:
         client = self._client
@@ -323,37 +308,6 @@ class MqttTransport:
                 break
             if client.loop_read() != MQTTErrorCode.MQTT_ERR_SUCCESS:
                 break
-
-    def _writable(self) -> None:
-        if self._client is not None:
-            self._client.loop_write()
-
-    def _tick(self) -> None:
-        client = self._client
-        if client is None:
-            return
-        client.loop_misc()
-        if self._client is client and self._lost is not None and not self._lost.done():
-            self._misc = asyncio.get_running_loop().call_later(MISC_EVERY, self._tick)
-
-    def _register_write(self, _c: paho.Client, _u: Any, _sock: Any) -> None:
-        if self._fd >= 0:
-            asyncio.get_running_loop().add_writer(self._fd, self._writable)
-
-    def _unregister_write(self, _c: paho.Client, _u: Any, _sock: Any) -> None:
-        if self._fd >= 0:
-            asyncio.get_running_loop().remove_writer(self._fd)
-
-    def _socket_close(self, _c: paho.Client, _u: Any, _sock: Any) -> None:
-        # paho calls this before it closes the fd: unregister while the number is still ours
-        self._detach_fd()
-
-    def _detach_fd(self) -> None:
-        if self._fd >= 0:
-            loop = asyncio.get_running_loop()
-            loop.remove_reader(self._fd)
-            loop.remove_writer(self._fd)
-            self._fd = -1
 
     # -- paho callbacks (all on the loop thread) ---------------------------------------------
     def _handle_connect(

@@ -1,21 +1,36 @@
-"""The paho side of the ``mqtt`` transport: the `Client` subclass that owns its TLS handshake and
-reads ahead, the executor `Handoff` of a connect that may be abandoned, and the helpers that
-turn paho's codes and errors into one-line reasons. `agentd.uplink.mqtt` drives them."""
+"""The paho side of the ``mqtt`` transport and of the ``mqtt`` device plugins: the `Client`
+subclass that owns its TLS handshake and reads ahead, `SocketDrive` (paho's socket driven from
+the asyncio loop), the executor `Handoff` of a connect that may be abandoned, and the helpers
+that turn paho's codes and errors into one-line reasons. `agentd.uplink.mqtt` and
+`agentd.devices.mqtt_link` drive them."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import socket
 import ssl
 import threading
-from typing import Final
+from typing import Any, Final
 
 from paho.mqtt import client as paho
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-__all__ = ["Client", "Handoff", "WrongVersion", "connack_reason", "oserror_text", "properties"]
+__all__ = [
+    "MISC_EVERY",
+    "Client",
+    "Handoff",
+    "SocketDrive",
+    "WrongVersion",
+    "connack_reason",
+    "oserror_text",
+    "properties",
+]
+
+#: seconds between paho's loop_misc() calls (keepalive pings, timeouts)
+MISC_EVERY: Final = 1.0
 
 
 class Client(paho.Client):
@@ -112,3 +127,67 @@ def oserror_text(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror
     return str(exc) or type(exc).__name__
+
+
+class SocketDrive:
+    """paho's socket driven from the asyncio loop, so every paho callback runs on the loop
+    thread: the fd registered with ``add_reader`` (-> the subclass's ``_readable``) and, while
+    paho has bytes queued, ``add_writer`` (-> ``loop_write``, through paho's
+    ``on_socket_register_write`` hooks); a `MISC_EVERY` timer runs ``loop_misc``. The subclass
+    sets its own paho callbacks, then calls `_drive`, and `_detach_fd` when the link ends."""
+
+    _client: paho.Client | None
+    _fd: int
+    _misc: asyncio.TimerHandle | None
+    _lost: asyncio.Future[str] | None
+
+    def _drive(self, client: paho.Client, no_socket: type[Exception]) -> None:
+        loop = asyncio.get_running_loop()
+        sock = client.socket()
+        if sock is None:
+            raise no_socket("connect: no socket")
+        self._fd = sock.fileno()
+        if isinstance(sock, socket.socket):  # a reply must not wait out Nagle + delayed ACK
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        client.on_socket_register_write = self._register_write
+        client.on_socket_unregister_write = self._unregister_write
+        client.on_socket_close = self._socket_close
+        loop.add_reader(self._fd, self._readable)
+        if client.want_write():
+            loop.add_writer(self._fd, self._writable)
+        self._misc = loop.call_later(MISC_EVERY, self._tick)
+
+    def _readable(self) -> None:
+        raise NotImplementedError
+
+    def _writable(self) -> None:
+        if self._client is not None:
+            self._client.loop_write()
+
+    def _tick(self) -> None:
+        client = self._client
+        if client is None:
+            return
+        client.loop_misc()
+        if self._client is client and self._lost is not None and not self._lost.done():
+            self._misc = asyncio.get_running_loop().call_later(MISC_EVERY, self._tick)
+
+    def _register_write(self, _c: paho.Client, _u: Any, _sock: Any) -> None:
+        if self._fd >= 0:
+            asyncio.get_running_loop().add_writer(self._fd, self._writable)
+
+    def _unregister_write(self, _c: paho.Client, _u: Any, _sock: Any) -> None:
+        if self._fd >= 0:
+            asyncio.get_running_loop().remove_writer(self._fd)
+
+    def _socket_close(self, _c: paho.Client, _u: Any, _sock: Any) -> None:
+        # paho calls this before it closes the fd: unregister while the number is still ours
+        self._detach_fd()
+
+    def _detach_fd(self) -> None:
+        if self._fd >= 0:
+            loop = asyncio.get_running_loop()
+            loop.remove_reader(self._fd)
+            loop.remove_writer(self._fd)
+            self._fd = -1
