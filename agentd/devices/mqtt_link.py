@@ -383,20 +383,10 @@ class DeviceLink(SocketDrive):
         if self._up.is_set():  # down from now on, not from when _run next wakes
             self._up.clear()
             self._error = why
-        client, self._client = self._client, None
-        for handle in (self._misc, self._more):
-            if handle is not None:
-                handle.cancel()
-        self._misc = self._more = None
-        self._detach_fd()
-        if client is not None:
-            client.on_disconnect = None
-            client.on_socket_close = None
-            client.on_socket_unregister_write = None
-            with contextlib.suppress(Exception):
-                sock = client.socket()
-                if sock is not None:
-                    sock.close()
+        if self._more is not None:
+            self._more.cancel()
+            self._more = None
+        self._release()
         err = LinkError(f"{self.where}: no PUBACK, the link went: {why}")
         pending, self._pending = self._pending, {}
         for fut in pending.values():

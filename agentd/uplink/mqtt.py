@@ -379,19 +379,7 @@ class MqttTransport(SocketDrive):
 
     def _teardown(self, why: str) -> None:
         """Forget the link: fail whatever waits on it, release the fd, close the socket."""
-        client, self._client = self._client, None
-        if self._misc is not None:
-            self._misc.cancel()
-            self._misc = None
-        self._detach_fd()
-        if client is not None:
-            client.on_disconnect = None
-            client.on_socket_close = None
-            client.on_socket_unregister_write = None
-            with contextlib.suppress(Exception):
-                sock = client.socket()
-                if sock is not None:
-                    sock.close()
+        self._release()
         err = TransportError(f"link lost: {why}")
         pending, self._pending = self._pending, {}
         for fut in pending.values():

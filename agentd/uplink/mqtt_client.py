@@ -185,6 +185,23 @@ class SocketDrive:
         # paho calls this before it closes the fd: unregister while the number is still ours
         self._detach_fd()
 
+    def _release(self) -> None:
+        """Forget the link's client: stop the timer, release the fd, close the socket without
+        paho calling back (the owner fails whatever waits on the link)."""
+        client, self._client = self._client, None
+        if self._misc is not None:
+            self._misc.cancel()
+            self._misc = None
+        self._detach_fd()
+        if client is not None:
+            client.on_disconnect = None
+            client.on_socket_close = None
+            client.on_socket_unregister_write = None
+            with contextlib.suppress(Exception):
+                sock = client.socket()
+                if sock is not None:
+                    sock.close()
+
     def _detach_fd(self) -> None:
         if self._fd >= 0:
             loop = asyncio.get_running_loop()
