@@ -24,7 +24,6 @@ import logging
 import os
 import queue
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
@@ -33,7 +32,6 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -54,39 +52,16 @@ from agentd.uplink.cmdlink import build_command_channel
 from agentd.uplink.config import MqttConfig, UplinkSettings
 from agentd.uplink.engine import UplinkEngine
 from agentd.uplink.mqtt import MqttTransport
-from bench.common import Figure, print_table, ratio_figure, start_agentd
-from bench.uplink import _port
+from bench.common import Figure, mosquitto, print_table, ratio_figure, start_agentd
 
 NODE = "bench"
 PREFIX = "agentd/v1"
 
 
-@contextlib.contextmanager
-def _broker(base: Path) -> Iterator[int]:
+def _broker(base: Path) -> contextlib.AbstractContextManager[int]:
     """mosquitto with TCP_NODELAY: a request/response figure must not measure Nagle's
     algorithm meeting delayed ACKs (about 40 ms per hop otherwise)."""
-    port = _port()
-    conf = base / "mosquitto.conf"
-    user = "root" if os.geteuid() == 0 else os.environ.get("USER", "nobody")
-    conf.write_text(
-        f"user {user}\nallow_anonymous true\npersistence false\nset_tcp_nodelay true\n"
-        f"listener {port} 127.0.0.1\nlog_type error\n"
-    )
-    proc = subprocess.Popen(
-        ["/usr/sbin/mosquitto", "-c", str(conf)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-                break
-            time.sleep(0.05)
-        yield port
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(10)
+    return mosquitto(base, "set_tcp_nodelay true\n")
 
 
 def _client(port: int, name: str) -> paho.Client:

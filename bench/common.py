@@ -7,17 +7,30 @@ that prints its own table, so each one is runnable alone (``python -m bench.loop
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
+import signal
+import socket
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Literal
 
-__all__ = ["Figure", "machine", "print_table", "ratio_figure", "start_agentd"]
+__all__ = [
+    "Figure",
+    "free_port",
+    "machine",
+    "mosquitto",
+    "print_table",
+    "ratio_figure",
+    "start_agentd",
+]
 
 
 @dataclass
@@ -158,3 +171,33 @@ def start_agentd(config: Path, base: Path) -> subprocess.Popen[bytes]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def mosquitto(base: Path, extra: str = "") -> Iterator[int]:
+    """Debian's mosquitto on 127.0.0.1 and a free port (yielded), no persistence, anonymous,
+    with the config lines ``extra``; waits until it accepts connections (10 s at most)."""
+    port = free_port()
+    conf = base / "mosquitto.conf"
+    user = "root" if os.geteuid() == 0 else os.environ.get("USER", "nobody")
+    conf.write_text(
+        f"user {user}\nallow_anonymous true\npersistence false\nlistener {port} 127.0.0.1\n"
+        f"log_type error\n{extra}"
+    )
+    proc = subprocess.Popen(["/usr/sbin/mosquitto", "-c", str(conf)], stdout=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+                break
+            time.sleep(0.05)
+        yield port
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(10)

@@ -25,10 +25,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import shutil
 import signal
-import socket
 import sqlite3
 import statistics
 import subprocess
@@ -54,40 +52,15 @@ from agentd.uplink import envelope as env
 from agentd.uplink.config import MqttConfig, UplinkSettings
 from agentd.uplink.engine import UplinkEngine
 from agentd.uplink.mqtt import MqttTransport
-from bench.common import Figure, print_table, ratio_figure, start_agentd
+from bench.common import Figure, mosquitto, print_table, ratio_figure, start_agentd
 
-MOSQUITTO = "/usr/sbin/mosquitto"
 WINDOW = 8
 BATCH_ROWS = 256
 NODE = "bench"
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@contextlib.contextmanager
-def _broker(base: Path) -> Any:
-    port = _port()
-    conf = base / "mosquitto.conf"
-    user = "root" if os.geteuid() == 0 else os.environ.get("USER", "nobody")
-    conf.write_text(
-        f"user {user}\nallow_anonymous true\npersistence false\nlistener {port} 127.0.0.1\n"
-        "max_inflight_messages 20\nlog_type error\n"
-    )
-    proc = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stdout=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-                break
-            time.sleep(0.05)
-        yield port
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(10)
+def _broker(base: Path) -> contextlib.AbstractContextManager[int]:
+    return mosquitto(base, "max_inflight_messages 20\n")
 
 
 def _observation(tick: int) -> Observation:
