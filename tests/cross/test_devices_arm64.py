@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 from tests.cross.test_startup_arm64 import artifact, sysroot
-from tests.packaging.test_frozen_devices import readings, registers
+from tests.packaging.test_frozen_devices import readings
 from tests.plugins.modbus_helpers import Device
+from tests.plugins.test_modbus import reference
 
 pytestmark = pytest.mark.arm64
 
@@ -29,7 +30,7 @@ async def test_arm64_agentd_reads_a_modbus_tcp_device(
     device = Device(unit=3)
     url = await device.start_tcp()
     try:
-        await device.set("input", 0, registers("f", 49.75))
+        await device.set("input", 0, reference(49.75, "float32", "ABCD"))
         await device.set("holding", 20, [0xFF9C])  # -100 as int16
         conf = tmp_path / "meter.toml"
         conf.write_text(

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import struct
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -18,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.plugins.modbus_helpers import Device
+from tests.plugins.test_modbus import reference
 from tests.uplink.broker import Mosquitto
 
 DEVICE_PLUGINS = {
@@ -27,12 +27,6 @@ DEVICE_PLUGINS = {
     ("modbus", "actuator"),
     ("openapi", "actuator"),
 }
-
-
-def registers(fmt: str, value: float) -> list[int]:
-    """``value`` packed big-endian (order ABCD) as 16-bit registers."""
-    data = struct.pack(">" + fmt, value)
-    return list(struct.unpack(f">{len(data) // 2}H", data))
 
 
 async def frozen(agentd: Path, env: dict[str, str], *args: str) -> tuple[int, str]:
@@ -80,8 +74,8 @@ async def test_frozen_agentd_reads_a_modbus_tcp_device(
     device = Device(unit=1)
     url = await device.start_tcp()
     try:
-        await device.set("input", 0, registers("f", 230.5))
-        await device.set("holding", 10, registers("i", -70000))
+        await device.set("input", 0, reference(230.5, "float32", "ABCD"))
+        await device.set("holding", 10, reference(-70000, "int32", "ABCD"))
         await device.set("coil", 3, [True])
         conf = tmp_path / "meter.toml"
         conf.write_text(
