@@ -2,11 +2,12 @@
 
 The writer takes up to ``batch_size`` queued writes and commits them in one transaction, on the
 database thread in one hop (a batch is one call, not one per row). It commits at once when
-someone awaits a write (``sessions.put``, ``flush``) and otherwise at the latest
-``flush_interval`` after the first queued row, so the loop's journal rows cost one commit per
-second, not one per row. If a commit fails (disk full, read-only, I/O error) the store is
-``degraded``: awaited writes fail with StoreError, queued rows stay queued (bounded) and are
-retried with backoff; the perception loop never notices.
+someone awaits a write (``sessions.put``, ``flush``) and otherwise with the first write that
+arrives from 0.9 ``flush_interval`` after the first queued row on (at the latest 1.1
+``flush_interval`` after it, by the writer's timer), so the loop's journal rows cost one commit
+per two ticks at the default one second, not one per row. If a commit fails (disk full,
+read-only, I/O error) the store is ``degraded``: awaited writes fail with StoreError, queued
+rows stay queued (bounded) and are retried with backoff; the perception loop never notices.
 
 `GroupCommit` is the queue and its writer task; `Store` adds what is written and read.
 """
@@ -31,7 +32,7 @@ from agentd.store.recovery import describe
 if TYPE_CHECKING:
     from agentd.store.thread import DatabaseThread
 
-__all__ = ["MAX_RETRY", "GroupCommit", "wait_event"]
+__all__ = ["COALESCE", "MAX_RETRY", "GroupCommit", "wait_event"]
 
 log = logging.getLogger("agentd.store")
 
@@ -39,6 +40,9 @@ T = TypeVar("T")
 
 #: longest wait between retries of a failing commit
 MAX_RETRY: Final = 30.0
+#: a write arriving in the last tenth of the batch window commits the batch with it; with
+#: none, the writer's timer commits it a tenth after the window
+COALESCE: Final = 0.1
 
 
 class GroupCommit:
@@ -148,6 +152,8 @@ class GroupCommit:
         if not queue:
             self._first_at = time.monotonic()
             self._wake.set()
+        elif self._due_soon():
+            self._kick.set()
         queue.append(("put_nowait", (sid, data, expires), seq, None))
         self._session_seq[sid] = self._session_max = seq
         if len(queue) == self.config.batch_size:
@@ -162,6 +168,8 @@ class GroupCommit:
         op: Op = (kind, args, self._seq, fut)
         if not self._queue:
             self._first_at = time.monotonic()
+        elif self._due_soon():
+            self._kick.set()
         self._queue.append(op)
         if kind in SESSION_WRITES:
             self._session_seq[args[0]] = self._session_max = self._seq
@@ -169,6 +177,13 @@ class GroupCommit:
         if len(self._queue) == self.config.batch_size:
             self._kick.set()
         return op
+
+    def _due_soon(self) -> bool:
+        """Whether the batch has had all but `COALESCE` of its window: a write arriving now
+        commits it, in the wake that brought the write (the tick's), instead of the writer's
+        timer waking the process again (issue #18)."""
+        window = self.config.flush_interval
+        return time.monotonic() - self._first_at >= window - window * COALESCE
 
     async def read(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run ``fn(conn, *args, **kwargs)`` on the database thread (reads only)."""
@@ -212,9 +227,15 @@ class GroupCommit:
                 continue
             urgent = self._urgent > self._committed or self._closing
             if not urgent and len(self._queue) < self.config.batch_size:
-                # group commit: give the batch until flush_interval after its first row,
-                # unless someone awaits a write, the batch fills up or we are closing
-                delay = self._first_at + self.config.flush_interval - time.monotonic()
+                # group commit: give the batch flush_interval after its first row, unless
+                # someone awaits a write, the batch fills up or we are closing. The timer is
+                # the fallback, a tenth later: a write arriving from 0.9 of the window on
+                # commits the batch (_due_soon), so rows that come every flush_interval (the
+                # tick's) commit in the wake that brought them, two at a time, and the
+                # writer's own timer, which uvloop may fire in the same millisecond as the
+                # ticker's, never races them into a second commit (issue #18)
+                window = self.config.flush_interval
+                delay = self._first_at + window + window * COALESCE - time.monotonic()
                 if delay > 0:
                     await wait_event(self._kick, delay)
             self._kick.clear()

@@ -3,10 +3,13 @@ the bound, exact drop counts, queries, back-pressure, idempotency keys across a 
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import time
 
 from agentd.model import Action, ActionResult, Observation
+from agentd.store import Store
+from agentd.store.writer import COALESCE
 from tests.store.conftest import Opener
 
 
@@ -223,9 +226,57 @@ async def test_group_commit_batches_rows(open_store: Opener) -> None:
     t0 = time.monotonic()
     while store.health().commits == 0:
         assert time.monotonic() - t0 < 10
-        await __import__("asyncio").sleep(0.02)
+        await asyncio.sleep(0.02)
     # one commit for the 300 rows that arrived within the interval, without a flush()
     assert store.health().commits == 1
     assert count(store, "observations") == 300
     assert len(durations) == 1
     assert 0 < durations[0] < 10
+
+
+async def _commits(store: Store, n: int, within: float = 10.0) -> None:
+    t0 = time.monotonic()
+    while store.health().commits < n:
+        assert time.monotonic() - t0 < within, f"no commit #{n} within {within}s"
+        await asyncio.sleep(0.01)
+
+
+async def test_a_write_in_the_windows_last_tenth_commits_the_batch_with_it(
+    open_store: Opener,
+) -> None:
+    """The tick's row that arrives as the window ends takes the batch with it, in that wake,
+    instead of the writer's own timer waking the process again (issue #18). The window is 30 s
+    and the first row is made 27.5 s old: only the second write can start this commit."""
+    store = await open_store(flush_interval=30.0)
+    store.journal_observation(obs(1))
+    await asyncio.sleep(0.05)  # the writer has armed its timer for 30 s (33 s)
+    store._first_at -= 27.5  # the batch's age, without waiting 27 s
+    store.journal_observation(obs(2))
+    await _commits(store, 1)
+    assert store.health().commits == 1
+    assert count(store, "observations") == 2
+
+
+async def test_a_write_earlier_in_the_window_waits_for_it(open_store: Opener) -> None:
+    store = await open_store(flush_interval=30.0)
+    store.journal_observation(obs(1))
+    await asyncio.sleep(0.05)
+    store._first_at -= 20.0  # two thirds of the window: not yet
+    store.journal_observation(obs(2))
+    assert store.sessions.put_nowait("s", 1) is True
+    await asyncio.sleep(0.3)
+    assert store.health().commits == 0
+    assert count(store, "observations") == 0
+
+
+async def test_a_lone_row_commits_by_the_timer_never_before_the_window(
+    open_store: Opener,
+) -> None:
+    store = await open_store(flush_interval=0.2)
+    t0 = time.monotonic()
+    store.journal_observation(obs(1))
+    await _commits(store, 1)
+    waited = time.monotonic() - t0
+    # the timer is the fallback at 1.1 windows; uvloop may fire a timer up to 1 ms early
+    assert waited >= 0.2 * (1 + COALESCE) - 0.002, waited
+    assert count(store, "observations") == 1
