@@ -22,10 +22,9 @@ import contextvars
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
-from typing import Any, Final, ParamSpec, TypeVar
+from typing import Any, Final, ParamSpec, TypeVar, final
 
 __all__ = [
     "MAX_ABANDONED",
@@ -54,14 +53,25 @@ def current_plugin() -> str | None:
     return _CURRENT.get()
 
 
-@contextmanager
-def running_for(owner: str) -> Iterator[None]:
-    """Tag the thread calls made inside the block (in this task) with ``owner``."""
-    token = _CURRENT.set(owner)
-    try:
-        yield
-    finally:
-        _CURRENT.reset(token)
+@final
+class running_for:  # named like the function it replaced (contextlib style)
+    """``with running_for(owner):`` tags the thread calls made inside the block (in this task)
+    with ``owner``. A class, not a ``@contextmanager`` generator: the loop enters one per
+    sensor per tick (issue #18)."""
+
+    __slots__ = ("_owner", "_token")
+
+    def __init__(self, owner: str) -> None:
+        self._owner = owner
+        self._token: contextvars.Token[str | None] | None = None
+
+    def __enter__(self) -> None:
+        self._token = _CURRENT.set(self._owner)
+
+    def __exit__(self, *_: object) -> None:
+        if self._token is not None:
+            _CURRENT.reset(self._token)
+            self._token = None
 
 
 class StuckCall:
@@ -146,6 +156,12 @@ class PluginExecutor(ThreadPoolExecutor):
     # -- what the loop asks ------------------------------------------------------------------
     def busy(self, owner: str) -> bool:
         """Whether a call for ``owner`` is running in a thread (or waits for one)."""
+        if not self._running and not self._queue:
+            # asked for every sensor every tick, almost always of an idle pool, so without
+            # the lock (issue #18). Both empty can be stale only while a worker moves a call
+            # from the queue to running under the lock: a call that is just starting, whose
+            # sensor's task is still pending, which the loop checks first.
+            return False
         with self._cv:
             return any(w.owner == owner for w in self._running.values()) or any(
                 w.owner == owner for w in self._queue

@@ -347,6 +347,18 @@ async def wait_call(fut: asyncio.Future[Any], timeout: float, nominal: float) ->
 def check_readings(value: object) -> tuple[str | None, dict[str, Value]]:
     if not isinstance(value, Mapping):
         return f"returned {type(value).__name__}, expected a mapping of metric to value", {}
+    if type(value) is dict:
+        # the common case, every sensor every tick (issue #18): exact types by identity,
+        # one copy in C; anything else (a subclass, a bad or non-finite value) goes the long
+        # way for its error line
+        for k, v in value.items():
+            t = type(v)
+            if type(k) is not str or not (
+                t is int or t is str or t is bool or (t is float and math.isfinite(v))
+            ):
+                break
+        else:
+            return None, dict(value)
     out: dict[str, Value] = {}
     for k, v in value.items():
         if not isinstance(k, str) or not isinstance(v, _VALUE_TYPES):
