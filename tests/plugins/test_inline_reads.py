@@ -164,3 +164,22 @@ def test_the_system_sensor_closes_its_files_when_stopped() -> None:
     assert len(os.listdir("/proc/self/fd")) == fds + 2  # /proc/stat, /proc/meminfo
     sensor.stop()
     assert len(os.listdir("/proc/self/fd")) == fds
+
+
+def test_the_net_sensor_reads_the_link_state_of_the_interfaces_it_reports_only() -> None:
+    sensor = NetSensor(NetConfig())
+    try:
+        first, _ = _perceive(sensor)
+        second, _ = _perceive(sensor)
+        kept = set(sensor._operstate)  # loopback's is never opened: it is not reported
+    finally:
+        sensor.stop()
+    names = sorted(n for n in psutil.net_io_counters(pernic=True) if n != "lo")
+    assert not any(k.startswith("lo.") for k in first)
+    for name in names:
+        assert f"{name}.up" in first
+        assert f"{name}.bytes_recv" in first
+        assert f"{name}.bytes_recv_per_s" in second  # a rate from the second reading on
+        assert f"{name}.bytes_recv_per_s" not in first
+    assert set(first) < set(second)
+    assert kept == set(names)

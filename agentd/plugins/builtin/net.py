@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Iterable
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import msgspec
 
@@ -107,44 +107,69 @@ def _label(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_]+", "_", text).strip("_") or "x"
 
 
+#: the first four counters, which also get a rate
+_RATED = 4
+#: interfaces whose metric names and last counters are kept (a host with churning veths
+#: makes new ones)
+_KEYS_MAX = 1024
+
+
 class NetSensor:
     def __init__(self, config: NetConfig) -> None:
         self.config = config
-        self._last: dict[str, tuple[float, Any]] = {}
+        self._last: dict[str, tuple[float, Counters]] = {}
         self._dev = KeptFile("/proc/net/dev")
         self._operstate: dict[str, KeptFile] = {}
+        #: interface -> its metric names (up, counters, rates), made once: a tick builds no
+        #: strings (issue #18)
+        self._keys: dict[str, tuple[str, tuple[str, ...], tuple[str, ...]]] = {}
+
+    def _names(self, name: str) -> tuple[str, tuple[str, ...], tuple[str, ...]]:
+        keys = self._keys.get(name)
+        if keys is None:
+            if len(self._keys) >= _KEYS_MAX:
+                self._keys.clear()
+            label = _label(name)
+            keys = self._keys[name] = (
+                f"{label}.up",
+                tuple(f"{label}.{f}" for f in _FIELDS),
+                tuple(f"{label}.{f}_per_s" for f in _FIELDS[:_RATED]),
+            )
+        return keys
 
     async def perceive(self) -> dict[str, Value]:
-        counters, stats = self._read()
+        counters = parse_net_dev(self._dev.read())
         now = time.monotonic()
         c = self.config
         names = c.interfaces or sorted(n for n in counters if n != "lo")
-        out: dict[str, Value] = {}
-        for name in names:
-            cur = counters.get(name)
-            if cur is None:
-                if c.require and c.interfaces:
+        if c.require and c.interfaces:
+            for name in names:
+                if name not in counters:
                     raise OSError(f"no network interface named {name!r}")
-                continue
-            label = _label(name)
+        present = [n for n in names if n in counters]
+        stats = link_up(present, self._operstate) if c.link else {}
+        out: dict[str, Value] = {}
+        last = self._last
+        for name in present:
+            cur = counters[name]
+            up, counts, rates = self._names(name)
             if c.link and name in stats:
-                out[f"{label}.up"] = stats[name]
+                out[up] = stats[name]
             if c.counters:
-                for f in _FIELDS:
-                    out[f"{label}.{f}"] = int(getattr(cur, f))
-            prev = self._last.get(name)
-            self._last[name] = (now, cur)
+                out.update(zip(counts, cur, strict=True))
+            prev = last.get(name)
+            last[name] = (now, cur)
             if c.rates and prev is not None and now > prev[0]:
                 dt = now - prev[0]
-                for f in ("bytes_sent", "bytes_recv", "packets_sent", "packets_recv"):
-                    delta = getattr(cur, f) - getattr(prev[1], f)
+                was = prev[1]
+                for i in range(_RATED):
+                    delta = cur[i] - was[i]
                     if delta >= 0:
-                        out[f"{label}.{f}_per_s"] = delta / dt
+                        out[rates[i]] = delta / dt
+        if len(last) > _KEYS_MAX:  # interfaces that went away
+            for gone in [n for n in last if n not in counters]:
+                del last[gone]
         return out
-
-    def _read(self) -> tuple[dict[str, Counters], dict[str, bool]]:
-        counters = parse_net_dev(self._dev.read())
-        return counters, (link_up(counters, self._operstate) if self.config.link else {})
 
     def stop(self) -> None:
         self._dev.close()
