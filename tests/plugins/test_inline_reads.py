@@ -183,3 +183,15 @@ def test_the_net_sensor_reads_the_link_state_of_the_interfaces_it_reports_only()
         assert f"{name}.bytes_recv_per_s" not in first
     assert set(first) < set(second)
     assert kept == set(names)
+
+
+def test_meminfo_fields_are_found_by_whole_name_anywhere_in_the_file() -> None:
+    assert memory_available(b"MemTotal: 100 kB\nMemAvailable: 50 kB") == (102400, 51200)
+    assert memory_available(b"MemAvailable: 3 kB\nMemTotal: 9 kB\n") == (9216, 3072)
+    # a longer name that ends with ours is not ours
+    assert memory_available(b"XMemTotal: 5 kB\nMemTotal: 7 kB\nMemAvailable:  3 kB\n") == (
+        7168,
+        3072,
+    )
+    assert memory_available(b"") is None
+    assert memory_available(b"MemTotal: many kB\nMemAvailable: 3 kB\n") is None

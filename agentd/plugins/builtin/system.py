@@ -116,16 +116,30 @@ class CpuBusy:
 
 def memory_available(meminfo: bytes) -> tuple[int, int] | None:
     """(MemTotal, MemAvailable) in bytes from /proc/meminfo; None without MemAvailable
-    (kernels before 3.14: psutil estimates it then)."""
-    total = avail = None
-    for line in meminfo.splitlines():
-        if line.startswith(b"MemTotal:"):
-            total = int(line.split()[1]) * 1024
-        elif line.startswith(b"MemAvailable:"):
-            avail = int(line.split()[1]) * 1024
-        if total is not None and avail is not None:
-            return total, avail
-    return None
+    (kernels before 3.14: psutil estimates it then). Two searches, not a split of its 50-odd
+    lines: read every tick (issue #18)."""
+    total = _meminfo_field(meminfo, b"MemTotal:")
+    avail = _meminfo_field(meminfo, b"MemAvailable:")
+    if total is None or avail is None:
+        return None
+    return total, avail
+
+
+def _meminfo_field(meminfo: bytes, name: bytes) -> int | None:
+    """``name``'s value in bytes (the file says kB), from the line that starts with it."""
+    if meminfo.startswith(name):
+        at = 0
+    else:
+        at = meminfo.find(b"\n" + name)
+        if at < 0:
+            return None
+        at += 1
+    end = meminfo.find(b"\n", at)
+    fields = meminfo[at + len(name) : end if end >= 0 else len(meminfo)].split()
+    try:
+        return int(fields[0]) * 1024
+    except (IndexError, ValueError):
+        return None
 
 
 def _label(text: str) -> str:
