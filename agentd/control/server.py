@@ -253,7 +253,10 @@ class ControlServer:
             # the tick is done: let clients in, and plan the hold for the next one
             if state.holding:
                 self._release()
-            asyncio.get_running_loop().call_soon(self.arm)
+            if state.connections or self._arm_handle is not None:
+                # with no client there is nothing to hold (arm would only return): no
+                # extra loop turn each tick (issue #18)
+                asyncio.get_running_loop().call_soon(self.arm)
         if not state.watchers:
             return
         raw = msgspec.Raw(_encoder.encode(data))
