@@ -7,6 +7,11 @@ instead of init, so it can be found and reaped. A run's processes are told apart
 ``AGENTD_RUN`` token every process of the run inherits in its environment; with their
 descendants they are the run's *strays*.
 
+A stray that has left the session is the run's only by that token, and its environment reads
+as nothing while it is inside an execve (``setsid`` exec'ing ``sleep``): such a child is looked
+at again, within the reap budget, until its environment can be read (``_ours``); taking it for
+"not ours" let it run on, uncounted.
+
 A stray that left the session and exited before the sweep could read its environment is a
 zombie nobody can attribute: a zombie child that leads its own session, started after the run
 did, and is no live run's leader is reaped as such (only while no run is being spawned, so a
@@ -111,29 +116,78 @@ def _procs() -> dict[int, _Proc]:
     return out
 
 
-def _carries(pid: int, marker: bytes) -> bool:
+def _environ(pid: int) -> bytes | None:
+    """What /proc/PID/environ reads (None if it cannot be opened: gone, or not ours to read)."""
     try:
         with open(f"/proc/{pid}/environ", "rb") as f:
-            return marker in b"\0" + f.read(1 << 20)
+            return f.read(1 << 20)
     except OSError:
-        return False
+        return None
 
 
-def _strays(leader: int, token: str, procs: dict[int, _Proc]) -> dict[int, str]:
-    """The processes of the run led by ``leader`` (itself excluded), with their state."""
+def _env_bounds(pid: int) -> tuple[int, int] | None:
+    """Where PID's environment starts and ends in its memory (/proc/PID/stat fields 50 and
+    51; both 0 while execve has not yet set them up, or with no mm); None if unreadable."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[-1].split()
+        return int(fields[47]), int(fields[48])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _ours(pid: int, marker: bytes, start: int, empty: dict[int, tuple[int, int]]) -> bool | None:
+    """Whether the live child ``pid`` (started at ``start`` ticks) carries ``marker`` in its
+    environment; None while that cannot be told yet. /proc/PID/environ reads as nothing while
+    the process is inside an execve (the new mm's ``env_end`` is 0 until the kernel has laid
+    out the new program's stack, and a file opened on the old mm reads nothing once exec has
+    dropped it), and ``env_start == env_end`` while ``create_elf_tables`` is half-way through
+    the strings: only the same empty span seen twice (kept in ``empty``) is an environment that
+    really is empty (``env -i``), which cannot be attributed."""
+    env = _environ(pid)
+    if env is None:
+        return False  # gone, or not ours to read (a set-uid program): cannot be attributed
+    if env:
+        return marker in b"\0" + env
+    bounds = _env_bounds(pid)
+    if bounds is None:
+        return False  # gone
+    if bounds[1] and bounds[0] == bounds[1]:
+        if empty.get(pid) == (start, bounds[0]):
+            return False
+        empty[pid] = (start, bounds[0])
+    return None
+
+
+class _Found(NamedTuple):
+    #: the run's processes with their state
+    strays: dict[int, str]
+    #: live children of ours that may be the run's, to look at again
+    unsure: set[int]
+
+
+def _strays(
+    leader: int, token: str, procs: dict[int, _Proc], empty: dict[int, tuple[int, int]]
+) -> _Found:
+    """The processes of the run led by ``leader`` (itself excluded); ``empty`` is ``_ours``'."""
     me = os.getpid()
     marker = f"\0{RUN_MARKER}={token}\0".encode()
     children: dict[int, list[int]] = {}
     for pid, p in procs.items():
         children.setdefault(p.ppid, []).append(pid)
-    todo = [
-        pid
-        for pid, p in procs.items()
-        if pid != leader
-        and (
-            leader in (p.pgid, p.sid) or (p.ppid == me and p.state != "Z" and _carries(pid, marker))
-        )
-    ]
+    todo: list[int] = []
+    unsure: set[int] = set()
+    for pid, p in procs.items():
+        if pid == leader:
+            continue
+        if leader in (p.pgid, p.sid):
+            todo.append(pid)
+        elif p.ppid == me and p.state != "Z":
+            ours = _ours(pid, marker, p.start, empty)
+            if ours:
+                todo.append(pid)
+            elif ours is None:
+                unsure.add(pid)
     found: dict[int, str] = {}
     while todo:
         pid = todo.pop()
@@ -141,7 +195,7 @@ def _strays(leader: int, token: str, procs: dict[int, _Proc]) -> dict[int, str]:
             continue
         found[pid] = procs[pid].state
         todo.extend(children.get(pid, ()))
-    return found
+    return _Found(found, unsure)
 
 
 def sweep(leader: int, token: str, since: int, leaders: frozenset[int]) -> Sweep:
@@ -151,11 +205,13 @@ def sweep(leader: int, token: str, since: int, leaders: frozenset[int]) -> Sweep
     killed: set[int] = set()
     pending: set[int] = set()
     alive = 0
+    empty: dict[int, tuple[int, int]] = {}
     deadline = time.monotonic() + _REAP_BUDGET
     while True:
         procs = _procs()
         fresh = False
-        for pid, state in _strays(leader, token, procs).items():
+        found = _strays(leader, token, procs, empty)
+        for pid, state in found.strays.items():
             if pid in leaders:
                 continue
             if pid not in killed:
@@ -175,8 +231,10 @@ def sweep(leader: int, token: str, since: int, leaders: frozenset[int]) -> Sweep
             if done:
                 pending.discard(pid)
         # done when every kill is reaped and a scan after them found no one new (a stray may
-        # have forked just before its SIGKILL)
-        if (not pending and not fresh) or time.monotonic() > deadline:
+        # have forked just before its SIGKILL) and no child whose environment could not be
+        # read yet (mid-execve: ``setsid sleep 60 &`` has left the session by then)
+        unsure = found.unsure - leaders
+        if (not pending and not fresh and not unsure) or time.monotonic() > deadline:
             break
         time.sleep(0.005)
     orphans = [
