@@ -134,7 +134,7 @@ class SocketDrive:
     thread: the fd registered with ``add_reader`` (-> the subclass's ``_readable``) and, while
     paho has bytes queued, ``add_writer`` (-> ``loop_write``, through paho's
     ``on_socket_register_write`` hooks); a `MISC_EVERY` timer runs ``loop_misc``. The subclass
-    sets its own paho callbacks, then calls `_drive`, and `_detach_fd` when the link ends."""
+    sets its own paho callbacks, then calls `_drive`, and `_release` when the link ends."""
 
     _client: paho.Client | None
     _fd: int

@@ -217,28 +217,25 @@ async def test_close_commits_everything_queued(open_store: Opener) -> None:
     assert store.health().state == "closed"
 
 
+async def _commits(store: Store, n: int, within: float = 10.0) -> None:
+    t0 = time.monotonic()
+    while store.health().commits < n:
+        assert time.monotonic() - t0 < within, f"no commit #{n} within {within}s"
+        await asyncio.sleep(0.01)
+
+
 async def test_group_commit_batches_rows(open_store: Opener) -> None:
     store = await open_store(flush_interval=0.2, batch_size=500)
     durations: list[float] = []
     store.on_commit = durations.append
     for tick in range(1, 301):
         store.journal_observation(obs(tick))
-    t0 = time.monotonic()
-    while store.health().commits == 0:
-        assert time.monotonic() - t0 < 10
-        await asyncio.sleep(0.02)
+    await _commits(store, 1)
     # one commit for the 300 rows that arrived within the interval, without a flush()
     assert store.health().commits == 1
     assert count(store, "observations") == 300
     assert len(durations) == 1
     assert 0 < durations[0] < 10
-
-
-async def _commits(store: Store, n: int, within: float = 10.0) -> None:
-    t0 = time.monotonic()
-    while store.health().commits < n:
-        assert time.monotonic() - t0 < within, f"no commit #{n} within {within}s"
-        await asyncio.sleep(0.01)
 
 
 async def test_a_write_in_the_windows_last_tenth_commits_the_batch_with_it(
